@@ -1,0 +1,22 @@
+"""polymixer: the Polynomial Mixer (PoM), a linear-time replacement for attention."""
+
+from .nn import (
+    MixerState,
+    MultiHeadAttention,
+    PolynomialMixer,
+    PolynomialMultiheadAttention,
+    StateCache,
+    to_reference,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PolynomialMixer",
+    "MultiHeadAttention",
+    "PolynomialMultiheadAttention",
+    "MixerState",
+    "StateCache",
+    "to_reference",
+    "__version__",
+]

@@ -1,0 +1,153 @@
+"""Explicit streaming state of a Polynomial Mixer (spec section 3), and a per-layer cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+__all__ = ["MixerState", "StateCache"]
+
+
+@dataclass
+class MixerState:
+    """The state of one mixer after it has seen some tokens of B sequences.
+
+    ``total: (B, F)`` float32 sum of the features of every token seen, and
+    ``count: (B,)`` float32 number of tokens seen. The state read by new tokens is
+    ``total / count``; its size does not depend on how many tokens were seen.
+    """
+
+    total: torch.Tensor
+    count: torch.Tensor
+
+    @classmethod
+    def zeros(cls, batch_size: int, width: int, device=None, dtype: torch.dtype = torch.float32) -> "MixerState":
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        return cls(
+            torch.zeros(batch_size, width, device=device, dtype=dtype),
+            torch.zeros(batch_size, device=device, dtype=dtype),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.total.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.total.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.total.device
+
+    def mean(self) -> torch.Tensor:
+        """(B, F): the mean of the features seen so far (zeros where nothing was seen)."""
+        return self.total / self.count.clamp_min(1).unsqueeze(-1)
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "MixerState":
+        """A copy on another device (the dtype stays float32 unless given)."""
+        return MixerState(self.total.to(device=device, dtype=dtype), self.count.to(device=device, dtype=dtype))
+
+    def clone(self) -> "MixerState":
+        return MixerState(self.total.clone(), self.count.clone())
+
+    def detach(self) -> "MixerState":
+        return MixerState(self.total.detach(), self.count.detach())
+
+    def reset_(self, rows: torch.Tensor | None = None) -> "MixerState":
+        """Forget what was seen, in place: all rows, or the rows where ``rows`` (B,) is True."""
+        if rows is None:
+            self.total.zero_()
+            self.count.zero_()
+        else:
+            rows = rows.to(self.device).bool()
+            self.total.masked_fill_(rows.unsqueeze(-1), 0.0)
+            self.count.masked_fill_(rows, 0.0)
+        return self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"total": self.total, "count": self.count}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "MixerState":
+        missing = {"total", "count"} - set(state)
+        if missing:
+            raise ValueError(f"state: missing keys {sorted(missing)}")
+        total, count = state["total"], state["count"]
+        if total.dim() != 2 or count.dim() != 1 or count.shape[0] != total.shape[0]:
+            raise ValueError(
+                f"state: expected total (B, F) and count (B,), got {tuple(total.shape)} and {tuple(count.shape)}"
+            )
+        return cls(total, count)
+
+    def nbytes(self) -> int:
+        return self.total.numel() * self.total.element_size() + self.count.numel() * self.count.element_size()
+
+
+class StateCache:
+    """One :class:`MixerState` per mixer of a network, keyed by the mixer's module name.
+
+    ``StateCache.for_model(model, batch_size)`` makes zero states for every mixer of
+    ``model`` that has an ``init_state`` method (every :class:`PolynomialMixer`).
+    """
+
+    def __init__(self, states: dict[str, MixerState] | None = None):
+        self.states: dict[str, MixerState] = dict(states or {})
+
+    @classmethod
+    def for_model(cls, model: nn.Module, batch_size: int, device=None) -> "StateCache":
+        states = {}
+        for name, module in model.named_modules():
+            if hasattr(module, "init_state") and hasattr(module, "step"):
+                states[name] = module.init_state(batch_size, device=device)
+        if not states:
+            raise ValueError(f"model: {type(model).__name__} has no mixer with a streaming state")
+        return cls(states)
+
+    def __getitem__(self, name: str) -> MixerState:
+        return self.states[name]
+
+    def __setitem__(self, name: str, state: MixerState) -> None:
+        self.states[name] = state
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.states
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.states)
+
+    def to(self, device) -> "StateCache":
+        return StateCache({k: v.to(device) for k, v in self.states.items()})
+
+    def clone(self) -> "StateCache":
+        return StateCache({k: v.clone() for k, v in self.states.items()})
+
+    def reset_(self) -> "StateCache":
+        for state in self.states.values():
+            state.reset_()
+        return self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, state in self.states.items():
+            for key, value in state.state_dict().items():
+                out[f"{name}.{key}"] = value
+        return out
+
+    @classmethod
+    def from_state_dict(cls, flat: dict[str, torch.Tensor]) -> "StateCache":
+        grouped: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in flat.items():
+            name, _, leaf = key.rpartition(".")
+            grouped.setdefault(name, {})[leaf] = value
+        return cls({name: MixerState.from_state_dict(d) for name, d in grouped.items()})
+
+    def nbytes(self) -> int:
+        return sum(s.nbytes() for s in self.states.values())
