@@ -26,11 +26,8 @@ def reference_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     for b in range(h.shape[0]):
         per_query = []
         for i in range(mask.shape[1]):
-            chosen = h[b][mask[b, i]]
-            if chosen.shape[0] == 0:
-                per_query.append(h.new_zeros(h.shape[-1]))
-            else:
-                per_query.append(chosen.sum(dim=0) / chosen.shape[0])
+            chosen = h[b][mask[b, i]]  # (|C_i|, F); an empty sum is zero
+            per_query.append(chosen.sum(dim=0) / max(chosen.shape[0], 1))
         rows.append(torch.stack(per_query))
     return torch.stack(rows)
 

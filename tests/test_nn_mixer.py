@@ -1,0 +1,152 @@
+"""PolynomialMixer: every mode against the reference, invariances, numerics, compile."""
+
+import pytest
+import torch
+
+from polymixer import PolynomialMixer
+from polymixer.ops import product_features, power_features, power_activation
+
+VARIANTS = [("product", 1), ("power", 1), ("power", 4), ("product", 3)]
+
+
+def _mode_kwargs(n, batch, gen):
+    pad = torch.rand(batch, n, generator=gen) > 0.25
+    cut = n // 3
+    return [
+        {},
+        {"context_mask": pad},
+        {"causal": True},
+        {"block_size": 5},
+        {"block_lengths": [n - cut, cut] if cut else [n]},
+        {"cu_seqlens": torch.tensor([0, cut, n])},
+        {"cu_seqlens": torch.tensor([0, cut, n]), "causal": True},
+        {"mask": torch.rand(batch, n, n, generator=gen) > 0.5},
+    ]
+
+
+def _grads(out, tensors, upstream):
+    return torch.autograd.grad(out, tensors, upstream, allow_unused=True, materialize_grads=True)
+
+
+@pytest.mark.parametrize("variant,heads", VARIANTS)
+@pytest.mark.parametrize("n", [1, 63, 257])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_forward_and_gradients_match_reference(variant, heads, n, dtype):
+    gen = torch.Generator().manual_seed(n + heads)
+    batch, dim = 2, 60
+    mixer = PolynomialMixer(dim, degree=3 if variant == "power" else 2, expand=2, variant=variant, heads=heads).to(dtype)
+    params = list(mixer.parameters())
+    tol = {"rtol": 1e-9, "atol": 1e-9} if dtype == torch.float64 else {"rtol": 2e-4, "atol": 2e-5}
+    for kwargs in _mode_kwargs(n, batch, gen):
+        x = torch.randn(batch, n, dim, dtype=dtype, generator=gen, requires_grad=True)
+        fast = mixer(x, **kwargs)
+        ref = mixer.forward_reference(x, **kwargs)
+        torch.testing.assert_close(fast, ref, **tol, msg=str(kwargs.keys()))
+        upstream = torch.randn(fast.shape, dtype=dtype, generator=gen)
+        for g_fast, g_ref in zip(_grads(fast, [x] + params, upstream), _grads(ref, [x] + params, upstream)):
+            torch.testing.assert_close(g_fast, g_ref, **tol, msg=str(kwargs.keys()))
+
+
+@pytest.mark.parametrize("variant", ["product", "power"])
+def test_cross_mixing_with_padding_matches_reference(variant):
+    gen = torch.Generator().manual_seed(1)
+    mixer = PolynomialMixer(60, variant=variant).double()
+    x = torch.randn(3, 17, 60, dtype=torch.float64, generator=gen, requires_grad=True)
+    c = torch.randn(3, 40, 60, dtype=torch.float64, generator=gen, requires_grad=True)
+    pad = torch.rand(3, 40, generator=gen) > 0.5
+    dense = torch.rand(3, 17, 40, generator=gen) > 0.5
+    for kwargs in ({}, {"context_mask": pad}, {"mask": dense}):
+        fast = mixer(x, c, **kwargs)
+        ref = mixer.forward_reference(x, c, **kwargs)
+        torch.testing.assert_close(fast, ref)
+        up = torch.randn(fast.shape, dtype=torch.float64, generator=gen)
+        for a, b in zip(torch.autograd.grad(fast, [x, c], up), torch.autograd.grad(ref, [x, c], up)):
+            torch.testing.assert_close(a, b)
+
+
+def test_features_match_the_spec_formulas():
+    u = torch.randn(4, 12, dtype=torch.float64)
+    g = torch.nn.functional.gelu(u)
+    g1, g2, g3 = g[:, :4], g[:, 4:8], g[:, 8:]
+    torch.testing.assert_close(product_features(u, 3), torch.cat([g1, g1 * g2, g1 * g2 * g3], -1))
+    a = torch.randn(12, 4, dtype=torch.float64)
+    v = power_activation(u)
+    expected = sum(a[:, i] * v ** (i + 1) for i in range(4))
+    torch.testing.assert_close(power_features(v, a), expected)
+    z = torch.tensor([-20.0, -1.0, 0.5, 10.0])
+    torch.testing.assert_close(power_activation(z), torch.tensor([-0.1, -0.01, 0.5, 6.0]))
+
+
+@pytest.mark.parametrize("variant", ["product", "power"])
+def test_full_self_mixing_is_permutation_equivariant(variant):
+    mixer = PolynomialMixer(60, variant=variant).double()
+    x = torch.randn(2, 63, 60, dtype=torch.float64)
+    perm = torch.randperm(63)
+    torch.testing.assert_close(mixer(x)[:, perm], mixer(x[:, perm]))
+
+
+@pytest.mark.parametrize("variant", ["product", "power"])
+def test_duplicating_the_sequence_leaves_full_outputs_unchanged(variant):
+    mixer = PolynomialMixer(60, variant=variant).double()
+    x = torch.randn(2, 63, 60, dtype=torch.float64)
+    y = mixer(x)
+    y2 = mixer(torch.cat([x, x], dim=1))
+    torch.testing.assert_close(y2[:, :63], y)
+    torch.testing.assert_close(y2[:, 63:], y)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_padded_batch_equals_packed_form(causal):
+    mixer = PolynomialMixer(60).double()
+    lengths = [5, 63, 1, 30]
+    seqs = [torch.randn(n, 60, dtype=torch.float64) for n in lengths]
+    longest = max(lengths)
+    padded = torch.zeros(len(lengths), longest, 60, dtype=torch.float64)
+    pad_mask = torch.zeros(len(lengths), longest, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        padded[i, : len(s)] = s
+        pad_mask[i, : len(s)] = True
+    out_padded = mixer(padded, context_mask=pad_mask, causal=causal)
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist())
+    out_packed = mixer(torch.cat(seqs)[None], cu_seqlens=cu, causal=causal)[0]
+    expected = torch.cat([out_padded[i, :n] for i, n in enumerate(lengths)])
+    torch.testing.assert_close(out_packed, expected)
+
+
+@pytest.mark.parametrize("variant", ["product", "power"])
+@pytest.mark.parametrize("degree", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_is_finite_on_large_inputs(variant, degree, dtype):
+    mixer = PolynomialMixer(64, degree=degree, expand=2, variant=variant)
+    x = (torch.rand(2, 200, 64) * 20 - 10)  # |x| <= 10
+    x[:, 0] = 10.0
+    x[:, 1] = -10.0
+    for kwargs in ({}, {"causal": True}, {"block_size": 16}):
+        half = mixer.to(dtype)(x.to(dtype), **kwargs)
+        assert torch.isfinite(half).all(), (dtype, kwargs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = mixer.float()(x, **kwargs)
+        assert torch.isfinite(auto).all(), kwargs
+        ref = mixer.double()(x.double(), **kwargs)
+        scale = ref.abs().max().clamp_min(1)
+        assert ((half.double() - ref).abs().max() / scale) < 0.1
+        assert ((auto.double() - ref).abs().max() / scale) < 0.1
+        mixer.float()
+
+
+def test_state_stays_float32_under_autocast():
+    mixer = PolynomialMixer(32)
+    state = mixer.init_state(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, state = mixer.step(torch.randn(2, 7, 32), state)
+    assert y.dtype == torch.bfloat16
+    assert state.total.dtype == torch.float32 and state.count.dtype == torch.float32
+
+
+@pytest.mark.parametrize("variant", ["product", "power"])
+def test_torch_compile_fullgraph_matches_eager(variant):
+    mixer = PolynomialMixer(60, variant=variant, heads=1 if variant == "product" else 4)
+    x = torch.randn(2, 63, 60)
+    compiled = torch.compile(mixer, fullgraph=True)
+    for kwargs in ({}, {"causal": True}, {"block_size": 8}):
+        torch.testing.assert_close(compiled(x, **kwargs), mixer(x, **kwargs), rtol=1e-4, atol=1e-5)
