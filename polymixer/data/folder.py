@@ -1,0 +1,96 @@
+"""A user's images: ``root/<class name>/<image files>``, resized and centre-cropped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .dataset import ImageDataset
+
+__all__ = ["image_folder", "IMAGE_EXTENSIONS", "load_image"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def load_image(path: Path, image_size: int, channels: int) -> np.ndarray:
+    """Decode ``path``, resize its short side to ``image_size`` and centre-crop: (C, S, S) uint8."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        im = im.convert("L" if channels == 1 else "RGB")
+        w, h = im.size
+        scale = image_size / min(w, h)
+        nw, nh = max(image_size, round(w * scale)), max(image_size, round(h * scale))
+        im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+        left, top = (nw - image_size) // 2, (nh - image_size) // 2
+        im = im.crop((left, top, left + image_size, top + image_size))
+        arr = np.asarray(im, dtype=np.uint8)
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+def image_folder(
+    root: str | Path,
+    image_size: int,
+    *,
+    channels: int = 3,
+    skip_bad_files: bool = False,
+    progress: bool = True,
+) -> ImageDataset:
+    """Load every image under ``root/<class>/`` (classes in sorted order) into memory.
+
+    Args:
+        root: a folder with one subfolder per class.
+        image_size: output side S; each image is resized (short side) and centre-cropped.
+        channels: 1 (grey) or 3 (RGB).
+        skip_bad_files: skip unreadable images (and report how many) instead of stopping
+            with an error naming the file.
+    Returns: an :class:`ImageDataset` with images ``(N, C, S, S)`` in [-1, 1]; the number
+    of skipped files is in ``dataset.skipped`` (a list of paths).
+    """
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size: expected a positive int, got {image_size!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels: expected 1 or 3, got {channels!r}")
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"data: folder {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise ValueError(f"data: {str(root)!r} is not a folder")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise ValueError(f"data: folder {str(root)!r} has no class subfolders (expected root/<class>/<images>)")
+    files: list[tuple[Path, int]] = []
+    for label, name in enumerate(classes):
+        for f in sorted((root / name).rglob("*")):
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                files.append((f, label))
+    if not files:
+        raise ValueError(
+            f"data: folder {str(root)!r} has no images in its class subfolders (extensions {IMAGE_EXTENSIONS})"
+        )
+    images, labels, skipped = [], [], []
+    for path, label in tqdm(files, desc=f"loading {root.name}", disable=not progress, leave=False):
+        try:
+            images.append(load_image(path, image_size, channels))
+        except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError...
+            if not skip_bad_files:
+                raise ValueError(
+                    f"data: cannot read image {str(path)!r} ({type(exc).__name__}: {exc}); "
+                    "pass skip_bad_files=True (--skip-bad-files) to skip unreadable files"
+                ) from exc
+            skipped.append(str(path))
+            continue
+        labels.append(label)
+    if skipped:
+        print(f"data: skipped {len(skipped)} unreadable image file(s) of {len(files)} in {root}")
+    if not images:
+        raise ValueError(f"data: no readable image in {str(root)!r} ({len(skipped)} unreadable)")
+    x = torch.from_numpy(np.stack(images)).float().div_(127.5).sub_(1.0)
+    ds = ImageDataset(x, torch.tensor(labels, dtype=torch.int64), n_classes=len(classes), name=root.name,
+                      class_names=classes)
+    ds.skipped = skipped
+    return ds

@@ -1,0 +1,110 @@
+"""Training objectives, independent of the network: flow matching and DDPM.
+
+Both call the network only as ``model(x_t, t, y)`` with ``t: (B,)`` float in [0, 1].
+
+Flow matching (rectified flow): ``x_t = (1 - t) x_0 + t eps``, target ``v = eps - x_0``.
+DDPM: discrete steps k = 0..T-1 of a linear beta schedule,
+``x_k = sqrt(abar_k) x_0 + sqrt(1 - abar_k) eps``, target ``eps``, network time ``k / T``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["FlowMatching", "DDPM", "time_shift", "resolution_shift", "make_objective", "OBJECTIVES"]
+
+Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def time_shift(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """Resolution-dependent time shift ``t' = s t / (1 + (s - 1) t)`` (s > 1: noisier)."""
+    if shift == 1.0:
+        return t
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def resolution_shift(height: int, width: int, base: int = 32 * 32) -> float:
+    """The shift ``s = sqrt(H * W / base)`` for images (or latents) of ``height x width``."""
+    return math.sqrt(height * width / base)
+
+
+@dataclass
+class FlowMatching:
+    """Rectified-flow objective with velocity prediction.
+
+    Args:
+        time_sampling: ``"logit_normal"`` (t = sigmoid(N(mean, std))) or ``"uniform"``.
+        logit_mean, logit_std: parameters of the logit-normal density.
+        shift: time shift s applied to the sampled t (1 = none).
+    """
+
+    time_sampling: str = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = 1.0
+    name: str = "flow"
+
+    def __post_init__(self) -> None:
+        if self.time_sampling not in ("logit_normal", "uniform"):
+            raise ValueError(f"time_sampling: expected 'logit_normal' or 'uniform', got {self.time_sampling!r}")
+        if not self.shift > 0:
+            raise ValueError(f"shift: expected a positive number, got {self.shift!r}")
+
+    def sample_time(self, batch: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.time_sampling == "uniform":
+            t = torch.rand(batch, device=device, generator=generator)
+        else:
+            z = torch.randn(batch, device=device, generator=generator)
+            t = torch.sigmoid(self.logit_mean + self.logit_std * z)
+        return time_shift(t, self.shift)
+
+    def loss(self, model: Model, x0: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean squared velocity error for clean data ``x0: (B, C, H, W)`` and labels ``y: (B,)``."""
+        t = self.sample_time(x0.shape[0], x0.device, generator)
+        eps = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+        tb = t.view(-1, *([1] * (x0.dim() - 1)))
+        x_t = (1 - tb) * x0 + tb * eps
+        pred = model(x_t, t, y)
+        return F.mse_loss(pred.float(), (eps - x0).float())
+
+
+@dataclass
+class DDPM:
+    """DDPM with epsilon prediction on a linear beta schedule of ``num_steps`` steps."""
+
+    num_steps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    name: str = "ddpm"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 2:
+            raise ValueError(f"num_steps: expected an int >= 2, got {self.num_steps!r}")
+        betas = torch.linspace(self.beta_start, self.beta_end, self.num_steps, dtype=torch.float64)
+        self.alphas_cumprod = torch.cumprod(1 - betas, dim=0)  # (T,) float64
+
+    def loss(self, model: Model, x0: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean squared noise error for clean data ``x0: (B, C, H, W)`` and labels ``y: (B,)``."""
+        B = x0.shape[0]
+        k = torch.randint(0, self.num_steps, (B,), device=x0.device, generator=generator)
+        eps = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+        abar = self.alphas_cumprod.to(x0.device)[k].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+        pred = model(x_t, k.to(x0.dtype) / self.num_steps, y)
+        return F.mse_loss(pred.float(), eps.float())
+
+
+OBJECTIVES = ("flow", "ddpm")
+
+
+def make_objective(name: str, **kwargs) -> FlowMatching | DDPM:
+    if name == "flow":
+        return FlowMatching(**kwargs)
+    if name == "ddpm":
+        return DDPM(**kwargs)
+    raise ValueError(f"objective: expected one of {OBJECTIVES}, got {name!r}")

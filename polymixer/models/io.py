@@ -1,0 +1,65 @@
+"""Save and load DiT models as a folder: ``config.json`` + ``model.safetensors``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..io import CheckpointError, load_tensors, read_json, save_tensors, sha256_file, write_json
+from .dit import CONFIG_NAME, WEIGHTS_NAME, DiT, DiTConfig
+
+__all__ = ["save_pretrained", "load_pretrained", "load_state_checked"]
+
+
+def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``model`` only if every key and shape matches (never half-loads)."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensors (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} tensors (e.g. {unexpected[:3]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
+        raise CheckpointError(f"{source}: weights of another architecture: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def save_pretrained(model: DiT, folder: str | Path) -> Path:
+    """Write ``folder/config.json`` and ``folder/model.safetensors`` atomically; returns folder."""
+    if not isinstance(model, DiT):
+        raise TypeError(f"model: expected a DiT, got {type(model).__name__}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = save_tensors(folder / WEIGHTS_NAME, model.state_dict(), metadata={"format": "pt"})
+    config = model.config.to_dict()
+    config["weights_sha256"] = sha256_file(weights)
+    write_json(folder / CONFIG_NAME, config)
+    return folder
+
+
+def load_pretrained(folder: str | Path, map_location: str | torch.device = "cpu") -> DiT:
+    """Build a :class:`DiT` from ``folder``; any problem raises CheckpointError before returning."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a folder (expected {CONFIG_NAME} + {WEIGHTS_NAME})")
+    data = read_json(folder / CONFIG_NAME)
+    digest = data.pop("weights_sha256", None)
+    try:
+        config = DiTConfig.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{folder / CONFIG_NAME}: not a DiT config: {exc}") from exc
+    weights = folder / WEIGHTS_NAME
+    if digest is not None and weights.is_file() and sha256_file(weights) != digest:
+        raise CheckpointError(f"{weights}: checksum mismatch (truncated or corrupt file)")
+    state = load_tensors(weights, device=map_location)
+    model = DiT(config)
+    load_state_checked(model, state, str(weights))
+    return model.to(map_location).eval()
