@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,6 +19,7 @@ class ImageDataset:
     n_classes: int
     name: str = "images"
     class_names: list[str] | None = None
+    skipped: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.images.dim() != 4:

@@ -90,7 +90,5 @@ def image_folder(
     if not images:
         raise ValueError(f"data: no readable image in {str(root)!r} ({len(skipped)} unreadable)")
     x = torch.from_numpy(np.stack(images)).float().div_(127.5).sub_(1.0)
-    ds = ImageDataset(x, torch.tensor(labels, dtype=torch.int64), n_classes=len(classes), name=root.name,
-                      class_names=classes)
-    ds.skipped = skipped
-    return ds
+    return ImageDataset(x, torch.tensor(labels, dtype=torch.int64), n_classes=len(classes), name=root.name,
+                        class_names=classes, skipped=skipped)

@@ -1,0 +1,200 @@
+"""Training loop: exact resume, DDP replicas, checkpoints (atomic, pruned, corrupt), CLI,
+sampling determinism and bad input. Tiny models on scikit-learn's 8x8 digits."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from polymixer.checkpoint import list_checkpoints, load_checkpoint
+from polymixer.cli import main as cli_main
+from polymixer.io import CheckpointError, load_tensors
+from polymixer.train import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_config(out, **kw) -> TrainConfig:
+    base = dict(data="digits", image_size=8, preset="DiT-T/2", depth=1, width=32, heads=2, steps=10,
+                batch_size=16, warmup_steps=3, lr=1e-3, ema_decay=0.9, seed=0, out=str(out), log_every=1,
+                sample_every=0, checkpoint_every=5, keep_last=0, progress=False, tensorboard=False,
+                num_threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def assert_same_state(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_is_bit_identical(tmp_path):
+    straight = train(tiny_config(tmp_path / "a"))
+    first = train(tiny_config(tmp_path / "b", steps=5))
+    assert first["step"] == 5
+    resumed = train(tiny_config(tmp_path / "b", steps=10), resume=True)
+    assert resumed["step"] == 10
+    assert_same_state(straight["model"].state_dict(), resumed["model"].state_dict())
+    assert_same_state(straight["ema"].state_dict(), resumed["ema"].state_dict())
+    ca, cb = load_checkpoint(tmp_path / "a" / "checkpoints" / "step_00000010"), \
+        load_checkpoint(tmp_path / "b" / "checkpoints" / "step_00000010")
+    assert ca["optimizer"]["state"].keys() == cb["optimizer"]["state"].keys()
+    for i, st in ca["optimizer"]["state"].items():
+        for name, v in st.items():
+            assert torch.equal(v, cb["optimizer"]["state"][i][name])
+    assert torch.equal(ca["rng"]["rank0"], cb["rng"]["rank0"])
+    # the weights moved: this is not the trivial equality of two untrained models
+    init = train(tiny_config(tmp_path / "c", steps=1))
+    assert not torch.equal(init["model"].blocks[0].mlp[0].weight, straight["model"].blocks[0].mlp[0].weight)
+
+
+def test_training_lowers_the_loss_and_writes_logs(tmp_path):
+    losses = []
+
+    config = tiny_config(tmp_path / "run", steps=60, lr=2e-3, warmup_steps=5, sample_every=60,
+                         sample_steps=4, tensorboard=True, checkpoint_every=20, keep_last=2)
+    from polymixer.diffusion import FlowMatching
+    from polymixer.models import DiT
+
+    # measure the loss of the EMA-free model before and after on a fixed batch
+    from polymixer.data import sklearn_digits
+
+    data = sklearn_digits()
+    x, y = data.images[:256], data.labels[:256]
+
+    def fixed_loss(model):
+        torch.manual_seed(123)
+        with torch.no_grad():
+            return FlowMatching().loss(model, x, y).item()
+
+    result = train(config)
+    torch.manual_seed(0)
+    fresh = DiT(result["model"].config)
+    losses = fixed_loss(fresh), fixed_loss(result["model"])
+    assert losses[1] < 0.8 * losses[0], losses
+    out = tmp_path / "run"
+    assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [40, 60]  # keep_last=2
+    assert (out / "samples" / "step_00000060.png").is_file()
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert (out / "ema_model" / "config.json").is_file() and (out / "ema_model" / "pipeline.json").is_file()
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary leftovers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_gloo_replicas_agree(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           f"--master_port={_free_port()}", str(ROOT / "tests" / "_ddp_worker.py"), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = load_tensors(out / "rank0_model.safetensors"), load_tensors(out / "rank1_model.safetensors")
+    assert_same_state(r0, r1)
+    assert_same_state(load_tensors(out / "rank0_ema.safetensors"), load_tensors(out / "rank1_ema.safetensors"))
+    ckpt = load_checkpoint(out / "checkpoints" / "step_00000004")
+    assert ckpt["state"]["world_size"] == 2 and set(ckpt["rng"]) == {"rank0", "rank1"}
+    assert not torch.equal(ckpt["rng"]["rank0"], ckpt["rng"]["rank1"])  # different noise per process
+    assert_same_state(ckpt["model"], r0)
+    # the two processes saw different halves of each global batch, so the result differs
+    # from one process training on the first half alone
+    single = train(tiny_config(tmp_path / "single", steps=4, batch_size=8, warmup_steps=2, checkpoint_every=2))
+    assert not torch.equal(single["model"].final.linear.weight, r0["final.linear.weight"])
+
+
+def test_corrupt_or_truncated_checkpoint_is_a_clear_error(tmp_path):
+    train(tiny_config(tmp_path / "r", steps=5))
+    ckpt = tmp_path / "r" / "checkpoints" / "step_00000005"
+    weights = ckpt / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) - 100])  # truncated
+    with pytest.raises(CheckpointError, match="model.safetensors.*(checksum|truncated|corrupt)"):
+        train(tiny_config(tmp_path / "r", steps=10), resume=True)
+    flipped = bytearray(data)
+    flipped[len(flipped) // 2] ^= 0xFF  # same size, one byte changed
+    weights.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(ckpt)
+    weights.write_bytes(data)
+    (ckpt / "state.json").write_text('{"format": "polymixer.checkpoint/1", "step": ')  # truncated JSON
+    with pytest.raises(CheckpointError, match="state.json"):
+        load_checkpoint(ckpt)
+
+
+def test_resume_refuses_another_architecture_and_needs_a_checkpoint(tmp_path):
+    train(tiny_config(tmp_path / "r", steps=5))
+    with pytest.raises(CheckpointError, match="another architecture"):
+        train(tiny_config(tmp_path / "r", steps=10, width=48), resume=True)
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        train(tiny_config(tmp_path / "r", steps=10))
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        train(tiny_config(tmp_path / "empty", steps=10), resume=True)
+
+
+def test_bad_training_input_fails_before_heavy_work(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train(tiny_config(tmp_path / "r", data=str(tmp_path / "no_such_folder")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no class subfolders"):
+        train(tiny_config(tmp_path / "r", data=str(tmp_path / "empty")))
+    with pytest.raises(ValueError, match="not divisible by patch_size"):
+        train(tiny_config(tmp_path / "r", image_size=9))
+    with pytest.raises(ValueError, match="unknown preset"):
+        train(tiny_config(tmp_path / "r", preset="DiT-Q/2"))
+    with pytest.raises(ValueError, match="objective"):
+        tiny_config(tmp_path / "r", objective="edm")
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_train_sample_same_seed_same_images(tmp_path, capsys):
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"data": "digits", "image_size": 8, "preset": "DiT-T/2", "depth": 1, "width": 32,
+                               "heads": 2, "steps": 4, "batch_size": 8, "sample_every": 0,
+                               "checkpoint_every": 4, "tensorboard": False, "progress": False}))
+    out = tmp_path / "run"
+    assert cli_main(["train", "--config", str(cfg), "--out", str(out), "--lr", "2e-3", "--num-threads", "1"]) == 0
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["lr"] == 2e-3 and saved["steps"] == 4  # flags override the file
+    common = ["sample", "--checkpoint", str(out / "ema_model"), "--classes", "1,3,7", "--per-class", "2",
+              "--steps", "3", "--cfg", "1.5", "--seed", "5"]
+    assert cli_main(common + ["--out", str(tmp_path / "a.png"), "--save-array", str(tmp_path / "a.npz")]) == 0
+    assert cli_main(common + ["--out", str(tmp_path / "b.png"), "--save-array", str(tmp_path / "b.npz")]) == 0
+    assert "grid written to" in capsys.readouterr().out
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    assert a["samples"].shape == (6, 1, 8, 8) and a["samples"].dtype == np.float32
+    assert a["labels"].tolist() == [1, 1, 3, 3, 7, 7]
+    assert a["samples"].min() >= -1 and a["samples"].max() <= 1
+    assert np.array_equal(a["samples"], b["samples"])
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    other = ["--out", str(tmp_path / "c.png"), "--save-array", str(tmp_path / "c.npz"), "--seed", "6"]
+    assert cli_main(common[:-2] + other) == 0
+    assert not np.array_equal(np.load(tmp_path / "c.npz")["samples"], a["samples"])
+    # the training checkpoint folder works too (its EMA weights)
+    assert cli_main(["sample", "--checkpoint", str(out / "checkpoints" / "step_00000004"), "--classes", "0-9",
+                     "--per-class", "1", "--steps", "2", "--sampler", "heun", "--out", str(tmp_path / "d.png")]) == 0
+
+
+def test_cli_sample_bad_input(tmp_path, capsys):
+    out = tmp_path / "run"
+    train(tiny_config(out, steps=2, checkpoint_every=2))
+    base = ["sample", "--checkpoint", str(out / "ema_model"), "--steps", "2", "--out", str(tmp_path / "x.png")]
+    assert cli_main(base + ["--classes", "3,12"]) == 2
+    assert "unknown class index 12" in capsys.readouterr().err
+    assert cli_main(base + ["--image-size", "9"]) == 2
+    assert "not divisible by the model's patch size 2" in capsys.readouterr().err
+    assert cli_main(base + ["--sampler", "ddim"]) == 2
+    assert "sampler" in capsys.readouterr().err
+    assert cli_main(["sample", "--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
