@@ -198,3 +198,34 @@ def test_cli_sample_bad_input(tmp_path, capsys):
     assert cli_main(["sample", "--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.png")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_latent_training_and_sampling_with_a_tiny_vae(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    from PIL import Image
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, sample_size=16,
+    )
+    vae.save_pretrained(tmp_path / "vae")
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    out = tmp_path / "run"
+    result = train(tiny_config(out, data=str(tmp_path / "imgs"), image_size=16, vae=str(tmp_path / "vae"),
+                               steps=2, batch_size=4, checkpoint_every=2))
+    assert result["model"].config.in_channels == 4 and result["model"].config.image_size == 8  # latents
+    assert result["model"].config.n_classes == 2
+    pipeline = json.loads((out / "ema_model" / "pipeline.json").read_text())
+    assert pipeline["latent"]["channels"] == 4 and pipeline["class_names"] == ["a", "b"]
+    assert cli_main(["sample", "--checkpoint", str(out / "ema_model"), "--per-class", "2", "--steps", "2",
+                     "--out", str(tmp_path / "g.png"), "--save-array", str(tmp_path / "s.npz")]) == 0
+    s = np.load(tmp_path / "s.npz")
+    assert s["samples"].shape == (4, 3, 16, 16)  # decoded back to RGB pixels
+    assert s["labels"].tolist() == [0, 0, 1, 1]
