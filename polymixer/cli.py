@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--threads", type=int, default=2)
 
+    sub.add_parser("presets", help="print every size preset with its parameter counts for PoM and attention")
+
     d = sub.add_parser("demo", help="sample the ten digits from the bundled PoM-DiT checkpoint")
     d.add_argument("--checkpoint", default=str(DEMO_CHECKPOINT))
     d.add_argument("--out", default="outputs/demo_grid.png")
@@ -151,6 +153,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_presets(args: argparse.Namespace) -> int:
+    import torch
+
+    from .models import DiT, PRESETS, dit_config
+
+    print(f"{'preset':<10} {'depth':>5} {'width':>5} {'heads':>5} {'tokens@256px/8':>14} "
+          f"{'PoM params':>11} {'attention':>11} {'ratio':>6}")
+    for name, p in PRESETS.items():
+        with torch.device("meta"):
+            n_pom = DiT(dit_config(name, "pom", in_channels=4)).num_parameters()
+            n_att = DiT(dit_config(name, "attention", in_channels=4)).num_parameters()
+        tokens = (256 // 8 // p["patch_size"]) ** 2
+        print(f"{name:<10} {p['depth']:>5} {p['width']:>5} {p['heads']:>5} {tokens:>14} "
+              f"{n_pom / 1e6:>10.2f}M {n_att / 1e6:>10.2f}M {n_pom / n_att:>6.3f}")
+    print("PoM presets: k=2, e=2, MLP ratio 3 (T/M/C/S/B) or 2 (L/XL), one gate scalar per head; "
+          "attention presets: MLP ratio 4. Counts for 4-channel 32x32 inputs (256px SD-VAE latents), 10 classes.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -158,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_train(args)
         if args.command == "sample":
             return _cmd_sample(args)
+        if args.command == "presets":
+            return _cmd_presets(args)
         return _cmd_demo(args)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"polymixer {args.command}: error: {exc}", file=sys.stderr)
