@@ -169,6 +169,20 @@ def pipeline_info(config: TrainConfig, data: ImageDataset, latent: dict | None) 
     }
 
 
+def _validate_model_options(config: TrainConfig) -> None:
+    """Check the preset, mixer, overrides and (for pixels) the image size against the patch
+    size before any data is read."""
+    overrides = {k: getattr(config, k) for k in MODEL_FIELDS if k != "mixer" and getattr(config, k) is not None}
+    image_size = config.image_size if config.vae is None else None
+    if image_size is not None:
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(f"image_size: expected a positive int, got {image_size!r}")
+        overrides["image_size"] = image_size
+    else:
+        overrides["image_size"] = overrides.get("patch_size", dit_config(config.preset).patch_size)
+    dit_config(config.preset, mixer=config.mixer, **overrides)
+
+
 # ------------------------------------------------------------------ distributed helpers
 @dataclass
 class Dist:
@@ -247,8 +261,7 @@ def train(config: TrainConfig, resume: bool | str = False) -> dict:
             raise CheckpointError(f"resume: no checkpoint in {ckpt_dir}")
     elif latest_checkpoint(ckpt_dir) is not None:
         raise ValueError(f"out: {out} already holds checkpoints; pass --resume to continue or choose another --out")
-    if config.preset is not None:
-        dit_config(config.preset, mixer=config.mixer)  # validates the preset name and mixer
+    _validate_model_options(config)
     ckpt = load_checkpoint(resume_path) if resume_path is not None else None
 
     dist_info, device = setup_distributed(config.device)

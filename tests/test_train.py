@@ -150,6 +150,9 @@ def test_bad_training_input_fails_before_heavy_work(tmp_path):
         train(tiny_config(tmp_path / "r", data=str(tmp_path / "empty")))
     with pytest.raises(ValueError, match="not divisible by patch_size"):
         train(tiny_config(tmp_path / "r", image_size=9))
+    # the size check comes before any data is read (the folder here does not even exist)
+    with pytest.raises(ValueError, match="not divisible by patch_size"):
+        train(tiny_config(tmp_path / "r", image_size=9, data=str(tmp_path / "no_such_folder")))
     with pytest.raises(ValueError, match="unknown preset"):
         train(tiny_config(tmp_path / "r", preset="DiT-Q/2"))
     with pytest.raises(ValueError, match="objective"):

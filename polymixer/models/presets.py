@@ -50,7 +50,8 @@ def dit_config(name: str, mixer: str = "pom", **overrides) -> DiTConfig:
     p = PRESETS[name]
     fields = dict(depth=p["depth"], width=p["width"], heads=p["heads"], patch_size=p["patch_size"], mixer=mixer)
     if mixer == "pom":
-        fields.update(mlp_ratio=p["pom_mlp_ratio"], pom_degree=2, pom_expand=2, pom_heads=p["heads"])
+        fields.update(mlp_ratio=p["pom_mlp_ratio"], pom_degree=2, pom_expand=2,
+                      pom_heads=overrides.get("heads", p["heads"]))
     else:
         fields.update(mlp_ratio=4.0)
     fields.update(overrides)
