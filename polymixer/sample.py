@@ -57,12 +57,9 @@ def parse_classes(text: str | list[int] | None, n_classes: int) -> list[int]:
             if not part:
                 continue
             try:
-                if "-" in part[1:]:
-                    a, b = part.split("-", 1) if not part.startswith("-") else (part, None)
-                    out.extend(range(int(a), int(b) + 1))
-                else:
-                    out.append(int(part))
-            except (TypeError, ValueError):
+                lo, sep, hi = part.partition("-") if not part.startswith("-") else (part, "", "")
+                out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+            except ValueError:
                 raise ValueError(f"classes: cannot parse {part!r} in {text!r}; expected e.g. '0,3,7' or '0-9'") from None
     else:
         out = [int(c) for c in text]

@@ -232,3 +232,19 @@ def test_latent_training_and_sampling_with_a_tiny_vae(tmp_path):
     s = np.load(tmp_path / "s.npz")
     assert s["samples"].shape == (4, 3, 16, 16)  # decoded back to RGB pixels
     assert s["labels"].tolist() == [0, 0, 1, 1]
+
+
+def test_parse_classes():
+    from polymixer.sample import parse_classes
+
+    assert parse_classes("0-3,7", 10) == [0, 1, 2, 3, 7]
+    assert parse_classes("all", 3) == [0, 1, 2]
+    assert parse_classes([4, 2], 5) == [4, 2]
+    with pytest.raises(ValueError, match="unknown class index 10"):
+        parse_classes("10", 10)
+    with pytest.raises(ValueError, match="unknown class index -1"):
+        parse_classes("-1", 10)
+    with pytest.raises(ValueError, match="cannot parse"):
+        parse_classes("3-x", 10)
+    with pytest.raises(ValueError, match="no class"):
+        parse_classes(",", 10)
