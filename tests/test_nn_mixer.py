@@ -28,13 +28,15 @@ def _grads(out, tensors, upstream):
     return torch.autograd.grad(out, tensors, upstream, allow_unused=True, materialize_grads=True)
 
 
+@pytest.mark.parametrize("implementation", ["fused", "lean", "autograd"])
 @pytest.mark.parametrize("variant,heads", VARIANTS)
-@pytest.mark.parametrize("n", [1, 63, 257])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_forward_and_gradients_match_reference(variant, heads, n, dtype):
+@pytest.mark.parametrize("n,dtype", [(1, torch.float64), (63, torch.float64), (257, torch.float64),
+                                     (1, torch.float32), (63, torch.float32)])
+def test_forward_and_gradients_match_reference(implementation, variant, heads, n, dtype):
     gen = torch.Generator().manual_seed(n + heads)
     batch, dim = 2, 60
-    mixer = PolynomialMixer(dim, degree=3 if variant == "power" else 2, expand=2, variant=variant, heads=heads).to(dtype)
+    mixer = PolynomialMixer(dim, degree=3 if variant == "power" else 2, expand=2, variant=variant, heads=heads,
+                            implementation=implementation).to(dtype)
     params = list(mixer.parameters())
     tol = {"rtol": 1e-9, "atol": 1e-9} if dtype == torch.float64 else {"rtol": 2e-4, "atol": 2e-5}
     for kwargs in _mode_kwargs(n, batch, gen):
@@ -47,10 +49,11 @@ def test_forward_and_gradients_match_reference(variant, heads, n, dtype):
             torch.testing.assert_close(g_fast, g_ref, **tol, msg=str(kwargs.keys()))
 
 
+@pytest.mark.parametrize("implementation", ["fused", "lean", "autograd"])
 @pytest.mark.parametrize("variant", ["product", "power"])
-def test_cross_mixing_with_padding_matches_reference(variant):
+def test_cross_mixing_with_padding_matches_reference(variant, implementation):
     gen = torch.Generator().manual_seed(1)
-    mixer = PolynomialMixer(60, variant=variant).double()
+    mixer = PolynomialMixer(60, variant=variant, implementation=implementation).double()
     x = torch.randn(3, 17, 60, dtype=torch.float64, generator=gen, requires_grad=True)
     c = torch.randn(3, 40, 60, dtype=torch.float64, generator=gen, requires_grad=True)
     pad = torch.rand(3, 40, generator=gen) > 0.5

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..ops.context import ContextMode, aggregate, resolve_context
 from ..ops.features import power_activation, power_features, product_features
+from ..ops.fused import fused_mix, gate_activation
 from ..ops.reference import reference_aggregate
 from ._checks import check_positive_int, check_tokens
 from .state import MixerState
@@ -18,6 +19,7 @@ from .state import MixerState
 __all__ = ["PolynomialMixer"]
 
 VARIANTS = ("product", "power")
+IMPLEMENTATIONS = ("fused", "lean", "autograd")
 
 
 class PolynomialMixer(nn.Module):
@@ -38,6 +40,12 @@ class PolynomialMixer(nn.Module):
             broadcast over F/heads channels (heads must divide F).
         bias: bias of the output projection; default True for "product", False for
             "power" (the reference codes' defaults).
+        implementation: how the backward pass is done (the outputs are the same):
+            ``"fused"`` (default) keeps two F-wide tensors per mixer and recomputes the
+            element-wise work; ``"lean"`` keeps only the inputs and (B, F) states and
+            recomputes the projections too; ``"autograd"`` is plain PyTorch autograd
+            (about six F-wide tensors). Under autocast, with a streaming ``state`` or
+            inside ``torch.compile`` the plain autograd form is used.
 
     Shapes: ``x: (B, M, D)`` queries; ``context: (B, N, D)`` (default: x itself);
     output ``(B, M, D)``. Context modes are keyword arguments, see :meth:`forward`.
@@ -51,10 +59,14 @@ class PolynomialMixer(nn.Module):
         variant: str = "product",
         heads: int = 1,
         bias: bool | None = None,
+        implementation: str = "fused",
         device=None,
         dtype: torch.dtype | None = None,
     ):
         super().__init__()
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation: expected one of {IMPLEMENTATIONS}, got {implementation!r}")
+        self.implementation = implementation
         check_positive_int("dim", dim)
         check_positive_int("degree", degree, 1, 8)
         check_positive_int("expand", expand)
@@ -88,7 +100,8 @@ class PolynomialMixer(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, degree={self.degree}, expand={self.expand}, "
-            f"variant={self.variant!r}, heads={self.heads}, state_width={self.state_width}"
+            f"variant={self.variant!r}, heads={self.heads}, state_width={self.state_width}, "
+            f"implementation={self.implementation!r}"
         )
 
     # ---------------------------------------------------------------- parts
@@ -104,7 +117,7 @@ class PolynomialMixer(nn.Module):
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """Gate ``s: (B, M, F)`` or ``(B, M, heads)`` of the queries ``(B, M, D)``."""
         z = self.gate_proj(x)
-        return torch.sigmoid(z) if self.variant == "product" else F.hardsigmoid(z)
+        return gate_activation(self.variant, z)
 
     def select(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """``W_o (s(x) * H) + b_o`` for queries ``x: (B, M, D)`` and states ``(B, 1 or M, F)``."""
@@ -178,7 +191,21 @@ class PolynomialMixer(nn.Module):
             dict(context_mask=context_mask, causal=causal, block_size=block_size,
                  block_lengths=block_lengths, cu_seqlens=cu_seqlens, mask=mask),
         )
+        if self._use_fused(prefix):
+            return fused_mix(x, None if context is x else context, self, mode, lean=self.implementation == "lean")
         return self.select(x, aggregate(self.features(context), mode, prefix))
+
+    def _use_fused(self, prefix) -> bool:
+        if self.implementation == "autograd" or prefix is not None or not torch.is_grad_enabled():
+            return False
+        if torch.is_autocast_enabled() or torch.is_autocast_enabled("cpu"):
+            return False
+        try:
+            if torch.compiler.is_compiling():
+                return False
+        except AttributeError:  # pragma: no cover
+            pass
+        return True
 
     def forward_reference(self, x: torch.Tensor, context: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """The same function as :meth:`forward` through the slow dense-mask loop (test oracle)."""

@@ -14,21 +14,25 @@ from .context import ContextMode, dense_context_mask
 __all__ = ["reference_mean", "reference_aggregate"]
 
 
-def reference_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Loop form of the masked mean: ``out[b, i] = mean(h[b, j] for j with mask[b, i, j])``.
+def reference_mean(h: torch.Tensor, mask: torch.Tensor, queries_per_step: int = 16) -> torch.Tensor:
+    """Masked mean written out: ``out[b, i] = sum_j [mask[b, i, j]] h[b, j] / |C_i|``.
 
-    h: (B, N, F); mask: (B, M, N) bool. An empty row gives zeros. Returns (B, M, F) in the
-    accumulation dtype (float32, float64 for float64 input).
+    h: (B, N, F); mask: (B, M, N) bool. An empty context gives zeros. Loops over batch
+    rows and small groups of queries, each group as an explicit (queries, N, F) masked
+    sum, so memory stays bounded. Returns (B, M, F) in the accumulation dtype (float32,
+    float64 for float64 input).
     """
     acc = accumulation_dtype(h.dtype)
     h = h.to(acc)
     rows = []
     for b in range(h.shape[0]):
-        per_query = []
-        for i in range(mask.shape[1]):
-            chosen = h[b][mask[b, i]]  # (|C_i|, F); an empty sum is zero
-            per_query.append(chosen.sum(dim=0) / max(chosen.shape[0], 1))
-        rows.append(torch.stack(per_query))
+        groups = []
+        for start in range(0, mask.shape[1], queries_per_step):
+            m = mask[b, start:start + queries_per_step]  # (q, N)
+            picked = torch.where(m.unsqueeze(-1), h[b].unsqueeze(0), torch.zeros((), dtype=acc))
+            count = m.sum(dim=-1, keepdim=True).clamp_min(1).to(acc)
+            groups.append(picked.sum(dim=1) / count)
+        rows.append(torch.cat(groups))
     return torch.stack(rows)
 
 

@@ -1,0 +1,293 @@
+"""PoM versus attention, side by side in one run: time, peak memory, saved activations.
+
+Rivals (all at the same width D, batch B, on the same inputs):
+  pom-product      PolynomialMixer, variant="product" (degree 2, expand 2)
+  pom-power        PolynomialMixer, variant="power"   (degree 2, expand 2)
+  sdpa             MultiHeadAttention (PyTorch scaled_dot_product_attention)
+  floor-product    the product mixer's own projections alone (its GEMM floor)
+  floor-power      the power mixer's own projections alone
+Extra rivals are registered in RIVALS (e.g. other implementations of the mixer).
+
+For every N: median milliseconds of forward and of forward+backward over --repeats runs,
+interleaved between rivals; peak resident memory added by one forward+backward, measured
+in a fresh subprocess per (rival, N) (ru_maxrss); bytes of tensors saved for backward
+(torch.autograd.graph.saved_tensors_hooks, parameters excluded, shared storages once).
+
+    python benchmarks/bench_mixer.py --out benchmarks/results/mixer_cpu
+writes mixer_cpu.md (table + command + date + machine) and mixer_cpu.json, and with
+--plot a PNG of time and memory versus N on log axes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from polymixer import MultiHeadAttention, PolynomialMixer  # noqa: E402
+
+
+class GemmFloor(nn.Module):
+    """The projections of a mixer and nothing else: the cost no PoM implementation can beat."""
+
+    def __init__(self, mixer: PolynomialMixer):
+        super().__init__()
+        self.mixer = mixer
+
+    def forward(self, x, **_):
+        m = self.mixer
+        u = m.feature_proj(x)
+        s = m.gate_proj(x)
+        if s.shape[-1] != u.shape[-1]:
+            s = s.repeat_interleave(u.shape[-1] // s.shape[-1], dim=-1)
+        return m.out_proj(u + s)
+
+
+def make_rival(name: str, dim: int, heads: int) -> nn.Module:
+    variant = "power" if "power" in name else "product"
+    if name.startswith("pom-"):
+        impl = name.split(":")[1] if ":" in name else None
+        mixer = PolynomialMixer(dim, degree=2, expand=2, variant=variant)
+        if impl is not None:
+            mixer.implementation = impl
+        return mixer
+    if name.startswith("floor-"):
+        return GemmFloor(PolynomialMixer(dim, degree=2, expand=2, variant=variant))
+    if name == "sdpa":
+        return MultiHeadAttention(dim, heads=heads)
+    raise ValueError(f"unknown rival {name!r}")
+
+
+def mode_kwargs(mode: str, n: int) -> dict:
+    if mode == "full":
+        return {}
+    if mode == "causal":
+        return {"causal": True}
+    if mode == "block":
+        return {"block_size": max(1, n // 16)}
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+def run_once(module, x, kwargs, backward: bool) -> float:
+    start = time.perf_counter()
+    if backward:
+        y = module(x, **kwargs)
+        y.backward(torch.ones_like(y))
+    else:
+        with torch.no_grad():
+            module(x, **kwargs)
+    return (time.perf_counter() - start) * 1e3
+
+
+def saved_bytes(module, x, kwargs) -> int:
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        if isinstance(t, torch.Tensor):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in params:
+                seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = module(x, **kwargs)
+    y.sum().backward()
+    return sum(seen.values())
+
+
+def memory_child(args) -> None:
+    """Runs in a fresh process: peak RSS added by one forward+backward."""
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    module = make_rival(args.rival, args.dim, args.heads)
+    x = torch.randn(args.batch, args.n, args.dim, requires_grad=True)
+    kwargs = mode_kwargs(args.mode, args.n)
+    grad = torch.ones(args.batch, args.n, args.dim)
+    # One tiny call first: parameter gradients and thread pools are allocated once, outside
+    # the measurement, which then sees activations and temporaries only.
+    warm = torch.randn(args.batch, 8, args.dim, requires_grad=True)
+    module(warm, **mode_kwargs(args.mode, 8)).sum().backward()
+    base = _reset_peak_rss()
+    y = module(x, **kwargs)
+    y.backward(grad)
+    peak = _status_kb("VmHWM")
+    print(json.dumps({"peak_mb": (peak - base) / 1024}))
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> int:
+    """Reset the process's peak RSS (Linux clear_refs 5) and return the current RSS in kB."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_kb("VmRSS")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rivals", default="pom-product,pom-power,sdpa,floor-product,floor-power")
+    p.add_argument("--ns", default="256,1024,2048,4096,8192,16384")
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--heads", type=int, default=6)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--mode", default="full", choices=["full", "causal", "block"])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--max-attention-n", type=int, default=16384, help="skip sdpa above this N (time)")
+    p.add_argument("--max-seconds", type=float, default=20.0, help="stop repeating a rival past this")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--out", default=None, help="path prefix for .md/.json (and .png with --plot)")
+    p.add_argument("--plot", action="store_true")
+    p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--rival", help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.memory_child:
+        memory_child(args)
+        return
+    torch.set_num_threads(args.threads)
+    rivals = args.rivals.split(",")
+    ns = [int(v) for v in args.ns.split(",")]
+    rows = []
+    for n in ns:
+        torch.manual_seed(0)
+        active = [r for r in rivals if not (r == "sdpa" and n > args.max_attention_n)]
+        modules = {r: make_rival(r, args.dim, args.heads) for r in active}
+        x = torch.randn(args.batch, n, args.dim, requires_grad=True)
+        kwargs = mode_kwargs(args.mode, n)
+        times = {(r, b): [] for r in active for b in (False, True)}
+        for r in active:  # warm-up
+            run_once(modules[r], x, kwargs, False)
+            run_once(modules[r], x, kwargs, True)
+        for _ in range(args.repeats):
+            for r in active:
+                for b in (False, True):
+                    if sum(times[(r, b)]) / 1e3 > args.max_seconds:
+                        continue
+                    times[(r, b)].append(run_once(modules[r], x, kwargs, b))
+        for r in active:
+            row = {
+                "rival": r, "n": n, "dim": args.dim, "batch": args.batch, "mode": args.mode,
+                "fwd_ms": statistics.median(times[(r, False)]),
+                "fwd_bwd_ms": statistics.median(times[(r, True)]),
+                "runs": len(times[(r, True)]),
+                "saved_mb": saved_bytes(modules[r], x, kwargs) / 2**20,
+            }
+            if not args.no_memory:
+                cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", "--rival", r, "--n", str(n),
+                       "--dim", str(args.dim), "--heads", str(args.heads), "--batch", str(args.batch),
+                       "--mode", args.mode, "--threads", str(args.threads)]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                row["peak_mb"] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    report(args, rows, rivals, ns)
+
+
+def report(args, rows, rivals, ns) -> None:
+    by = {(r["rival"], r["n"]): r for r in rows}
+    ref = "floor-product" if "floor-product" in rivals else None
+    lines = [
+        f"# Mixer benchmark ({args.mode} mode)",
+        "",
+        f"- command: `python benchmarks/bench_mixer.py {' '.join(sys.argv[1:])}`",
+        f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {machine()}",
+        f"- D={args.dim}, batch={args.batch}, sdpa heads={args.heads}, degree 2, expand 2, float32; "
+        f"median of up to {args.repeats} interleaved runs",
+        "- peak = resident memory added by one forward+backward in a fresh process; "
+        "saved = bytes of tensors kept for backward (parameters excluded)",
+        "",
+        "| N | rival | fwd ms | fwd+bwd ms | fwd+bwd / floor-product | sdpa / rival (fwd+bwd) | saved MB | peak MB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in ns:
+        for r in rivals:
+            row = by.get((r, n))
+            if row is None:
+                continue
+            floor = by.get((ref, n)) if ref else None
+            sdpa = by.get(("sdpa", n))
+            ratio_floor = f"{row['fwd_bwd_ms'] / floor['fwd_bwd_ms']:.2f}" if floor else ""
+            ratio_sdpa = f"{sdpa['fwd_bwd_ms'] / row['fwd_bwd_ms']:.2f}" if sdpa else ""
+            peak = f"{row['peak_mb']:.0f}" if "peak_mb" in row else ""
+            lines.append(
+                f"| {n} | {r} | {row['fwd_ms']:.1f} | {row['fwd_bwd_ms']:.1f} | {ratio_floor} | {ratio_sdpa} | "
+                f"{row['saved_mb']:.1f} | {peak} |"
+            )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        for suffix, content in ((".md", text), (".json", json.dumps(rows, indent=1))):
+            tmp = args.out + suffix + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(content)
+            os.replace(tmp, args.out + suffix)
+        if args.plot:
+            plot(args, rows, rivals)
+
+
+def plot(args, rows, rivals) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for r in rivals:
+        pts = sorted((row["n"], row) for row in rows if row["rival"] == r)
+        if not pts:
+            continue
+        n = [p[0] for p in pts]
+        axes[0].plot(n, [p[1]["fwd_ms"] for p in pts], marker="o", label=r)
+        axes[1].plot(n, [p[1]["fwd_bwd_ms"] for p in pts], marker="o", label=r)
+        if all("peak_mb" in p[1] for p in pts):
+            axes[2].plot(n, [max(p[1]["peak_mb"], 1e-1) for p in pts], marker="o", label=r)
+    for ax, title in zip(axes, ["forward (ms)", "forward+backward (ms)", "peak memory added (MB)"]):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("tokens N")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"PoM vs attention, D={args.dim}, {args.mode} mode, {machine()}", fontsize=9)
+    fig.tight_layout()
+    tmp = args.out + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, args.out + ".png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Memory-efficient autograd for the whole mixer: projections, features, aggregation, gate.
+
+Plain autograd keeps about six (B, N, F) tensors per mixer for the backward pass (the
+projections' outputs, the GELU outputs, running products, the gate, the gated state).
+:class:`FusedPolynomialMix` keeps only:
+
+* ``memory="default"``: the inputs and the two projections' outputs ``u = W_h c + b_h``
+  and ``z = W_s x + b_s`` (two F-wide tensors), plus the (B, F) state of the full mode;
+  the element-wise work is recomputed in the backward pass;
+* ``memory="lean"``: the inputs and the (B, F) state only; the projections are
+  recomputed too, so the mixer adds no F-wide activation at all.
+
+The backward pass is written out by hand: gradients of the features (product chain rule
+or Horner derivative of the power series), of the gates, of the aggregation (its adjoint:
+a broadcast, a reversed prefix sum, or a reversed prefix over blocks) and of the
+projections. It is tested against plain autograd and the loop reference.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .context import ContextMode, aggregate
+from .features import power_activation, power_features, product_features
+
+__all__ = ["FusedPolynomialMix", "fused_mix", "feature_backward", "aggregate_adjoint", "gate_activation"]
+
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _gelu_grad(u: torch.Tensor) -> torch.Tensor:
+    """d/du of the exact GELU: Phi(u) + u * phi(u)."""
+    cdf = 0.5 * (1.0 + torch.erf(u * (1.0 / math.sqrt(2.0))))
+    pdf = torch.exp(-0.5 * u * u) * _INV_SQRT_2PI
+    return cdf + u * pdf
+
+
+def feature_backward(variant: str, u: torch.Tensor, coeff: torch.Tensor | None, degree: int, dh: torch.Tensor):
+    """Gradients of the features w.r.t. the projection output ``u`` (and the coefficients).
+
+    u: (..., W) projection output (W = F for product, E for power); dh: (..., F).
+    Returns ``(du, dcoeff)``; dcoeff is (E, k) for the power variant, None otherwise.
+    """
+    if variant == "product":
+        g = F.gelu(u)
+        if degree == 1:
+            return dh * _gelu_grad(u), None
+        gs = g.chunk(degree, dim=-1)
+        dhs = dh.chunk(degree, dim=-1)
+        prods = [gs[0]]
+        for gi in gs[1:-1]:
+            prods.append(prods[-1] * gi)
+        dgs = [None] * degree
+        carry = None
+        for i in range(degree - 1, -1, -1):
+            dp = dhs[i] if carry is None else dhs[i] + carry
+            dgs[i] = dp if i == 0 else dp * prods[i - 1]
+            if i > 0:
+                carry = dp * gs[i]
+        du = torch.cat(dgs, dim=-1) * _gelu_grad(u)
+        return du, None
+    # power: h = sum_i a_i v^i with v = act(u)
+    v = power_activation(u)
+    a = coeff.to(v.dtype)
+    # dh/dv = sum_i i a_i v^(i-1), by Horner
+    deriv = (degree * a[:, degree - 1]).expand_as(v)
+    for i in range(degree - 2, -1, -1):
+        deriv = (i + 1) * a[:, i] + v * deriv
+    leaky = F.leaky_relu(u, 0.01)
+    act_grad = torch.where(u > 0, 1.0, 0.01).to(u.dtype) * ((leaky >= -0.1) & (leaky <= 6.0)).to(u.dtype)
+    du = dh * deriv * act_grad
+    # dcoeff[:, i] = sum over tokens of dh * v^(i+1)
+    flat_dh = dh.reshape(-1, dh.shape[-1])
+    flat_v = v.reshape(-1, v.shape[-1])
+    cols, power = [], flat_v
+    for i in range(degree):
+        cols.append((flat_dh * power).sum(dim=0))
+        if i + 1 < degree:
+            power = power * flat_v
+    return du, torch.stack(cols, dim=-1)
+
+
+def aggregate_adjoint(d_state: torch.Tensor, mode: ContextMode, num_context: int, h_dtype: torch.dtype) -> torch.Tensor:
+    """Adjoint of :func:`aggregate`: the gradient w.r.t. the features ``h: (B, N, F)``.
+
+    d_state: gradient w.r.t. the aggregated state, (B, 1, F) in the full mode or
+    (B, M, F). The aggregation is linear in h, so this is exact.
+    """
+    B, F_ = d_state.shape[0], d_state.shape[-1]
+    acc = d_state.dtype
+    w = None if mode.context_mask is None else mode.context_mask.to(acc)
+    if mode.kind == "full":
+        count = torch.full((B,), float(num_context), dtype=acc, device=d_state.device) if w is None else w.sum(1)
+        g = d_state.sum(dim=1) / count.clamp_min(1).unsqueeze(-1)  # (B, F)
+        dh = g.unsqueeze(1).expand(B, num_context, F_)
+        return dh if w is None else dh * w.unsqueeze(-1)
+    if mode.kind == "causal":
+        if w is None:
+            count = torch.arange(1, num_context + 1, dtype=acc, device=d_state.device).view(1, -1)
+        else:
+            count = w.cumsum(dim=1)
+        g = d_state / count.clamp_min(1).unsqueeze(-1)
+        dh = g.flip(1).cumsum(dim=1).flip(1)
+        return dh if w is None else dh * w.unsqueeze(-1)
+    if mode.kind == "block":
+        ids, nb = mode.block_ids, mode.num_blocks
+        ones = torch.ones(1, num_context, dtype=acc, device=d_state.device) if w is None else w
+        count = ones.new_zeros((ones.shape[0], nb)).index_add(1, ids, ones).cumsum(dim=1)  # (B or 1, nb)
+        block_g = d_state.new_zeros((B, nb, F_)).index_add(1, ids, d_state)
+        block_g = block_g / count.clamp_min(1).unsqueeze(-1)
+        per_block = block_g.flip(1).cumsum(dim=1).flip(1)
+        dh = per_block.index_select(1, ids)
+        return dh if w is None else dh * w.unsqueeze(-1)
+    # packed and dense: differentiate the (linear) aggregation itself.
+    with torch.enable_grad():
+        h = torch.zeros(B, num_context, F_, dtype=h_dtype, device=d_state.device, requires_grad=True)
+        out = aggregate(h, mode)
+        (dh,) = torch.autograd.grad(out, h, d_state.to(out.dtype))
+    return dh
+
+
+def _features(variant, u, coeff, degree):
+    if u.dtype == torch.float16:
+        u = u.float()  # as PolynomialMixer.features: degree-k products overflow fp16 first
+    if variant == "product":
+        return product_features(u, degree)
+    return power_features(power_activation(u), coeff)
+
+
+def gate_activation(variant: str, z: torch.Tensor) -> torch.Tensor:
+    """sigmoid (product) or hard sigmoid ``clamp(z / 6 + 1/2, 0, 1)`` (power).
+
+    The hard sigmoid is written out rather than ``F.hardsigmoid`` because the latter's
+    backward uses a float32 constant 1/6 even in float64, which the float64 tests see.
+    """
+    if variant == "product":
+        return torch.sigmoid(z)
+    return (z / 6.0 + 0.5).clamp(0.0, 1.0)
+
+
+_gate = gate_activation
+
+
+def _gate_grad(variant, z, s):
+    if variant == "product":
+        return s * (1.0 - s)
+    # clamp passes the gradient on the closed interval, as autograd of gate_activation does
+    return ((z >= -3.0) & (z <= 3.0)).to(z.dtype) / 6.0
+
+
+def _expand_heads(s: torch.Tensor, width: int) -> torch.Tensor:
+    """(..., G) gate to (..., F) by repeating each head's scalar over F/G channels."""
+    if s.shape[-1] == width:
+        return s
+    return s.repeat_interleave(width // s.shape[-1], dim=-1)
+
+
+def _reduce_heads(ds: torch.Tensor, heads: int) -> torch.Tensor:
+    if ds.shape[-1] == heads:
+        return ds
+    return ds.unflatten(-1, (heads, -1)).sum(-1)
+
+
+def _linear_grads(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, need_bias: bool):
+    """Gradients of ``out = inp @ weight.T + bias`` w.r.t. inp, weight and bias."""
+    d2 = dout.reshape(-1, dout.shape[-1])
+    i2 = inp.reshape(-1, inp.shape[-1])
+    d_inp = (d2 @ weight).view(inp.shape)
+    d_weight = d2.t() @ i2
+    d_bias = d2.sum(dim=0) if need_bias else None
+    return d_inp, d_weight, d_bias
+
+
+class FusedPolynomialMix(torch.autograd.Function):
+    """The mixer ``y = W_o (s(x) * A(h(c))) + b_o`` with a hand-written backward pass."""
+
+    @staticmethod
+    def forward(ctx, x, c, w_h, b_h, coeff, w_s, b_s, w_o, b_o, variant, degree, mode, lean):
+        self_mix = c is None
+        ctx_in = x if self_mix else c
+        u = F.linear(ctx_in, w_h, b_h)
+        z = F.linear(x, w_s, b_s)
+        h = _features(variant, u, coeff, degree)
+        state = aggregate(h, mode)  # (B, 1 or M, F), float32
+        del h
+        s = _gate(variant, z)
+        width = state.shape[-1]
+        gated = _expand_heads(s, width) * state.to(s.dtype)
+        y = F.linear(gated, w_o, b_o)
+        ctx.variant, ctx.degree, ctx.mode, ctx.lean, ctx.self_mix = variant, degree, mode, lean, self_mix
+        ctx.has_b_h, ctx.has_b_o = b_h is not None, b_o is not None
+        ctx.num_context = ctx_in.shape[1]
+        keep_state = state if mode.shared_state else None
+        if lean:
+            ctx.save_for_backward(x, c, w_h, b_h, coeff, w_s, b_s, w_o, None, None, keep_state)
+        else:
+            ctx.save_for_backward(x, c, w_h, b_h, coeff, w_s, b_s, w_o, u, z, keep_state)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, c, w_h, b_h, coeff, w_s, b_s, w_o, u, z, state = ctx.saved_tensors
+        variant, degree, mode = ctx.variant, ctx.degree, ctx.mode
+        ctx_in = x if ctx.self_mix else c
+        if u is None:  # lean: recompute the projections
+            u = F.linear(ctx_in, w_h, b_h)
+            z = F.linear(x, w_s, b_s)
+        if state is None:  # per-query states: recompute from the features
+            state = aggregate(_features(variant, u, coeff, degree), mode)
+        s = _gate(variant, z)
+        width = state.shape[-1]
+        heads = s.shape[-1]
+        s_full = _expand_heads(s, width)
+        state_c = state.to(s.dtype)
+        gated = s_full * state_c
+        d_gated, d_w_o, d_b_o = _linear_grads(dy, gated, w_o, ctx.has_b_o)
+        del gated
+        d_s = _reduce_heads(d_gated * state_c, heads)
+        d_z = d_s * _gate_grad(variant, z, s)
+        d_state = d_gated * s_full
+        if mode.shared_state:
+            d_state = d_state.sum(dim=1, keepdim=True)
+        del d_gated, s_full
+        d_h = aggregate_adjoint(d_state.to(state.dtype), mode, ctx.num_context, u.dtype).to(u.dtype)
+        del d_state
+        d_u, d_coeff = feature_backward(variant, u, coeff, degree, d_h)
+        del d_h
+        d_x, d_w_s, d_b_s = _linear_grads(d_z, x, w_s, b_s is not None)
+        d_ctx, d_w_h, d_b_h = _linear_grads(d_u, ctx_in, w_h, ctx.has_b_h)
+        if ctx.self_mix:
+            d_x = d_x + d_ctx
+            d_c = None
+        else:
+            d_c = d_ctx
+        if d_coeff is not None:
+            d_coeff = d_coeff.to(coeff.dtype)
+        return d_x, d_c, d_w_h, d_b_h, d_coeff, d_w_s, d_b_s, d_w_o, d_b_o, None, None, None, None
+
+
+def fused_mix(x, context, mixer, mode: ContextMode, lean: bool = False) -> torch.Tensor:
+    """Run ``mixer`` (a PolynomialMixer) on ``x`` through :class:`FusedPolynomialMix`."""
+    return FusedPolynomialMix.apply(
+        x, context,
+        mixer.feature_proj.weight, mixer.feature_proj.bias, mixer.coeff,
+        mixer.gate_proj.weight, mixer.gate_proj.bias,
+        mixer.out_proj.weight, mixer.out_proj.bias,
+        mixer.variant, mixer.degree, mode, lean,
+    )
