@@ -39,29 +39,41 @@ def _gelu_grad(u: torch.Tensor) -> torch.Tensor:
 
 
 def feature_backward(variant: str, u: torch.Tensor, coeff: torch.Tensor | None, degree: int, dh: torch.Tensor):
+    """Gradients of the features w.r.t. ``u`` (and the coefficients): see :func:`_feature_backward_parts`."""
+    parts, d_coeff = _feature_backward_parts(variant, u, coeff, degree, dh)
+    return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)), d_coeff
+
+
+def _feature_backward_parts(variant: str, u: torch.Tensor, coeff: torch.Tensor | None, degree: int, dh: torch.Tensor):
     """Gradients of the features w.r.t. the projection output ``u`` (and the coefficients).
 
-    u: (..., W) projection output (W = F for product, E for power); dh: (..., F).
-    Returns ``(du, dcoeff)``; dcoeff is (E, k) for the power variant, None otherwise.
+    u: (..., W) projection output (W = F for product, E for power); dh: (..., F), or
+    (B, 1, F) when every token receives the same gradient (full mode). Returns
+    ``(du, dcoeff)``; dcoeff is (E, k) for the power variant, None otherwise. The
+    element-wise derivatives use ATen's fused ``gelu_backward`` kernel.
     """
     if variant == "product":
-        g = F.gelu(u)
         if degree == 1:
-            return dh * _gelu_grad(u), None
-        gs = g.chunk(degree, dim=-1)
+            return torch.ops.aten.gelu_backward(dh.expand_as(u), u), None
+        u_parts = u.chunk(degree, dim=-1)
+        gs = [F.gelu(part) for part in u_parts]
         dhs = dh.chunk(degree, dim=-1)
-        prods = [gs[0]]
-        for gi in gs[1:-1]:
-            prods.append(prods[-1] * gi)
-        dgs = [None] * degree
+        # p_i = g_1 ... g_i; dL/dg_i = sum_{m >= i} dh_m * prod_{l <= m, l != i} g_l, by a
+        # backward sweep: carry_i = sum_{m > i} dh_m prod_{i < l <= m} g_l.
+        prefix = [None] * degree  # prefix[i] = p_{i-1} (None for i = 0, meaning 1)
+        running = None
+        for i in range(degree - 1):
+            running = gs[i] if running is None else running * gs[i]
+            prefix[i + 1] = running
+        dus = [None] * degree
         carry = None
         for i in range(degree - 1, -1, -1):
-            dp = dhs[i] if carry is None else dhs[i] + carry
-            dgs[i] = dp if i == 0 else dp * prods[i - 1]
+            dp = dhs[i] if carry is None else carry + dhs[i]
+            dg = dp if i == 0 else dp * prefix[i]
+            dus[i] = torch.ops.aten.gelu_backward(dg.expand_as(u_parts[i]), u_parts[i])
             if i > 0:
                 carry = dp * gs[i]
-        du = torch.cat(dgs, dim=-1) * _gelu_grad(u)
-        return du, None
+        return dus, None
     # power: h = sum_i a_i v^i with v = act(u)
     v = power_activation(u)
     a = coeff.to(v.dtype)
@@ -73,14 +85,21 @@ def feature_backward(variant: str, u: torch.Tensor, coeff: torch.Tensor | None, 
     act_grad = torch.where(u > 0, 1.0, 0.01).to(u.dtype) * ((leaky >= -0.1) & (leaky <= 6.0)).to(u.dtype)
     du = dh * deriv * act_grad
     # dcoeff[:, i] = sum over tokens of dh * v^(i+1)
-    flat_dh = dh.reshape(-1, dh.shape[-1])
     flat_v = v.reshape(-1, v.shape[-1])
+    if dh.shape[-2] == 1 and v.shape[-2] != 1:  # one gradient row per batch row, shared by its tokens
+        sums, power = [], v
+        for i in range(degree):
+            sums.append((dh * power.sum(dim=-2, keepdim=True)).reshape(-1, v.shape[-1]).sum(dim=0))
+            if i + 1 < degree:
+                power = power * v
+        return [du], torch.stack(sums, dim=-1)
+    flat_dh = dh.reshape(-1, dh.shape[-1])
     cols, power = [], flat_v
     for i in range(degree):
         cols.append((flat_dh * power).sum(dim=0))
         if i + 1 < degree:
             power = power * flat_v
-    return du, torch.stack(cols, dim=-1)
+    return [du], torch.stack(cols, dim=-1)
 
 
 def aggregate_adjoint(d_state: torch.Tensor, mode: ContextMode, num_context: int, h_dtype: torch.dtype) -> torch.Tensor:
@@ -94,9 +113,9 @@ def aggregate_adjoint(d_state: torch.Tensor, mode: ContextMode, num_context: int
     w = None if mode.context_mask is None else mode.context_mask.to(acc)
     if mode.kind == "full":
         count = torch.full((B,), float(num_context), dtype=acc, device=d_state.device) if w is None else w.sum(1)
-        g = d_state.sum(dim=1) / count.clamp_min(1).unsqueeze(-1)  # (B, F)
-        dh = g.unsqueeze(1).expand(B, num_context, F_)
-        return dh if w is None else dh * w.unsqueeze(-1)
+        g = (d_state.sum(dim=1) / count.clamp_min(1).unsqueeze(-1)).unsqueeze(1)  # (B, 1, F)
+        # Without a padding mask every token gets the same gradient: return it unexpanded.
+        return g if w is None else g * w.unsqueeze(-1)
     if mode.kind == "causal":
         if w is None:
             count = torch.arange(1, num_context + 1, dtype=acc, device=d_state.device).view(1, -1)
@@ -144,11 +163,31 @@ def gate_activation(variant: str, z: torch.Tensor) -> torch.Tensor:
 _gate = gate_activation
 
 
-def _gate_grad(variant, z, s):
+def _state(variant, u, coeff, degree, mode: ContextMode) -> torch.Tensor:
+    """``aggregate(features(u), mode)``; in the full mode without building the (B, N, F) features."""
+    if mode.kind != "full" or variant != "product" or degree == 1:
+        return aggregate(_features(variant, u, coeff, degree), mode)
+    if u.dtype == torch.float16:
+        u = u.float()
+    acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+    w = None if mode.context_mask is None else mode.context_mask.to(u.dtype)
+    count = (torch.full((u.shape[0], 1), float(u.shape[1]), dtype=acc, device=u.device)
+             if w is None else w.to(acc).sum(dim=1, keepdim=True))
+    sums, running = [], None
+    for part in u.chunk(degree, dim=-1):
+        g = F.gelu(part)
+        running = g if running is None else running * g
+        total = running.sum(dim=1, dtype=acc) if w is None else torch.einsum("bn,bnf->bf", w, running).to(acc)
+        sums.append(total)
+    return (torch.cat(sums, dim=-1) / count.clamp_min(1)).unsqueeze(1)
+
+
+def _gate_backward(variant, grad, z, s):
+    """``grad * gate'(z)`` in one fused kernel where ATen has one."""
     if variant == "product":
-        return s * (1.0 - s)
+        return torch.ops.aten.sigmoid_backward(grad, s)
     # clamp passes the gradient on the closed interval, as autograd of gate_activation does
-    return ((z >= -3.0) & (z <= 3.0)).to(z.dtype) / 6.0
+    return grad * (((z >= -3.0) & (z <= 3.0)).to(z.dtype) / 6.0)
 
 
 def _expand_heads(s: torch.Tensor, width: int) -> torch.Tensor:
@@ -183,9 +222,7 @@ class FusedPolynomialMix(torch.autograd.Function):
         ctx_in = x if self_mix else c
         u = F.linear(ctx_in, w_h, b_h)
         z = F.linear(x, w_s, b_s)
-        h = _features(variant, u, coeff, degree)
-        state = aggregate(h, mode)  # (B, 1 or M, F), float32
-        del h
+        state = _state(variant, u, coeff, degree, mode)  # (B, 1 or M, F), float32
         s = _gate(variant, z)
         width = state.shape[-1]
         gated = _expand_heads(s, width) * state.to(s.dtype)
@@ -209,27 +246,50 @@ class FusedPolynomialMix(torch.autograd.Function):
             u = F.linear(ctx_in, w_h, b_h)
             z = F.linear(x, w_s, b_s)
         if state is None:  # per-query states: recompute from the features
-            state = aggregate(_features(variant, u, coeff, degree), mode)
+            state = _state(variant, u, coeff, degree, mode)
         s = _gate(variant, z)
         width = state.shape[-1]
         heads = s.shape[-1]
-        s_full = _expand_heads(s, width)
         state_c = state.to(s.dtype)
-        gated = s_full * state_c
-        d_gated, d_w_o, d_b_o = _linear_grads(dy, gated, w_o, ctx.has_b_o)
-        del gated
-        d_s = _reduce_heads(d_gated * state_c, heads)
-        d_z = d_s * _gate_grad(variant, z, s)
-        d_state = d_gated * s_full
-        if mode.shared_state:
-            d_state = d_state.sum(dim=1, keepdim=True)
-        del d_gated, s_full
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        d_gated = (dy2 @ w_o).view(s.shape[:-1] + (width,))
+        d_b_o = dy2.sum(dim=0) if ctx.has_b_o else None
+        if heads == width and mode.shared_state:
+            # gated = s * H with H shared by the tokens of a batch row:
+            # dW_o = sum_b (dy_b^T s_b) * H_b, without materialising the gated tensor.
+            d_w_o = torch.einsum("bnd,bnf->bdf", dy, s).mul_(state_c).sum(dim=0)
+            d_state = (d_gated * s).sum(dim=1, keepdim=True)
+            d_z = _gate_backward(variant, d_gated.mul_(state_c), z, s)
+        else:
+            s_full = _expand_heads(s, width)
+            gated = s_full * state_c
+            d_w_o = dy2.t() @ gated.reshape(-1, width)
+            del gated
+            d_state = d_gated * s_full
+            if mode.shared_state:
+                d_state = d_state.sum(dim=1, keepdim=True)
+            del s_full
+            d_z = _gate_backward(variant, _reduce_heads(d_gated * state_c, heads), z, s)
+        del d_gated
         d_h = aggregate_adjoint(d_state.to(state.dtype), mode, ctx.num_context, u.dtype).to(u.dtype)
         del d_state
-        d_u, d_coeff = feature_backward(variant, u, coeff, degree, d_h)
+        du_parts, d_coeff = _feature_backward_parts(variant, u, coeff, degree, d_h)
         del d_h
         d_x, d_w_s, d_b_s = _linear_grads(d_z, x, w_s, b_s is not None)
-        d_ctx, d_w_h, d_b_h = _linear_grads(d_u, ctx_in, w_h, ctx.has_b_h)
+        # d_ctx = sum_i du_i @ W_h[rows_i]; dW_h[rows_i] = du_i^T c (no concatenation of du)
+        c2 = ctx_in.reshape(-1, ctx_in.shape[-1])
+        d_ctx2 = None
+        w_rows, d_w_rows, d_b_rows = w_h.split([p.shape[-1] for p in du_parts]), [], []
+        for part, w_part in zip(du_parts, w_rows):
+            p2 = part.reshape(-1, part.shape[-1])
+            d_ctx2 = p2 @ w_part if d_ctx2 is None else d_ctx2.addmm_(p2, w_part)
+            d_w_rows.append(p2.t() @ c2)
+            if ctx.has_b_h:
+                d_b_rows.append(p2.sum(dim=0))
+        del du_parts
+        d_ctx = d_ctx2.view(ctx_in.shape)
+        d_w_h = torch.cat(d_w_rows) if len(d_w_rows) > 1 else d_w_rows[0]
+        d_b_h = (torch.cat(d_b_rows) if len(d_b_rows) > 1 else d_b_rows[0]) if ctx.has_b_h else None
         if ctx.self_mix:
             d_x = d_x + d_ctx
             d_c = None
