@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", default=None, help="euler or heun (flow), ddim (ddpm); default euler / ddim")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--image-size", type=int, default=None, help="sample at another size divisible by the patch size")
+    s.add_argument("--shift", type=float, default=None,
+                   help="time shift of the flow sampler's grid (default: the training run's)")
     s.add_argument("--out", default="grid.png", help="PNG grid path (default grid.png)")
     s.add_argument("--save-array", default=None, help="also write the samples and labels to this .npz")
     s.add_argument("--device", default="cpu")
@@ -110,7 +112,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _run_sampling(checkpoint, classes, per_class, cfg, steps, sampler, seed, out, save_array_path=None,
-                  image_size=None, device="cpu", threads=2) -> Path:
+                  image_size=None, device="cpu", threads=2, shift=None) -> Path:
     import torch
 
     from .sample import generate, load_for_sampling, parse_classes, save_array, save_samples_grid
@@ -119,7 +121,11 @@ def _run_sampling(checkpoint, classes, per_class, cfg, steps, sampler, seed, out
         torch.set_num_threads(threads)
     if per_class < 1:
         raise ValueError(f"--per-class: expected a positive int, got {per_class}")
+    if shift is not None and not shift > 0:
+        raise ValueError(f"--shift: expected a positive number, got {shift}")
     model, pipeline = load_for_sampling(checkpoint, device=device)
+    if shift is not None:
+        pipeline["shift"] = shift
     class_list = parse_classes(classes, model.config.n_classes)
     if image_size is not None:
         model.check_image_size(image_size, image_size)
@@ -138,7 +144,7 @@ def _run_sampling(checkpoint, classes, per_class, cfg, steps, sampler, seed, out
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     _run_sampling(args.checkpoint, args.classes, args.per_class, args.cfg, args.steps, args.sampler, args.seed,
-                  args.out, args.save_array, args.image_size, args.device, args.threads)
+                  args.out, args.save_array, args.image_size, args.device, args.threads, args.shift)
     return 0
 
 

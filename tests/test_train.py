@@ -248,3 +248,16 @@ def test_parse_classes():
         parse_classes("3-x", 10)
     with pytest.raises(ValueError, match="no class"):
         parse_classes(",", 10)
+
+
+def test_ddpm_objective_trains_and_samples_with_ddim(tmp_path):
+    out = tmp_path / "ddpm"
+    result = train(tiny_config(out, objective="ddpm", steps=3, checkpoint_every=3))
+    assert result["step"] == 3 and np.isfinite(result["loss"])
+    assert json.loads((out / "ema_model" / "pipeline.json").read_text())["objective"] == "ddpm"
+    args = ["sample", "--checkpoint", str(out / "ema_model"), "--per-class", "1", "--steps", "4",
+            "--save-array", str(tmp_path / "s.npz")]
+    assert cli_main(args + ["--out", str(tmp_path / "g.png")]) == 0  # default sampler: ddim
+    assert np.load(tmp_path / "s.npz")["samples"].shape == (10, 1, 8, 8)
+    assert cli_main(args + ["--out", str(tmp_path / "h.png"), "--sampler", "euler"]) == 2
+    assert cli_main(args + ["--out", str(tmp_path / "h.png"), "--shift", "3"]) == 0
