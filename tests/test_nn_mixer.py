@@ -153,3 +153,38 @@ def test_torch_compile_fullgraph_matches_eager(variant):
     compiled = torch.compile(mixer, fullgraph=True)
     for kwargs in ({}, {"causal": True}, {"block_size": 8}):
         torch.testing.assert_close(compiled(x, **kwargs), mixer(x, **kwargs), rtol=1e-4, atol=1e-5)
+
+
+def _saved_activation_shapes(module, x, **kwargs):
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    saved = {}
+
+    def pack(t):
+        if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in params:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes() // t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = module(x, **kwargs)
+    y.sum().backward()
+    return list(saved.values())
+
+
+@pytest.mark.parametrize("variant", ["product", "power"])
+@pytest.mark.parametrize("kwargs", [{}, {"causal": True}, {"block_size": 16}, {"context_mask": True}],
+                         ids=["full", "causal", "block", "padding"])
+def test_saved_activations_per_implementation(variant, kwargs):
+    """fused keeps at most two F-wide tensors, lean none; plain autograd keeps more."""
+    B, N, D = 2, 128, 32
+    x = torch.randn(B, N, D, requires_grad=True)
+    if kwargs.get("context_mask"):
+        kwargs = {"context_mask": torch.rand(B, N) > 0.5}
+    counts = {}
+    for impl in ("autograd", "fused", "lean"):
+        mixer = PolynomialMixer(D, variant=variant, implementation=impl)
+        F_ = mixer.state_width
+        sizes = _saved_activation_shapes(mixer, x, **kwargs)
+        counts[impl] = sum(1 for n in sizes if n >= B * N * F_)
+        assert sum(sizes) <= (counts[impl] * B * N * F_ + 2 * B * N * D + 4 * B * F_ + 4 * N + B * N), (impl, sizes)
+    assert counts["fused"] <= 2 and counts["lean"] == 0
+    assert counts["autograd"] >= 3

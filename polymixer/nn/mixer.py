@@ -196,7 +196,7 @@ class PolynomialMixer(nn.Module):
         return self.select(x, aggregate(self.features(context), mode, prefix))
 
     def _use_fused(self, prefix) -> bool:
-        if self.implementation == "autograd" or prefix is not None or not torch.is_grad_enabled():
+        if self.implementation == "autograd" or prefix is not None:
             return False
         if torch.is_autocast_enabled() or torch.is_autocast_enabled("cpu"):
             return False
