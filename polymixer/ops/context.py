@@ -184,6 +184,10 @@ def aggregate(h: torch.Tensor, mode: ContextMode, prefix=None) -> torch.Tensor:
     """
     if prefix is not None and mode.kind not in ("full", "causal", "block"):
         raise ValueError(f"a streaming state cannot be combined with the {mode.kind} context mode")
+    if prefix is None and h.is_cuda and mode.kind in ("full", "causal", "block") and not _compiling():
+        from .triton import triton_aggregate, triton_available  # optional: Triton may be absent
+        if triton_available(h) and h.dtype in (torch.float32, torch.bfloat16, torch.float16):
+            return triton_aggregate(h, mode)
     if mode.kind == "full":
         return agg.mean_full(h, mode.context_mask, prefix)
     if mode.kind == "causal":
