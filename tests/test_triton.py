@@ -1,0 +1,168 @@
+"""Triton kernels of the aggregation against the dense reference: outputs and gradients.
+
+Without CUDA the kernels run on CPU tensors under Triton's interpreter. ``triton.jit``
+decides between a compiled and an interpreted kernel when it decorates a function, from
+``TRITON_INTERPRET`` read at that moment; ``polymixer.ops.triton`` decorates its kernels
+lazily, at the first launch, once per value of the flag. So setting the variable here
+works even if another test file imported Triton (or polymixer) first: what matters is its
+value when a kernel is first launched, and this module sets it at import (collection),
+before any test runs. (If someone set ``TRITON_INTERPRET=0`` explicitly, the CPU cases
+are skipped, not run compiled.)
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+triton = pytest.importorskip("triton")
+
+from polymixer.ops.context import aggregate, resolve_context  # noqa: E402
+from polymixer.ops.reference import reference_aggregate  # noqa: E402
+from polymixer.ops.triton import triton_aggregate, triton_available  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+B, F = 2, 60
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    dev = torch.device(request.param)
+    if not triton_available(torch.empty(0, device=dev)):
+        pytest.skip(f"Triton kernels cannot run on {dev} (CPU needs TRITON_INTERPRET=1)")
+    return dev
+
+
+def _mask(n, device):
+    """Random padding mask with ~30 % padding; batch row 0 entirely padded."""
+    m = torch.rand(B, n, device=device) > 0.3
+    m[0] = False
+    return m
+
+
+MODES = [
+    ("full", {}),
+    ("causal", {"causal": True}),
+    ("block1", {"block_size": 1}),
+    ("block7", {"block_size": 7}),
+    ("block_long", {"block_size": 1000}),  # one block longer than N: same as full, per token
+    ("lengths", {"block_lengths": None}),  # uneven explicit lengths, filled in per N
+]
+
+
+def _kwargs(name, kw, n):
+    if name == "lengths":
+        lengths, left = [], n
+        for size in (3, 1, 17, 5):
+            if left == 0:
+                break
+            lengths.append(min(size, left))
+            left -= lengths[-1]
+        if left:
+            lengths.append(left)
+        return {"block_lengths": lengths}
+    return dict(kw)
+
+
+def _check(h, mode, chunk_size=None, atol=1e-5, rtol=1e-5, grad_atol=None, grad_rtol=None):
+    """Triton output and input gradient (random upstream gradient) against the dense oracle."""
+    n = h.shape[1]
+    a = h.detach().clone().requires_grad_()
+    r = h.detach().clone().requires_grad_()
+    out = triton_aggregate(a, mode, chunk_size=chunk_size)
+    ref = reference_aggregate(r, mode, n)
+    if mode.kind == "full":
+        ref = ref[:, :1]  # every query reads the same state
+    assert out.dtype == (torch.float64 if h.dtype == torch.float64 else torch.float32)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, atol=atol, rtol=rtol)
+    if h.device.type == "cpu":  # on CUDA aggregate() itself dispatches to the kernels
+        torch.testing.assert_close(out, aggregate(h, mode), atol=atol, rtol=rtol)
+    g = torch.randn_like(out)
+    out.backward(g)
+    ref.backward(g)
+    assert a.grad.dtype == h.dtype and a.grad.shape == h.shape
+    torch.testing.assert_close(a.grad, r.grad, atol=grad_atol or atol, rtol=grad_rtol or rtol)
+
+
+@pytest.mark.parametrize("n", [1, 63, 130])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+@pytest.mark.parametrize("name,kw", MODES, ids=[m[0] for m in MODES])
+def test_fp32_matches_reference(device, name, kw, masked, n):
+    h = torch.randn(B, n, F, device=device)
+    mode = resolve_context(B, n, n, context_mask=_mask(n, device) if masked else None,
+                           device=device, **_kwargs(name, kw, n))
+    _check(h, mode)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+@pytest.mark.parametrize("name,kw", MODES, ids=[m[0] for m in MODES])
+def test_many_chunks(device, name, kw, masked):
+    """N split over several programs per row: the carries between chunks."""
+    n = 130
+    h = torch.randn(B, n, F, device=device)
+    mode = resolve_context(B, n, n, context_mask=_mask(n, device) if masked else None,
+                           device=device, **_kwargs(name, kw, n))
+    _check(h, mode, chunk_size=16)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name,kw", [MODES[0], MODES[1], MODES[3]], ids=["full", "causal", "block7"])
+def test_low_precision_input_fp32_state(device, name, kw, dtype):
+    n = 63
+    h = (torch.randn(B, n, F, device=device) * 4).to(dtype)
+    mode = resolve_context(B, n, n, context_mask=_mask(n, device), device=device, **kw)
+    # Same (rounded) inputs, both sides sum in float32: only the order of the sums differs.
+    # The gradient is rounded to the input dtype.
+    _check(h, mode, atol=1e-5, rtol=1e-5, grad_atol=1e-2, grad_rtol=1e-2)
+
+
+def test_float64_and_strided_input(device):
+    n = 63
+    base = torch.randn(B, F, 2 * n, dtype=torch.float64, device=device)
+    h = base[:, :, ::2].transpose(1, 2)  # (B, n, F), no unit stride anywhere
+    assert not h.is_contiguous()
+    for kw in ({}, {"causal": True}, {"block_size": 7}):
+        mode = resolve_context(B, n, n, context_mask=_mask(n, device), device=device, **kw)
+        _check(h, mode, atol=1e-12, rtol=1e-12)
+
+
+def test_rejects_other_modes(device):
+    h = torch.randn(B, 8, F, device=device)
+    mode = resolve_context(B, 8, 8, cu_seqlens=torch.tensor([0, 3, 8]), device=device)
+    with pytest.raises(ValueError, match="packed"):
+        triton_aggregate(h, mode)
+    with pytest.raises(TypeError, match="dtype"):
+        triton_aggregate(h.int(), resolve_context(B, 8, 8))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_aggregate_dispatches_on_cuda():
+    h = torch.randn(B, 130, F, device="cuda", dtype=torch.bfloat16)
+    mode = resolve_context(B, 130, 130, causal=True)
+    out = aggregate(h, mode)
+    assert out.dtype == torch.float32
+    assert out.grad_fn is None or "TritonAggregate" in type(out.grad_fn).__name__
+    torch.testing.assert_close(out, reference_aggregate(h, mode, 130), atol=1e-5, rtol=1e-5)
+
+
+def test_package_works_without_triton():
+    """With Triton unimportable, polymixer imports and aggregates on CPU; no kernel import."""
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch; torch.set_num_threads(1)\n"
+        "import polymixer\n"
+        "from polymixer.ops.context import aggregate, resolve_context\n"
+        "from polymixer.ops.triton import triton_available\n"
+        "h = torch.randn(2, 5, 3)\n"
+        "assert not triton_available(h)\n"
+        "out = aggregate(h, resolve_context(2, 5, 5, causal=True))\n"
+        "assert out.shape == (2, 5, 3)\n"
+        "assert 'polymixer.ops.triton.aggregation' not in sys.modules\n"
+    )
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
