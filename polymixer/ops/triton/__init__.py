@@ -57,7 +57,8 @@ def triton_available(t: torch.Tensor) -> bool:
     """True when the Triton kernels can run on tensor ``t``.
 
     That is: Triton imports and ``t`` is a CUDA tensor, or ``TRITON_INTERPRET=1`` and ``t``
-    is on the CPU (Triton's interpreter; slow, for tests).
+    is on the CPU (Triton's interpreter; slow, for tests), provided Triton was imported
+    with that flag already set.
     """
     if not isinstance(t, torch.Tensor) or t.device.type not in ("cuda", "cpu"):
         return False
@@ -65,7 +66,20 @@ def triton_available(t: torch.Tensor) -> bool:
         return False
     if t.is_cuda:
         return True
-    return triton_interpreting()
+    return triton_interpreting() and _interpreter_ready()
+
+
+def _interpreter_ready() -> bool:
+    """False when Triton was imported before ``TRITON_INTERPRET=1`` was set.
+
+    Triton's own helpers (``tl.sum``, ``tl.cumsum``, ...) are decorated when
+    ``triton.language`` is imported; if that happened with the flag off, they are compiled
+    functions that the interpreter cannot call, and interpreted kernels fail.
+    """
+    import triton.language as tl
+
+    helper = getattr(getattr(tl, "standard", None), "sum", None)
+    return helper is None or type(helper).__name__ != "JITFunction"
 
 
 def triton_aggregate(h: torch.Tensor, mode, *, chunk_size: int | None = None) -> torch.Tensor:
