@@ -74,31 +74,35 @@ def _feature_backward_parts(variant: str, u: torch.Tensor, coeff: torch.Tensor |
             if i > 0:
                 carry = dp * gs[i]
         return dus, None
-    # power: h = sum_i a_i v^i with v = act(u)
-    v = power_activation(u)
-    a = coeff.to(v.dtype)
-    # dh/dv = sum_i i a_i v^(i-1), by Horner
-    deriv = (degree * a[:, degree - 1]).expand_as(v)
-    for i in range(degree - 2, -1, -1):
-        deriv = (i + 1) * a[:, i] + v * deriv
+    # power: h = sum_i a_i v^i with v = clamp(leaky(u), -0.1, 6)
     leaky = F.leaky_relu(u, 0.01)
-    act_grad = torch.where(u > 0, 1.0, 0.01).to(u.dtype) * ((leaky >= -0.1) & (leaky <= 6.0)).to(u.dtype)
-    du = dh * deriv * act_grad
+    v = leaky.clamp(-0.1, 6.0)
+    a = coeff.to(v.dtype)
+    # dh/dv = sum_i i a_i v^(i-1), by Horner, in place
+    if degree == 1:
+        dv = (dh * a[:, 0]).expand_as(v).contiguous()
+    else:
+        dv = v * (degree * a[:, degree - 1])
+        dv.add_((degree - 1) * a[:, degree - 2])
+        for i in range(degree - 3, -1, -1):
+            dv.mul_(v).add_((i + 1) * a[:, i])
+        dv.mul_(dh)
+    # Through the clamp, then the leaky ReLU, with ATen's fused backward kernels. (The
+    # clamp passes the gradient on the open interval here, on the closed one in autograd:
+    # they differ only where leaky(u) is exactly -0.1 or 6.)
+    du = torch.ops.aten.hardtanh_backward(dv, leaky, -0.1, 6.0)
+    du = torch.ops.aten.leaky_relu_backward(du, u, 0.01, False)
+    del dv, leaky
     # dcoeff[:, i] = sum over tokens of dh * v^(i+1)
-    flat_v = v.reshape(-1, v.shape[-1])
-    if dh.shape[-2] == 1 and v.shape[-2] != 1:  # one gradient row per batch row, shared by its tokens
-        sums, power = [], v
-        for i in range(degree):
-            sums.append((dh * power.sum(dim=-2, keepdim=True)).reshape(-1, v.shape[-1]).sum(dim=0))
-            if i + 1 < degree:
-                power = power * v
-        return [du], torch.stack(sums, dim=-1)
-    flat_dh = dh.reshape(-1, dh.shape[-1])
-    cols, power = [], flat_v
+    shared = dh.shape[-2] == 1 and v.shape[-2] != 1  # one gradient row shared by the tokens
+    cols, power = [], v
     for i in range(degree):
-        cols.append((flat_dh * power).sum(dim=0))
+        if shared:
+            cols.append((dh * power.sum(dim=-2, keepdim=True)).reshape(-1, v.shape[-1]).sum(dim=0))
+        else:
+            cols.append((dh * power).reshape(-1, v.shape[-1]).sum(dim=0))
         if i + 1 < degree:
-            power = power * flat_v
+            power = power * v
     return [du], torch.stack(cols, dim=-1)
 
 
@@ -160,7 +164,9 @@ def gate_activation(variant: str, z: torch.Tensor) -> torch.Tensor:
     return (z / 6.0 + 0.5).clamp(0.0, 1.0)
 
 
-_gate = gate_activation
+def _gate(variant: str, z: torch.Tensor) -> torch.Tensor:
+    """Gate values for the fused path: ATen's one-pass kernels (same values as gate_activation)."""
+    return torch.sigmoid(z) if variant == "product" else F.hardsigmoid(z)
 
 
 def _state(variant, u, coeff, degree, mode: ContextMode) -> torch.Tensor:
@@ -186,8 +192,9 @@ def _gate_backward(variant, grad, z, s):
     """``grad * gate'(z)`` in one fused kernel where ATen has one."""
     if variant == "product":
         return torch.ops.aten.sigmoid_backward(grad, s)
-    # clamp passes the gradient on the closed interval, as autograd of gate_activation does
-    return grad * (((z >= -3.0) & (z <= 3.0)).to(z.dtype) / 6.0)
+    # d/dz hardsigmoid = 1/6 inside (-3, 3): one fused kernel (the closed and open
+    # intervals differ only at z = +-3 exactly)
+    return torch.ops.aten.hardtanh_backward(grad, z, -3.0, 3.0).mul_(1.0 / 6.0)
 
 
 def _expand_heads(s: torch.Tensor, width: int) -> torch.Tensor:
