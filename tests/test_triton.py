@@ -187,3 +187,47 @@ def test_in_a_fresh_process():
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     passed = re.search(r"(\d+) passed", result.stdout)
     assert passed and int(passed.group(1)) >= 40, result.stdout[-2000:]  # not all skipped
+
+
+_AOT_SCRIPT = r"""
+import itertools
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from polymixer.ops.triton import aggregation as A
+
+k = A._kernels()
+assert type(k.scan).__name__ == "JITFunction", type(k.scan)
+
+def compile_(fn, ptrs, consts):
+    sig = {n: "constexpr" if n in consts else ptrs.get(n, "i32") for n in fn.arg_names}
+    c = triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": A._NUM_WARPS})
+    assert c.asm.get("cubin"), "no cubin"
+
+tiles = {"BLOCK_N": A._BLOCK_N, "BLOCK_F": A._MAX_BLOCK_F}
+compile_(k.chunk_sums, {"x_ptr": "*bf16", "pre_ptr": "*fp32", "out_ptr": "*fp32"}, {"HAS_PRE": True, **tiles})
+for rev, blocks in itertools.product((False, True), repeat=2):  # forward and backward forms
+    ptrs = {"x_ptr": "*fp32" if rev else "*bf16", "pre_ptr": "*fp32", "post_ptr": "*fp32", "carry_ptr": "*fp32",
+            "out_ptr": "*bf16" if rev and not blocks else "*fp32", "ids_ptr": "*i64", "edge_ptr": "*i8"}
+    compile_(k.scan, ptrs, {"HAS_PRE": True, "HAS_POST": True, "HAS_CARRY": True, "REVERSE": rev,
+                            "TO_BLOCKS": blocks, **tiles})
+compile_(k.gather, {"src_ptr": "*fp32", "ids_ptr": "*i64", "post_ptr": "*fp32", "out_ptr": "*bf16"},
+         {"HAS_IDS": True, "HAS_POST": True, **tiles})
+print("compiled")
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA cases compile and run the kernels")
+def test_kernels_compile_for_sm90_without_a_gpu(tmp_path):
+    """The interpreter does not type-check like the compiler: compile the kernels ahead of
+    time for an H100 (sm_90, Triton's bundled ptxas) in a process without the interpreter."""
+    try:
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.compiler import ASTSource  # noqa: F401
+    except ImportError as e:  # pragma: no cover - other Triton versions
+        pytest.skip(f"no ahead-of-time compile API in this Triton: {e}")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    result = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-4000:]
