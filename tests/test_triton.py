@@ -26,7 +26,8 @@ triton = pytest.importorskip("triton")
 
 from polymixer.ops.context import aggregate, resolve_context  # noqa: E402
 from polymixer.ops.reference import reference_aggregate  # noqa: E402
-from polymixer.ops.triton import triton_aggregate, triton_available  # noqa: E402
+from polymixer.ops.fused import aggregate_adjoint  # noqa: E402
+from polymixer.ops.triton import triton_aggregate, triton_aggregate_adjoint, triton_available  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 B, F = 2, 60
@@ -128,6 +129,20 @@ def test_low_precision_input_fp32_state(device, name, kw, dtype):
     # Same (rounded) inputs, both sides sum in float32: only the order of the sums differs.
     # The gradient is rounded to the input dtype.
     _check(h, mode, atol=1e-5, rtol=1e-5, grad_atol=1e-2, grad_rtol=1e-2)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 16])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+@pytest.mark.parametrize("name,kw", [MODES[0], MODES[1], MODES[3]], ids=["full", "causal", "block7"])
+def test_adjoint_matches_fused_adjoint(device, name, kw, masked, chunk_size):
+    """triton_aggregate_adjoint is a drop-in for ops.fused.aggregate_adjoint."""
+    n = 63
+    mode = resolve_context(B, n, n, context_mask=_mask(n, device) if masked else None, device=device, **kw)
+    d = torch.randn(B, 1 if mode.kind == "full" else n, F, device=device)
+    got = triton_aggregate_adjoint(d, mode, n, torch.bfloat16, chunk_size=chunk_size)
+    want = aggregate_adjoint(d, mode, n, torch.bfloat16).to(torch.bfloat16)
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-2, rtol=1e-2)
 
 
 def test_float64_and_strided_input(device):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["triton_available", "triton_interpreting", "triton_aggregate", "TRITON_KINDS"]
+__all__ = ["triton_available", "triton_interpreting", "triton_aggregate", "triton_aggregate_adjoint", "TRITON_KINDS"]
 
 #: Context-mode kinds the kernels implement.
 TRITON_KINDS = ("full", "causal", "block")
@@ -94,3 +94,16 @@ def triton_aggregate(h: torch.Tensor, mode, *, chunk_size: int | None = None) ->
     from .aggregation import triton_aggregate as _impl
 
     return _impl(h, mode, chunk_size=chunk_size)
+
+
+def triton_aggregate_adjoint(d_state: torch.Tensor, mode, num_context: int, h_dtype: torch.dtype, *,
+                             chunk_size: int | None = None) -> torch.Tensor:
+    """The backward of :func:`triton_aggregate`, shaped like ``ops.fused.aggregate_adjoint``.
+
+    d_state: gradient of the state, (B, 1, F) in the full mode or (B, N, F). Returns the
+    gradient of the features ``h: (B, N, F)`` in ``h_dtype`` (computed in float32), or
+    (B, 1, F) (the same for every token) in the full mode without a padding mask.
+    """
+    from .aggregation import triton_aggregate_adjoint as _impl
+
+    return _impl(d_state, mode, num_context, h_dtype, chunk_size=chunk_size)

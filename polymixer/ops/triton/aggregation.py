@@ -45,7 +45,7 @@ import triton.language as tl
 from .. import aggregation as agg
 from ..context import ContextMode
 
-__all__ = ["triton_aggregate"]
+__all__ = ["triton_aggregate", "triton_aggregate_adjoint"]
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -371,12 +371,15 @@ def _backward(d_state, kind, mask, ids, num_blocks, num_tokens, h_dtype, chunk_s
     k = _kernels()
     plan = _Plan(d_state, B, N, F, chunk_size)
     w = _weights(mask, acc)
-    dh = torch.empty(B, N, F, dtype=h_dtype, device=d_state.device)
     if kind == "full":
         count = torch.full((B,), float(N), dtype=acc, device=d_state.device) if w is None else w.sum(dim=1)
         g = d_state.to(acc).sum(dim=1, keepdim=True) / count.clamp_min(1).view(B, 1, 1)  # (B, 1, F)
+        if w is None:  # the same gradient for every token: a broadcast view, as PyTorch's sum gives
+            return g.to(h_dtype).expand(B, N, F)
+        dh = torch.empty(B, N, F, dtype=h_dtype, device=d_state.device)
         _gather(k, plan, g, None, w, dh)
         return dh
+    dh = torch.empty(B, N, F, dtype=h_dtype, device=d_state.device)
     if kind == "causal":
         # dh_j = w_j * sum_{i >= j} d_i / count_i: a reversed scan.
         _scan(k, plan, d_state, _token_inverse_counts(w, N, acc, d_state.device), w, dh, acc, reverse=True)
@@ -439,3 +442,32 @@ def triton_aggregate(h: torch.Tensor, mode: ContextMode, *, chunk_size: int | No
             return agg.mean_causal(h, mode.context_mask)
         return agg.mean_block_causal(h, mode.block_ids, mode.num_blocks, mode.context_mask)
     return _TritonAggregate.apply(h, mode.kind, mask, ids, mode.num_blocks, chunk_size)
+
+
+def triton_aggregate_adjoint(
+    d_state: torch.Tensor, mode: ContextMode, num_context: int, h_dtype: torch.dtype, *, chunk_size: int | None = None
+) -> torch.Tensor:
+    """See :func:`polymixer.ops.triton.triton_aggregate_adjoint`."""
+    if not isinstance(d_state, torch.Tensor) or d_state.dim() != 3:
+        raise ValueError(f"d_state: expected a (B, M, F) tensor, got {getattr(d_state, 'shape', type(d_state).__name__)}")
+    if mode.kind not in ("full", "causal", "block"):
+        raise ValueError(f"mode: the Triton kernels implement full, causal and block, got {mode.kind!r}")
+    if h_dtype not in _DTYPES:
+        raise TypeError(f"h_dtype: expected one of {_DTYPES}, got {h_dtype}")
+    B, F = d_state.shape[0], d_state.shape[-1]
+    rows = 1 if mode.kind == "full" else num_context
+    if d_state.shape[1] != rows:
+        raise ValueError(f"d_state: expected {rows} rows for the {mode.kind} mode, got shape {tuple(d_state.shape)}")
+    mask = mode.context_mask
+    if mode.kind == "full" and mask is None:
+        # Every token gets the same gradient: return it unexpanded, (B, 1, F).
+        acc = _accumulation(h_dtype)
+        return (d_state.to(acc) / max(num_context, 1)).to(h_dtype)
+    if mask is not None:
+        mask = mask.to(device=d_state.device, dtype=torch.bool).contiguous()
+    ids = None
+    if mode.kind == "block":
+        ids = mode.block_ids.to(device=d_state.device, dtype=torch.int64).contiguous()
+    if B == 0 or F == 0 or num_context == 0:
+        return torch.zeros(B, num_context, F, dtype=h_dtype, device=d_state.device)
+    return _backward(d_state, mode.kind, mask, ids, mode.num_blocks, num_context, h_dtype, chunk_size)
