@@ -174,6 +174,19 @@ def test_aggregate_dispatches_on_cuda():
     torch.testing.assert_close(out, reference_aggregate(h, mode, 130), atol=1e-5, rtol=1e-5)
 
 
+def test_aggregate_does_not_dispatch_on_cpu(monkeypatch):
+    """Even with the interpreter on, aggregate() keeps the PyTorch forms for CPU tensors."""
+    import polymixer.ops.triton as pom_triton
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("aggregate() dispatched a CPU tensor to the Triton kernels")
+
+    monkeypatch.setattr(pom_triton, "triton_aggregate", refuse)
+    h = torch.randn(B, 9, F)
+    for kw in ({}, {"causal": True}, {"block_size": 4}):
+        aggregate(h, resolve_context(B, 9, 9, **kw))
+
+
 def test_package_works_without_triton():
     """With Triton unimportable, polymixer imports and aggregates on CPU; no kernel import."""
     code = (
