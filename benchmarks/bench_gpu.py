@@ -72,7 +72,9 @@ class AggregationOnly(nn.Module):
     def forward(self, h, **kwargs):
         B, N = h.shape[:2]
         mode = resolve_context(B, N, N, device=h.device, **kwargs)
-        with triton_aggregation(self.use_triton):
+        if self.use_triton and pom_triton.triton_available(h):
+            return pom_triton.triton_aggregate(h, mode)  # also interpreted CPU tensors
+        with triton_aggregation(False):
             return aggregate(h, mode)
 
 
@@ -96,6 +98,31 @@ class Rival:
     def __call__(self, x, kwargs):
         with triton_aggregation(self.use_triton):
             return self.module(x, **kwargs)
+
+
+def check_agreement(device, modes, width: int, block_size: int) -> list[str]:
+    """Triton against PyTorch aggregation on one bf16 batch: outputs and gradients."""
+    lines = []
+    n = 3000  # not a multiple of the tiles
+    for mode in modes:
+        kwargs = mode_kwargs(mode, n, min(block_size, 700))
+        torch.manual_seed(0)
+        h = torch.randn(2, n, width, device=device).to(torch.bfloat16)
+        g = None
+        results = []
+        for use_triton in (True, False):
+            x = h.detach().requires_grad_()
+            y = AggregationOnly(use_triton)(x, **kwargs)
+            g = torch.randn_like(y) if g is None else g
+            y.backward(g)
+            results.append((y.detach(), x.grad.float()))
+        (y1, d1), (y2, d2) = results
+        err_y = ((y1 - y2).abs().max() / y2.abs().max().clamp_min(1e-30)).item()
+        err_d = ((d1 - d2).abs().max() / d2.abs().max().clamp_min(1e-30)).item()
+        lines.append(f"agreement {mode}: Triton vs PyTorch, max relative error output {err_y:.1e}, gradient {err_d:.1e}")
+        if err_y > 1e-4 or err_d > 1e-2:
+            raise SystemExit(lines[-1] + ": the Triton aggregation disagrees with PyTorch")
+    return lines
 
 
 def mode_kwargs(mode: str, n: int, block_size: int) -> dict:
@@ -225,6 +252,8 @@ def main(argv=None) -> None:
         f"D={dim}, heads={args.heads}, {tokens} tokens per batch, autocast {args.dtype}, "
         f"median of {repeats} after {warmup} warm-up runs",
     ]
+    if triton_on:
+        header += check_agreement(device, modes, 4 * dim, args.block_size)
     print("\n".join(header), flush=True)
 
     rows = []
