@@ -112,6 +112,11 @@ def aggregate_adjoint(d_state: torch.Tensor, mode: ContextMode, num_context: int
     d_state: gradient w.r.t. the aggregated state, (B, 1, F) in the full mode or
     (B, M, F). The aggregation is linear in h, so this is exact.
     """
+    if d_state.is_cuda and mode.kind in ("full", "causal", "block"):
+        from .triton import triton_aggregate_adjoint, triton_available  # optional: Triton may be absent
+
+        if triton_available(d_state):
+            return triton_aggregate_adjoint(d_state, mode, num_context, h_dtype)
     B, F_ = d_state.shape[0], d_state.shape[-1]
     acc = d_state.dtype
     w = None if mode.context_mask is None else mode.context_mask.to(acc)
@@ -183,7 +188,8 @@ def _state(variant, u, coeff, degree, mode: ContextMode) -> torch.Tensor:
     for part in u.chunk(degree, dim=-1):
         g = F.gelu(part)
         running = g if running is None else running * g
-        total = running.sum(dim=1, dtype=acc) if w is None else torch.einsum("bn,bnf->bf", w, running).to(acc)
+        # (the masked sum in the accumulation dtype: a bf16 einsum would round the state)
+        total = running.sum(dim=1, dtype=acc) if w is None else (running * w.unsqueeze(-1)).sum(dim=1, dtype=acc)
         sums.append(total)
     return (torch.cat(sums, dim=-1) / count.clamp_min(1)).unsqueeze(1)
 
