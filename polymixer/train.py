@@ -34,7 +34,7 @@ from .models.io import load_state_checked
 __all__ = ["TrainConfig", "train", "build_model_config", "pipeline_info"]
 
 MODEL_FIELDS = ("width", "depth", "heads", "patch_size", "mlp_ratio", "mixer", "pom_degree", "pom_expand",
-                "pom_variant", "pom_heads", "qk_norm")
+                "pom_variant", "pom_heads", "pom_implementation", "qk_norm")
 
 
 @dataclass
@@ -48,7 +48,8 @@ class TrainConfig:
 
     Model: ``preset`` (e.g. ``"DiT-C/4"``) and ``mixer`` ("pom" / "attention"); any of
     width, depth, heads, patch_size, mlp_ratio, pom_degree, pom_expand, pom_variant,
-    pom_heads, qk_norm overrides the preset when not None.
+    pom_heads, pom_implementation ("fused" / "lean" / "autograd"), qk_norm overrides the
+    preset when not None.
     """
 
     # data
@@ -69,6 +70,7 @@ class TrainConfig:
     pom_expand: int | None = None
     pom_variant: str | None = None
     pom_heads: int | None = None
+    pom_implementation: str | None = None
     qk_norm: bool | None = None
     # objective
     objective: str = "flow"

@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..nn import MultiHeadAttention, PolynomialMixer
+from ..nn.mixer import IMPLEMENTATIONS
 
 __all__ = ["DiTConfig", "DiT", "MIXERS"]
 
@@ -51,6 +52,9 @@ class DiTConfig:
         pom_degree, pom_expand, pom_variant: PoM's k, e and variant (spec section 1).
         pom_heads: 1 for a gate of width F, or the number of gate heads (one scalar per
             head, broadcast over F / pom_heads channels).
+        pom_implementation: backward pass of the PoM mixers: ``"fused"`` (default, two
+            F-wide tensors kept per mixer), ``"lean"`` (none: the projections are
+            recomputed) or ``"autograd"`` (plain PyTorch); the outputs are the same.
         n_classes: number of classes; label ``n_classes`` is the null (unconditional) one.
         qk_norm: RMS-normalise queries and keys (attention only).
     """
@@ -67,6 +71,7 @@ class DiTConfig:
     pom_expand: int = 2
     pom_variant: str = "product"
     pom_heads: int = 1
+    pom_implementation: str = "fused"
     n_classes: int = 10
     qk_norm: bool = False
 
@@ -78,6 +83,10 @@ class DiTConfig:
                 raise TypeError(f"{name}: expected an int, got {type(value).__name__} ({value!r})")
             if value < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {value}")
+        if self.pom_implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"pom_implementation: expected one of {IMPLEMENTATIONS}, got {self.pom_implementation!r}"
+            )
         if self.mixer not in MIXERS:
             raise ValueError(f"mixer: expected one of {MIXERS}, got {self.mixer!r}")
         if self.image_size % self.patch_size != 0:
@@ -136,7 +145,7 @@ class TimestepEmbedding(nn.Module):
         half = self.frequencies // 2
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
         angles = 1000.0 * t.float()[:, None] * freqs[None]
-        return self.mlp(torch.cat([angles.cos(), angles.sin()], dim=1))
+        return self.mlp(torch.cat([angles.cos(), angles.sin()], dim=1).to(self.mlp[0].weight.dtype))
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -153,7 +162,8 @@ class DiTBlock(nn.Module):
         self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         if config.mixer == "pom":
             self.mixer = PolynomialMixer(D, degree=config.pom_degree, expand=config.pom_expand,
-                                         variant=config.pom_variant, heads=config.pom_heads)
+                                         variant=config.pom_variant, heads=config.pom_heads,
+                                         implementation=config.pom_implementation)
         else:
             self.mixer = MultiHeadAttention(D, heads=config.heads, qk_norm=config.qk_norm)
         self.norm2 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
