@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--threads", type=int, default=2)
 
+    e = sub.add_parser("export", help="write a sampling folder (config + weights + pipeline) from a run or checkpoint")
+    e.add_argument("--checkpoint", required=True, help="a training checkpoint folder (EMA weights) or a model folder")
+    e.add_argument("--out", required=True, help="destination folder")
+    e.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="storage type of the weights (float16 halves the size)")
+
     sub.add_parser("presets", help="print every size preset with its parameter counts for PoM and attention")
 
     d = sub.add_parser("demo", help="sample the ten digits from the bundled PoM-DiT checkpoint")
@@ -159,6 +165,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from .io import write_json
+    from .sample import load_for_sampling
+
+    model, pipeline = load_for_sampling(args.checkpoint)
+    out = model.save_pretrained(args.out, dtype=getattr(torch, args.dtype))
+    write_json(Path(out) / "pipeline.json", pipeline)
+    size = sum(p.stat().st_size for p in Path(out).iterdir())
+    print(f"exported {model.num_parameters() / 1e6:.2f}M parameters ({args.dtype}) to {Path(out).resolve()} "
+          f"({size / 1e6:.1f} MB)")
+    return 0
+
+
 def _cmd_presets(args: argparse.Namespace) -> int:
     import torch
 
@@ -185,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_train(args)
         if args.command == "sample":
             return _cmd_sample(args)
+        if args.command == "export":
+            return _cmd_export(args)
         if args.command == "presets":
             return _cmd_presets(args)
         return _cmd_demo(args)

@@ -261,3 +261,26 @@ def test_ddpm_objective_trains_and_samples_with_ddim(tmp_path):
     assert np.load(tmp_path / "s.npz")["samples"].shape == (10, 1, 8, 8)
     assert cli_main(args + ["--out", str(tmp_path / "h.png"), "--sampler", "euler"]) == 2
     assert cli_main(args + ["--out", str(tmp_path / "h.png"), "--shift", "3"]) == 0
+
+
+def test_export_float16_folder_samples_like_the_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(out, steps=3, checkpoint_every=3))
+    ckpt = out / "checkpoints" / "step_00000003"
+    assert cli_main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "fp16"), "--dtype", "float16"]) == 0
+    full = (out / "ema_model" / "model.safetensors").stat().st_size
+    half = (tmp_path / "fp16" / "model.safetensors").stat().st_size
+    assert half < 0.6 * full
+    assert (tmp_path / "fp16" / "pipeline.json").is_file()
+    common = ["sample", "--per-class", "1", "--steps", "3", "--out", str(tmp_path / "g.png")]
+    assert cli_main(common + ["--checkpoint", str(ckpt), "--save-array", str(tmp_path / "a.npz")]) == 0
+    assert cli_main(common + ["--checkpoint", str(tmp_path / "fp16"), "--save-array", str(tmp_path / "b.npz")]) == 0
+    a, b = np.load(tmp_path / "a.npz")["samples"], np.load(tmp_path / "b.npz")["samples"]
+    assert np.abs(a - b).max() < 0.05
+    from polymixer.models import DiT
+
+    ema = load_checkpoint(ckpt)["ema"]
+    loaded = DiT.from_pretrained(tmp_path / "fp16").state_dict()
+    for k, v in ema.items():
+        assert loaded[k].dtype == torch.float32
+        assert torch.equal(loaded[k], v.half().float()), k  # exactly the float16 rounding

@@ -303,11 +303,12 @@ class DiT(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``folder`` (atomically)."""
+    def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``folder`` (atomically);
+        ``dtype`` optionally stores the weights in a smaller float type."""
         from .io import save_pretrained
 
-        return save_pretrained(self, folder)
+        return save_pretrained(self, folder, dtype)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> "DiT":

@@ -32,13 +32,22 @@ def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source:
     model.load_state_dict(state, strict=True)
 
 
-def save_pretrained(model: DiT, folder: str | Path) -> Path:
-    """Write ``folder/config.json`` and ``folder/model.safetensors`` atomically; returns folder."""
+def save_pretrained(model: DiT, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write ``folder/config.json`` and ``folder/model.safetensors`` atomically; returns folder.
+
+    ``dtype`` (e.g. ``torch.float16``) stores the floating-point weights in that type, half
+    the size; loading casts them back to the model's float32 parameters.
+    """
     if not isinstance(model, DiT):
         raise TypeError(f"model: expected a DiT, got {type(model).__name__}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    weights = save_tensors(folder / WEIGHTS_NAME, model.state_dict(), metadata={"format": "pt"})
+    state = model.state_dict()
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    weights = save_tensors(folder / WEIGHTS_NAME, state, metadata={"format": "pt"})
     config = model.config.to_dict()
     config["weights_sha256"] = sha256_file(weights)
     write_json(folder / CONFIG_NAME, config)
