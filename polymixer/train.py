@@ -171,6 +171,28 @@ def pipeline_info(config: TrainConfig, data: ImageDataset, latent: dict | None) 
     }
 
 
+# DiTConfig fields that change how the network computes, not its weights or function.
+NON_ARCHITECTURAL = ("pom_implementation",)
+
+
+def _check_same_architecture(saved: dict | None, model_config: DiTConfig, source) -> None:
+    """Raise CheckpointError unless the checkpoint's model config is this run's (fields
+    added since it was saved take their defaults; NON_ARCHITECTURAL fields may differ)."""
+    try:
+        saved_config = DiTConfig.from_dict(saved)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: checkpoint of another architecture: {exc}") from exc
+    a, b = saved_config.to_dict(), model_config.to_dict()
+    for key in NON_ARCHITECTURAL:
+        a.pop(key, None)
+        b.pop(key, None)
+    if a != b:
+        diff = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+        raise CheckpointError(
+            f"{source}: checkpoint of another architecture: (saved, this run) differ in {diff}"
+        )
+
+
 def _validate_model_options(config: TrainConfig) -> None:
     """Check the preset, mixer, overrides and (for pixels) the image size against the patch
     size before any data is read."""
@@ -276,12 +298,7 @@ def train(config: TrainConfig, resume: bool | str = False) -> dict:
         data, latent = encode_dataset(data, config.vae, device=device, progress=config.progress and dist_info.main)
     model_config = build_model_config(config, data)
     if ckpt is not None:
-        saved = ckpt["state"].get("model_config")
-        if saved != model_config.to_dict():
-            raise CheckpointError(
-                f"{resume_path}: checkpoint of another architecture: saved model config {saved} "
-                f"differs from this run's {model_config.to_dict()}"
-            )
+        _check_same_architecture(ckpt["state"].get("model_config"), model_config, resume_path)
 
     # ---- model, EMA, optimizer
     torch.manual_seed(config.seed)

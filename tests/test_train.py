@@ -284,3 +284,14 @@ def test_export_float16_folder_samples_like_the_checkpoint(tmp_path):
     for k, v in ema.items():
         assert loaded[k].dtype == torch.float32
         assert torch.equal(loaded[k], v.half().float()), k  # exactly the float16 rounding
+
+
+def test_resume_accepts_an_older_config_and_another_pom_implementation(tmp_path):
+    train(tiny_config(tmp_path / "r", steps=2, checkpoint_every=2))
+    ckpt = tmp_path / "r" / "checkpoints" / "step_00000002"
+    state = json.loads((ckpt / "state.json").read_text())
+    state["model_config"].pop("pom_implementation")  # a checkpoint saved before the field existed
+    (ckpt / "state.json").write_text(json.dumps(state))
+    result = train(tiny_config(tmp_path / "r", steps=3, checkpoint_every=3, pom_implementation="autograd"),
+                   resume=True)
+    assert result["step"] == 3
