@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .context import ContextMode, aggregate
+from .chunked import full_backward, full_forward
 from .features import power_activation, power_features, product_features
 
 __all__ = ["FusedPolynomialMix", "fused_mix", "feature_backward", "aggregate_adjoint", "gate_activation"]
@@ -226,13 +227,47 @@ def _linear_grads(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, n
     return d_inp, d_weight, d_bias
 
 
+class _Parts:
+    """The element-wise pieces of one mixer, handed to the chunked full-mode passes."""
+
+    def __init__(self, variant: str, coeff, degree: int):
+        self.variant, self.coeff, self.degree = variant, coeff, degree
+
+    def features(self, u):
+        return _features(self.variant, u, self.coeff, self.degree)
+
+    def gate(self, z):
+        return _gate(self.variant, z)
+
+    def gate_backward(self, grad, z, s):
+        return _gate_backward(self.variant, grad, z, s)
+
+    expand_heads = staticmethod(_expand_heads)
+    reduce_heads = staticmethod(_reduce_heads)
+    feature_backward_parts = staticmethod(_feature_backward_parts)
+
+
 class FusedPolynomialMix(torch.autograd.Function):
-    """The mixer ``y = W_o (s(x) * A(h(c))) + b_o`` with a hand-written backward pass."""
+    """The mixer ``y = W_o (s(x) * A(h(c))) + b_o`` with a hand-written backward pass.
+
+    The full (and padding) mode runs token-chunked (:mod:`polymixer.ops.chunked`): no
+    F-wide temporary larger than a chunk, in either pass. The other modes work on whole
+    tensors and recompute the per-query states in the backward pass.
+    """
 
     @staticmethod
     def forward(ctx, x, c, w_h, b_h, coeff, w_s, b_s, w_o, b_o, variant, degree, mode, lean):
         self_mix = c is None
         ctx_in = x if self_mix else c
+        ctx.variant, ctx.degree, ctx.mode, ctx.lean, ctx.self_mix = variant, degree, mode, lean, self_mix
+        ctx.has_b_h, ctx.has_b_o = b_h is not None, b_o is not None
+        ctx.num_context = ctx_in.shape[1]
+        if mode.kind == "full":
+            keep = (not lean) and any(ctx.needs_input_grad)
+            y, state, u_all, z_all = full_forward(_Parts(variant, coeff, degree), x, c, w_h, b_h, coeff,
+                                                  w_s, b_s, w_o, b_o, mode.context_mask, keep)
+            ctx.save_for_backward(x, c, w_h, b_h, coeff, w_s, b_s, w_o, u_all, z_all, state)
+            return y
         u = F.linear(ctx_in, w_h, b_h)
         z = F.linear(x, w_s, b_s)
         state = _state(variant, u, coeff, degree, mode)  # (B, 1 or M, F), float32
@@ -240,9 +275,6 @@ class FusedPolynomialMix(torch.autograd.Function):
         width = state.shape[-1]
         gated = _expand_heads(s, width) * state.to(s.dtype)
         y = F.linear(gated, w_o, b_o)
-        ctx.variant, ctx.degree, ctx.mode, ctx.lean, ctx.self_mix = variant, degree, mode, lean, self_mix
-        ctx.has_b_h, ctx.has_b_o = b_h is not None, b_o is not None
-        ctx.num_context = ctx_in.shape[1]
         keep_state = state if mode.shared_state else None
         if lean:
             ctx.save_for_backward(x, c, w_h, b_h, coeff, w_s, b_s, w_o, None, None, keep_state)
@@ -254,6 +286,10 @@ class FusedPolynomialMix(torch.autograd.Function):
     def backward(ctx, dy):
         x, c, w_h, b_h, coeff, w_s, b_s, w_o, u, z, state = ctx.saved_tensors
         variant, degree, mode = ctx.variant, ctx.degree, ctx.mode
+        if mode.kind == "full":
+            grads = full_backward(_Parts(variant, coeff, degree), dy.contiguous(), x, c, w_h, b_h, coeff, w_s,
+                                  b_s, w_o, ctx.has_b_o, state, u, z, mode.context_mask, variant, degree)
+            return grads + (None, None, None, None)
         ctx_in = x if ctx.self_mix else c
         if u is None:  # lean: recompute the projections
             u = F.linear(ctx_in, w_h, b_h)
