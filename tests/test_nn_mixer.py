@@ -240,3 +240,15 @@ def test_chunked_full_mode_across_chunk_and_batch_boundaries(monkeypatch, rows, 
             inputs = list(args) + params
             for a, b in zip(_grads(fast, inputs, up), _grads(ref, inputs, up)):
                 torch.testing.assert_close(a, b)
+
+
+def test_double_backward_raises_on_the_fused_path_and_works_on_autograd():
+    x = torch.randn(2, 9, 16, requires_grad=True)
+    mixer = PolynomialMixer(16, implementation="fused")
+    (g,) = torch.autograd.grad(mixer(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()
+    mixer.implementation = "autograd"
+    (g,) = torch.autograd.grad(mixer(x).square().sum(), x, create_graph=True)
+    g.sum().backward()
+    assert torch.isfinite(x.grad).all()

@@ -45,7 +45,9 @@ class PolynomialMixer(nn.Module):
             element-wise work; ``"lean"`` keeps only the inputs and (B, F) states and
             recomputes the projections too; ``"autograd"`` is plain PyTorch autograd
             (about six F-wide tensors). Under autocast, with a streaming ``state`` or
-            inside ``torch.compile`` the plain autograd form is used.
+            inside ``torch.compile`` the plain autograd form is used. The fused and lean
+            backward passes are not differentiable again: use "autograd" for double
+            backward (gradient penalties).
 
     Shapes: ``x: (B, M, D)`` queries; ``context: (B, N, D)`` (default: x itself);
     output ``(B, M, D)``. Context modes are keyword arguments, see :meth:`forward`.

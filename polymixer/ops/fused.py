@@ -22,6 +22,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .context import ContextMode, aggregate
 from .chunked import full_backward, full_forward
@@ -283,6 +284,7 @@ class FusedPolynomialMix(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy):
         x, c, w_h, b_h, coeff, w_s, b_s, w_o, u, z, state = ctx.saved_tensors
         variant, degree, mode = ctx.variant, ctx.degree, ctx.mode
