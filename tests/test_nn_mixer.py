@@ -216,8 +216,8 @@ def test_dit_implementations_give_the_same_outputs_and_gradients():
 
 @pytest.mark.parametrize("rows", [1, 7, 64])
 @pytest.mark.parametrize("variant,heads", [("product", 1), ("power", 4), ("product", 3)])
-def test_chunked_full_mode_across_chunk_and_batch_boundaries(monkeypatch, rows, variant, heads):
-    """The token-chunked full mode with chunks inside one batch row and across rows."""
+def test_chunked_modes_across_chunk_and_batch_boundaries(monkeypatch, rows, variant, heads):
+    """The token-chunked segment modes with chunks inside one batch row and across rows."""
     import polymixer.ops.chunked as chunked
 
     monkeypatch.setattr(chunked, "chunk_rows", lambda width: rows)
@@ -229,8 +229,13 @@ def test_chunked_full_mode_across_chunk_and_batch_boundaries(monkeypatch, rows, 
     for impl in ("fused", "lean"):
         mixer = PolynomialMixer(24, degree=3, variant=variant, heads=heads, implementation=impl).double()
         params = list(mixer.parameters())
-        for args, kwargs in (((x,), {}), ((x,), {"context_mask": pad[:, :1].expand(3, 40).contiguous()}),
-                             ((x, c), {}), ((x, c), {"context_mask": pad})):
+        self_pad = pad[:, :1].expand(3, 40).contiguous()
+        self_pad[2, ::3] = False
+        for args, kwargs in (((x,), {}), ((x,), {"context_mask": self_pad}),
+                             ((x, c), {}), ((x, c), {"context_mask": pad}),
+                             ((x,), {"causal": True}), ((x,), {"causal": True, "context_mask": self_pad}),
+                             ((x,), {"block_size": 6}), ((x,), {"block_lengths": [1, 20, 19]}),
+                             ((x,), {"block_size": 5, "context_mask": self_pad})):
             fast = mixer(*args, **kwargs)
             mixer.implementation = "autograd"
             ref = mixer(*args, **kwargs)

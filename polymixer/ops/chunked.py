@@ -1,18 +1,31 @@
-"""Token-chunked forward and backward of the mixer in the full (and padding) mode.
+"""Token-chunked forward and backward of the mixer in the full, causal and block modes.
 
-In the full mode every query of a batch row reads the same (F,) state, so the whole
-mixer is token-local apart from two (B, F) reductions. Working through the flattened
-``B*N`` token rows in chunks keeps every F-wide temporary at ``chunk x F`` (it stays in
-cache and the peak memory stays low), and the projections run as chunk GEMMs that
-accumulate the weight gradients in place. Used by :class:`polymixer.ops.fused.FusedPolynomialMix`.
+All three modes are *segment* modes: the context tokens of a batch row fall in
+consecutive segments (one segment for the full mode, one per block for the block-causal
+mode, one per token for the causal mode), and query i reads the mean of the features of
+its own segment (full) or of every segment up to its own (causal, block). So the mixer
+is token-local apart from a (B, segments, F) reduction:
+
+* forward: segment sums of the features (chunk by chunk), a prefix over segments, then
+  the gated output chunk by chunk;
+* backward: phase A over query chunks (output projection, gate, the gradient reaching the
+  states, summed per segment), phase B the adjoint of the mean over segments (a reversed
+  prefix), phase C over context chunks (feature derivatives and input projection).
+
+Working through the flattened ``B*N`` token rows in chunks keeps every F-wide temporary
+at ``chunk x F`` (in cache, and a low peak), and the projections run as chunk GEMMs that
+accumulate the weight gradients in place. Only the causal mode has an F-wide segment
+tensor (one segment per token). Used by :class:`polymixer.ops.fused.FusedPolynomialMix`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["chunk_rows", "full_forward", "full_backward"]
+__all__ = ["chunk_rows", "Segments", "segments_of", "segment_forward", "segment_backward"]
 
 
 def chunk_rows(width: int, target_bytes: int = 4 << 20) -> int:
@@ -20,66 +33,90 @@ def chunk_rows(width: int, target_bytes: int = 4 << 20) -> int:
     return max(256, min(8192, target_bytes // (4 * max(width, 1))))
 
 
-def _row_ids(start: int, stop: int, tokens: int, device) -> tuple[torch.Tensor | None, int | None]:
-    """Batch row of each flattened token row in [start, stop): (ids, None), or (None, b) if one row."""
-    first, last = start // tokens, (stop - 1) // tokens
-    if first == last:
-        return None, first
-    return torch.arange(start, stop, device=device) // tokens, None
+@dataclass
+class Segments:
+    """Segment of every token of a row: ``ids (N,)`` long, ``count`` segments, ``prefix``
+    True when a query reads every segment up to its own (causal, block), False when it
+    reads its own only (full: one segment)."""
+
+    ids: torch.Tensor | None  # None: segment = token index (causal)
+    count: int
+    prefix: bool
 
 
-def _rows_of(table: torch.Tensor, ids, single):
-    """``table: (B, F)`` rows for a chunk: (1, F) when the chunk lies in one batch row."""
-    return table[single].unsqueeze(0) if ids is None else table.index_select(0, ids)
+def segments_of(mode, num_tokens: int, device) -> Segments:
+    """The :class:`Segments` of a full, causal or block ``ContextMode``."""
+    if mode.kind == "full":
+        return Segments(torch.zeros(num_tokens, dtype=torch.long, device=device), 1, False)
+    if mode.kind == "causal":
+        return Segments(None, num_tokens, True)
+    if mode.kind == "block":
+        return Segments(mode.block_ids.to(device), mode.num_blocks, True)
+    raise ValueError(f"no segment form for the {mode.kind} context mode")
 
 
-def _add_rows(acc: torch.Tensor, values: torch.Tensor, ids, single) -> None:
-    """``acc[b] += sum of values over the chunk's tokens of batch row b``; acc: (B, F)."""
-    if ids is None:
-        acc[single] += values.sum(dim=0, dtype=acc.dtype)
+class _Rows:
+    """Row indices into a flattened (B * segments, F) table for a chunk of token rows."""
+
+    def __init__(self, seg: Segments, tokens: int, start: int, stop: int, device):
+        self.slice = None
+        self.single = None
+        self.ids = None
+        if seg.ids is None:  # causal: one segment per token, the table rows are the token rows
+            self.slice = slice(start, stop)
+        elif seg.count == 1:  # full mode: one state per batch row (queries and context alike)
+            if start // tokens == (stop - 1) // tokens:
+                self.single = start // tokens
+            else:
+                self.ids = torch.arange(start, stop, device=device) // tokens
+        else:
+            rows = torch.arange(start, stop, device=device)
+            self.ids = (rows // tokens) * seg.count + seg.ids.index_select(0, rows % tokens)
+
+    def read(self, table: torch.Tensor) -> torch.Tensor:
+        """``table: (B * segments, F)`` rows of the chunk: ``(t, F)``, or ``(1, F)`` for one row."""
+        if self.slice is not None:
+            return table[self.slice]
+        if self.single is not None:
+            return table[self.single].unsqueeze(0)
+        return table.index_select(0, self.ids)
+
+    def add(self, table: torch.Tensor, values: torch.Tensor) -> None:
+        """``table[segment of token] += values`` (in the table's dtype)."""
+        if self.slice is not None:
+            table[self.slice] += values.to(table.dtype)
+        elif self.single is not None:
+            table[self.single] += values.sum(dim=0, dtype=table.dtype)
+        else:
+            table.index_add_(0, self.ids, values.to(table.dtype))
+
+
+def _segment_counts(seg: Segments, batch: int, tokens: int, weights, acc, device) -> torch.Tensor:
+    """(B, segments) number of context tokens each query's set holds (prefix when seg.prefix)."""
+    w = torch.ones(batch, tokens, dtype=acc, device=device) if weights is None else weights.view(batch, tokens)
+    if seg.ids is None:
+        counts = w
     else:
-        acc.index_add_(0, ids, values.to(acc.dtype))
+        counts = w.new_zeros(batch, seg.count).index_add_(1, seg.ids, w)
+    return counts.cumsum(dim=1) if seg.prefix else counts
 
 
-def full_forward(fns, x, c, w_h, b_h, coeff, w_s, b_s, w_o, b_o, context_mask, keep_projections: bool):
-    """Forward pass of the full mode. Returns ``(y, state (B, 1, F), u, z)``.
-
-    ``fns`` supplies ``features(u)``, ``gate(z)``, ``expand_heads(s, F)``; u and z (the two
-    projections, flattened to rows) are returned only when ``keep_projections``.
-    """
+def segment_forward(parts, seg: Segments, x, c, w_h, b_h, coeff, w_s, b_s, w_o, b_o, context_mask,
+                    keep_projections: bool):
+    """Forward pass. Returns ``(y, state, u, z)``: state ``(B * segments, F)`` (float32),
+    u and z the two projections as rows when ``keep_projections`` (else None)."""
     ctx_in = x if c is None else c
     B, N, _ = ctx_in.shape
     M = x.shape[1]
-    c2 = ctx_in.reshape(B * N, -1)
-    x2 = x.reshape(B * M, -1)
-    width_u = w_h.shape[0]
+    c2, x2 = ctx_in.reshape(B * N, -1), x.reshape(B * M, -1)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     w2 = None if context_mask is None else context_mask.reshape(B * N).to(acc)
-    feature_width = None
-    total = None
-    u_all = torch.empty(B * N, width_u, dtype=x.dtype, device=x.device) if keep_projections else None
-    step = chunk_rows(width_u)
-    for start in range(0, B * N, step):
-        stop = min(start + step, B * N)
-        u_c = F.linear(c2[start:stop], w_h, b_h)
-        if u_all is not None:
-            u_all[start:stop] = u_c
-        h_c = fns.features(u_c)
-        if total is None:
-            feature_width = h_c.shape[-1]
-            total = torch.zeros(B, feature_width, dtype=acc, device=x.device)
-        if w2 is not None:
-            h_c = h_c * w2[start:stop].unsqueeze(-1).to(h_c.dtype)
-        ids, single = _row_ids(start, stop, N, x.device)
-        _add_rows(total, h_c, ids, single)
-    if w2 is None:
-        count = torch.full((B, 1), float(N), dtype=acc, device=x.device)
-    else:
-        count = w2.view(B, N).sum(dim=1, keepdim=True)
-    state = total / count.clamp_min(1)  # (B, F)
+    u_all = torch.empty(B * N, w_h.shape[0], dtype=x.dtype, device=x.device) if keep_projections else None
+    state = _state_table(parts, seg, c2, B, N, w_h, b_h, None, u_all, w2, acc)
+    width = state.shape[-1]
     y = torch.empty(B * M, w_o.shape[0], dtype=x.dtype, device=x.device)
     z_all = None
-    step = chunk_rows(feature_width)
+    step = chunk_rows(width)
     for start in range(0, B * M, step):
         stop = min(start + step, B * M)
         z_c = F.linear(x2[start:stop], w_s, b_s)
@@ -87,57 +124,58 @@ def full_forward(fns, x, c, w_h, b_h, coeff, w_s, b_s, w_o, b_o, context_mask, k
             if z_all is None:
                 z_all = torch.empty(B * M, z_c.shape[-1], dtype=x.dtype, device=x.device)
             z_all[start:stop] = z_c
-        ids, single = _row_ids(start, stop, M, x.device)
-        gated = fns.expand_heads(fns.gate(z_c), feature_width) * _rows_of(state, ids, single).to(z_c.dtype)
-        y[start:stop] = F.linear(gated, w_o, b_o)
-    return y.view(B, M, -1), state.unsqueeze(1), u_all, z_all
+        H_c = _Rows(seg, M, start, stop, x.device).read(state).to(z_c.dtype)
+        y[start:stop] = F.linear(parts.expand_heads(parts.gate(z_c), width) * H_c, w_o, b_o)
+    return y.view(B, M, -1), state, u_all, z_all
 
 
-def full_backward(fns, dy, x, c, w_h, b_h, coeff, w_s, b_s, w_o, has_b_o, state, u_all, z_all,
-                  context_mask, variant, degree):
-    """Backward pass of the full mode; u_all/z_all are the kept projections or None (lean).
+def segment_backward(parts, seg: Segments, dy, x, c, w_h, b_h, coeff, w_s, b_s, w_o, has_b_o, state,
+                     u_all, z_all, context_mask):
+    """Backward pass; ``state`` is the forward's (B * segments, F) table or None (recomputed
+    from the features); u_all/z_all the kept projections or None (lean: recomputed).
 
     Returns ``(d_x, d_c, d_w_h, d_b_h, d_coeff, d_w_s, d_b_s, d_w_o, d_b_o)``.
     """
     ctx_in = x if c is None else c
     B, N, _ = ctx_in.shape
     M = x.shape[1]
-    c2 = ctx_in.reshape(B * N, -1)
-    x2 = x.reshape(B * M, -1)
-    dy2 = dy.reshape(B * M, -1)
-    state2 = state.reshape(B, -1)  # (B, F) float32
-    width = state2.shape[-1]
-    acc = state2.dtype
+    c2, x2, dy2 = ctx_in.reshape(B * N, -1), x.reshape(B * M, -1), dy.reshape(B * M, -1)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    w2 = None if context_mask is None else context_mask.reshape(B * N).to(acc)
+    if state is None:  # recompute the per-segment states from the (kept or recomputed) projections
+        state = _state_table(parts, seg, c2, B, N, w_h, b_h, u_all, None, w2, acc)
+    width = state.shape[-1]
     d_w_o = torch.zeros_like(w_o)
     d_b_o = dy2.sum(dim=0) if has_b_o else None
     d_w_s = torch.zeros_like(w_s)
     d_b_s = torch.zeros_like(b_s) if b_s is not None else None
-    d_state = torch.zeros(B, width, dtype=acc, device=x.device)
+    d_seg = torch.zeros(B * seg.count, width, dtype=acc, device=x.device)
     d_x2 = torch.empty_like(x2)
     # Phase A: the gate side, over query rows.
     step = chunk_rows(width)
     for start in range(0, B * M, step):
         stop = min(start + step, B * M)
-        ids, single = _row_ids(start, stop, M, x.device)
+        rows = _Rows(seg, M, start, stop, x.device)
         x_c = x2[start:stop]
         z_c = z_all[start:stop] if z_all is not None else F.linear(x_c, w_s, b_s)
-        s_c = fns.gate(z_c)
-        s_full = fns.expand_heads(s_c, width)
-        H_c = _rows_of(state2, ids, single).to(s_c.dtype)
+        s_c = parts.gate(z_c)
+        s_full = parts.expand_heads(s_c, width)
+        H_c = rows.read(state).to(s_c.dtype)
         dy_c = dy2[start:stop]
         d_gated = dy_c @ w_o  # (t, F)
         d_w_o.addmm_(dy_c.t(), s_full * H_c)
-        _add_rows(d_state, d_gated * s_full, ids, single)
-        d_z = fns.gate_backward(fns.reduce_heads(d_gated.mul_(H_c), s_c.shape[-1]), z_c, s_c)
+        rows.add(d_seg, d_gated * s_full)
+        d_z = parts.gate_backward(parts.reduce_heads(d_gated.mul_(H_c), s_c.shape[-1]), z_c, s_c)
         torch.mm(d_z, w_s, out=d_x2[start:stop])
         d_w_s.addmm_(d_z.t(), x_c)
         if d_b_s is not None:
             d_b_s += d_z.sum(dim=0)
-    # Phase B: the adjoint of the mean, one (B, F) vector.
-    w2 = None if context_mask is None else context_mask.reshape(B * N).to(acc)
-    count = (torch.full((B, 1), float(N), dtype=acc, device=x.device) if w2 is None
-             else w2.view(B, N).sum(dim=1, keepdim=True))
-    g = d_state / count.clamp_min(1)  # (B, F)
+    # Phase B: adjoint of the mean: divide by the counts, reversed prefix over segments.
+    counts = _segment_counts(seg, B, N, w2, acc, x.device)
+    g = d_seg.view(B, seg.count, width).div_(counts.clamp_min(1).unsqueeze(-1))
+    if seg.prefix:
+        g = g.flip(1).cumsum(dim=1).flip(1)
+    g = g.reshape(B * seg.count, width)
     # Phase C: the feature side, over context rows.
     d_w_h = torch.zeros_like(w_h)
     d_b_h = torch.zeros_like(b_h) if b_h is not None else None
@@ -146,18 +184,16 @@ def full_backward(fns, dy, x, c, w_h, b_h, coeff, w_s, b_s, w_o, has_b_o, state,
     step = chunk_rows(w_h.shape[0])
     for start in range(0, B * N, step):
         stop = min(start + step, B * N)
-        ids, single = _row_ids(start, stop, N, x.device)
         c_c = c2[start:stop]
         u_c = u_all[start:stop] if u_all is not None else F.linear(c_c, w_h, b_h)
-        dh = _rows_of(g, ids, single).to(u_c.dtype)
+        dh = _Rows(seg, N, start, stop, x.device).read(g).to(u_c.dtype)
         if w2 is not None:
             dh = dh * w2[start:stop].unsqueeze(-1).to(dh.dtype)
-        parts, d_coeff_c = fns.feature_backward_parts(variant, u_c, coeff, degree, dh)
+        du_parts, d_coeff_c = parts.feature_backward_parts(parts.variant, u_c, coeff, parts.degree, dh)
         if d_coeff_c is not None:
             d_coeff += d_coeff_c.to(acc)
-        row = 0
-        d_out = d_c2[start:stop]
-        for i, part in enumerate(parts):
+        row, d_out = 0, d_c2[start:stop]
+        for i, part in enumerate(du_parts):
             w_part = w_h[row:row + part.shape[-1]]
             if c is None or i > 0:
                 d_out.addmm_(part, w_part)
@@ -172,3 +208,28 @@ def full_backward(fns, dy, x, c, w_h, b_h, coeff, w_s, b_s, w_o, has_b_o, state,
     if d_coeff is not None:
         d_coeff = d_coeff.to(coeff.dtype)
     return d_x, d_c, d_w_h, d_b_h, d_coeff, d_w_s, d_b_s, d_w_o, d_b_o
+
+
+def _state_table(parts, seg, c2, batch, tokens, w_h, b_h, u_in, u_out, w2, acc):
+    """``(B * segments, F)`` mean state of every segment (prefix over segments when
+    ``seg.prefix``), from the context rows ``c2`` chunk by chunk. ``u_in``: the kept
+    projection rows to reuse, or None (computed); ``u_out``: a buffer to keep them in."""
+    total = None
+    step = chunk_rows(w_h.shape[0])
+    for start in range(0, batch * tokens, step):
+        stop = min(start + step, batch * tokens)
+        u_c = u_in[start:stop] if u_in is not None else F.linear(c2[start:stop], w_h, b_h)
+        if u_out is not None:
+            u_out[start:stop] = u_c
+        h_c = parts.features(u_c)
+        if total is None:
+            total = torch.zeros(batch * seg.count, h_c.shape[-1], dtype=acc, device=c2.device)
+        if w2 is not None:
+            h_c = h_c * w2[start:stop].unsqueeze(-1).to(h_c.dtype)
+        _Rows(seg, tokens, start, stop, c2.device).add(total, h_c)
+    width = total.shape[-1]
+    state = total.view(batch, seg.count, width)
+    if seg.prefix:
+        state.cumsum_(dim=1)
+    counts = _segment_counts(seg, batch, tokens, w2, acc, c2.device)
+    return state.div_(counts.clamp_min(1).unsqueeze(-1)).view(batch * seg.count, width)

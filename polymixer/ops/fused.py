@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .context import ContextMode, aggregate
-from .chunked import full_backward, full_forward
+from .chunked import segment_backward, segment_forward, segments_of
 from .features import power_activation, power_features, product_features
 
 __all__ = ["FusedPolynomialMix", "fused_mix", "feature_backward", "aggregate_adjoint", "gate_activation"]
@@ -251,8 +251,9 @@ class _Parts:
 class FusedPolynomialMix(torch.autograd.Function):
     """The mixer ``y = W_o (s(x) * A(h(c))) + b_o`` with a hand-written backward pass.
 
-    The full (and padding) mode runs token-chunked (:mod:`polymixer.ops.chunked`): no
-    F-wide temporary larger than a chunk, in either pass. The other modes work on whole
+    The full (and padding), causal and block-causal modes run token-chunked
+    (:mod:`polymixer.ops.chunked`): no F-wide temporary larger than a chunk in either pass
+    but the causal mode's per-token states. The packed and dense modes work on whole
     tensors and recompute the per-query states in the backward pass.
     """
 
@@ -263,10 +264,16 @@ class FusedPolynomialMix(torch.autograd.Function):
         ctx.variant, ctx.degree, ctx.mode, ctx.lean, ctx.self_mix = variant, degree, mode, lean, self_mix
         ctx.has_b_h, ctx.has_b_o = b_h is not None, b_o is not None
         ctx.num_context = ctx_in.shape[1]
-        if mode.kind == "full":
+        if mode.kind in ("full", "causal", "block"):
+            seg = segments_of(mode, ctx_in.shape[1], x.device)
             keep = (not lean) and any(ctx.needs_input_grad)
-            y, state, u_all, z_all = full_forward(_Parts(variant, coeff, degree), x, c, w_h, b_h, coeff,
-                                                  w_s, b_s, w_o, b_o, mode.context_mask, keep)
+            y, state, u_all, z_all = segment_forward(_Parts(variant, coeff, degree), seg, x, c, w_h, b_h, coeff,
+                                                     w_s, b_s, w_o, b_o, mode.context_mask, keep)
+            # Keep the segment states unless there is about one per token (causal): then
+            # they are F-wide and the backward pass recomputes them.
+            if 4 * seg.count > ctx_in.shape[1]:
+                state = None
+            ctx.segments = seg
             ctx.save_for_backward(x, c, w_h, b_h, coeff, w_s, b_s, w_o, u_all, z_all, state)
             return y
         u = F.linear(ctx_in, w_h, b_h)
@@ -288,9 +295,9 @@ class FusedPolynomialMix(torch.autograd.Function):
     def backward(ctx, dy):
         x, c, w_h, b_h, coeff, w_s, b_s, w_o, u, z, state = ctx.saved_tensors
         variant, degree, mode = ctx.variant, ctx.degree, ctx.mode
-        if mode.kind == "full":
-            grads = full_backward(_Parts(variant, coeff, degree), dy.contiguous(), x, c, w_h, b_h, coeff, w_s,
-                                  b_s, w_o, ctx.has_b_o, state, u, z, mode.context_mask, variant, degree)
+        if mode.kind in ("full", "causal", "block"):
+            grads = segment_backward(_Parts(variant, coeff, degree), ctx.segments, dy.contiguous(), x, c, w_h, b_h,
+                                     coeff, w_s, b_s, w_o, ctx.has_b_o, state, u, z, mode.context_mask)
             return grads + (None, None, None, None)
         ctx_in = x if ctx.self_mix else c
         if u is None:  # lean: recompute the projections
