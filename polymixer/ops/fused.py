@@ -177,6 +177,16 @@ def _gate(variant: str, z: torch.Tensor) -> torch.Tensor:
 
 
 def _state(variant, u, coeff, degree, mode: ContextMode) -> torch.Tensor:
+    """``aggregate(features(u), mode)``: the per-query states of the packed and dense modes."""
+    return aggregate(_features(variant, u, coeff, degree), mode)
+
+
+def _gate(variant: str, z: torch.Tensor) -> torch.Tensor:
+    """Gate values for the fused path: ATen's one-pass kernels (same values as gate_activation)."""
+    return torch.sigmoid(z) if variant == "product" else F.hardsigmoid(z)
+
+
+def _state(variant, u, coeff, degree, mode: ContextMode) -> torch.Tensor:
     """``aggregate(features(u), mode)``; in the full mode without building the (B, N, F) features."""
     if mode.kind != "full" or variant != "product" or degree == 1:
         return aggregate(_features(variant, u, coeff, degree), mode)
@@ -283,7 +293,7 @@ class FusedPolynomialMix(torch.autograd.Function):
         width = state.shape[-1]
         gated = _expand_heads(s, width) * state.to(s.dtype)
         y = F.linear(gated, w_o, b_o)
-        keep_state = state if mode.shared_state else None
+        keep_state = None  # per-query (B, M, F) states: recomputed in the backward pass
         if lean:
             ctx.save_for_backward(x, c, w_h, b_h, coeff, w_s, b_s, w_o, None, None, keep_state)
         else:
@@ -312,22 +322,13 @@ class FusedPolynomialMix(torch.autograd.Function):
         dy2 = dy.reshape(-1, dy.shape[-1])
         d_gated = (dy2 @ w_o).view(s.shape[:-1] + (width,))
         d_b_o = dy2.sum(dim=0) if ctx.has_b_o else None
-        if heads == width and mode.shared_state:
-            # gated = s * H with H shared by the tokens of a batch row:
-            # dW_o = sum_b (dy_b^T s_b) * H_b, without materialising the gated tensor.
-            d_w_o = torch.einsum("bnd,bnf->bdf", dy, s).mul_(state_c).sum(dim=0)
-            d_state = (d_gated * s).sum(dim=1, keepdim=True)
-            d_z = _gate_backward(variant, d_gated.mul_(state_c), z, s)
-        else:
-            s_full = _expand_heads(s, width)
-            gated = s_full * state_c
-            d_w_o = dy2.t() @ gated.reshape(-1, width)
-            del gated
-            d_state = d_gated * s_full
-            if mode.shared_state:
-                d_state = d_state.sum(dim=1, keepdim=True)
-            del s_full
-            d_z = _gate_backward(variant, _reduce_heads(d_gated * state_c, heads), z, s)
+        s_full = _expand_heads(s, width)
+        gated = s_full * state_c
+        d_w_o = dy2.t() @ gated.reshape(-1, width)
+        del gated
+        d_state = d_gated * s_full
+        del s_full
+        d_z = _gate_backward(variant, _reduce_heads(d_gated * state_c, heads), z, s)
         del d_gated
         d_h = aggregate_adjoint(d_state.to(state.dtype), mode, ctx.num_context, u.dtype).to(u.dtype)
         del d_state
