@@ -6,7 +6,8 @@ Rivals (all at the same width D, batch B, on the same inputs):
   sdpa             MultiHeadAttention (PyTorch scaled_dot_product_attention)
   floor-product    the product mixer's own projections alone (its GEMM floor)
   floor-power      the power mixer's own projections alone
-Extra rivals are registered in RIVALS (e.g. other implementations of the mixer).
+``pom-product:fused`` / ``:lean`` / ``:autograd`` / ``:compiled`` pick the mixer's backward
+implementation (``:compiled`` = ``torch.compile`` of the autograd form).
 
 For every N: median milliseconds of forward and of forward+backward over --repeats runs,
 interleaved between rivals; peak resident memory added by one forward+backward, measured
@@ -59,6 +60,9 @@ def make_rival(name: str, dim: int, heads: int) -> nn.Module:
     if name.startswith("pom-"):
         impl = name.split(":")[1] if ":" in name else None
         mixer = PolynomialMixer(dim, degree=2, expand=2, variant=variant)
+        if impl == "compiled":  # inductor on the plain autograd form (it fuses the element-wise work)
+            mixer.implementation = "autograd"
+            return torch.compile(mixer)
         if impl is not None:
             mixer.implementation = impl
         return mixer
