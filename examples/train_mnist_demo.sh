@@ -9,4 +9,4 @@ polymixer train --data mnist --image-size 32 --preset DiT-M/4 --depth 6 --mixer 
   --steps 30000 --checkpoint-every 200 --sample-every 400 --keep-last 3 --log-every 20 \
   --num-threads 1 --seed 0 --out runs/demo "$@"
 # The bundled folder is the EMA model at the step the run was stopped:
-#   cp runs/demo/ema_model/{config.json,model.safetensors,pipeline.json} checkpoints/demo/
+#   polymixer export --checkpoint runs/demo/checkpoints/step_00005600 --out checkpoints/demo --dtype float16
