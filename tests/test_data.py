@@ -106,18 +106,10 @@ def test_batch_order_is_a_function_of_seed_and_step():
     assert not set(r0.tolist()) & set(r1.tolist())
 
 
-def test_latent_encoding_with_a_tiny_vae(tmp_path):
-    diffusers = pytest.importorskip("diffusers")
+def test_latent_encoding_with_a_tiny_vae(tmp_path, tiny_vae):
     from polymixer.data.latent import decode_latents, encode_dataset
 
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, sample_size=16,
-    )
-    vae.save_pretrained(tmp_path / "vae")
+    vae = tiny_vae
     root = _write_folder(tmp_path / "pets")
     ds = image_folder(root, 16, progress=False)
     latents, info = encode_dataset(ds, str(tmp_path / "vae"), progress=False)

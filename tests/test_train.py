@@ -203,18 +203,9 @@ def test_cli_sample_bad_input(tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
-def test_latent_training_and_sampling_with_a_tiny_vae(tmp_path):
-    diffusers = pytest.importorskip("diffusers")
+def test_latent_training_and_sampling_with_a_tiny_vae(tmp_path, tiny_vae):
     from PIL import Image
 
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, sample_size=16,
-    )
-    vae.save_pretrained(tmp_path / "vae")
     rng = np.random.default_rng(0)
     for c in ("a", "b"):
         (tmp_path / "imgs" / c).mkdir(parents=True)

@@ -18,8 +18,6 @@ projections. It is tested against plain autograd and the loop reference.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
@@ -29,16 +27,6 @@ from .chunked import segment_backward, segment_forward, segments_of
 from .features import power_activation, power_features, product_features
 
 __all__ = ["FusedPolynomialMix", "fused_mix", "feature_backward", "aggregate_adjoint", "gate_activation"]
-
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-def _gelu_grad(u: torch.Tensor) -> torch.Tensor:
-    """d/du of the exact GELU: Phi(u) + u * phi(u)."""
-    cdf = 0.5 * (1.0 + torch.erf(u * (1.0 / math.sqrt(2.0))))
-    pdf = torch.exp(-0.5 * u * u) * _INV_SQRT_2PI
-    return cdf + u * pdf
-
 
 def feature_backward(variant: str, u: torch.Tensor, coeff: torch.Tensor | None, degree: int, dh: torch.Tensor):
     """Gradients of the features w.r.t. ``u`` (and the coefficients): see :func:`_feature_backward_parts`."""
@@ -176,36 +164,6 @@ def _gate(variant: str, z: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(z) if variant == "product" else F.hardsigmoid(z)
 
 
-def _state(variant, u, coeff, degree, mode: ContextMode) -> torch.Tensor:
-    """``aggregate(features(u), mode)``: the per-query states of the packed and dense modes."""
-    return aggregate(_features(variant, u, coeff, degree), mode)
-
-
-def _gate(variant: str, z: torch.Tensor) -> torch.Tensor:
-    """Gate values for the fused path: ATen's one-pass kernels (same values as gate_activation)."""
-    return torch.sigmoid(z) if variant == "product" else F.hardsigmoid(z)
-
-
-def _state(variant, u, coeff, degree, mode: ContextMode) -> torch.Tensor:
-    """``aggregate(features(u), mode)``; in the full mode without building the (B, N, F) features."""
-    if mode.kind != "full" or variant != "product" or degree == 1:
-        return aggregate(_features(variant, u, coeff, degree), mode)
-    if u.dtype == torch.float16:
-        u = u.float()
-    acc = torch.float64 if u.dtype == torch.float64 else torch.float32
-    w = None if mode.context_mask is None else mode.context_mask.to(u.dtype)
-    count = (torch.full((u.shape[0], 1), float(u.shape[1]), dtype=acc, device=u.device)
-             if w is None else w.to(acc).sum(dim=1, keepdim=True))
-    sums, running = [], None
-    for part in u.chunk(degree, dim=-1):
-        g = F.gelu(part)
-        running = g if running is None else running * g
-        # (the masked sum in the accumulation dtype: a bf16 einsum would round the state)
-        total = running.sum(dim=1, dtype=acc) if w is None else (running * w.unsqueeze(-1)).sum(dim=1, dtype=acc)
-        sums.append(total)
-    return (torch.cat(sums, dim=-1) / count.clamp_min(1)).unsqueeze(1)
-
-
 def _gate_backward(variant, grad, z, s):
     """``grad * gate'(z)`` in one fused kernel where ATen has one."""
     if variant == "product":
@@ -288,7 +246,7 @@ class FusedPolynomialMix(torch.autograd.Function):
             return y
         u = F.linear(ctx_in, w_h, b_h)
         z = F.linear(x, w_s, b_s)
-        state = _state(variant, u, coeff, degree, mode)  # (B, 1 or M, F), float32
+        state = aggregate(_features(variant, u, coeff, degree), mode)  # (B, 1 or M, F), float32
         s = _gate(variant, z)
         width = state.shape[-1]
         gated = _expand_heads(s, width) * state.to(s.dtype)
@@ -314,7 +272,7 @@ class FusedPolynomialMix(torch.autograd.Function):
             u = F.linear(ctx_in, w_h, b_h)
             z = F.linear(x, w_s, b_s)
         if state is None:  # per-query states: recompute from the features
-            state = _state(variant, u, coeff, degree, mode)
+            state = aggregate(_features(variant, u, coeff, degree), mode)
         s = _gate(variant, z)
         width = state.shape[-1]
         heads = s.shape[-1]
