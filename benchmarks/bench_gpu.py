@@ -4,8 +4,11 @@ For every sequence length N the batch holds ``--tokens`` tokens (default 2^18), 
 B = tokens / N sequences, so every row of the table does the same projection work and
 only the token mixing differs. Rivals, all at width D (``--dim``), bf16 autocast:
 
-  pom-product    PolynomialMixer, variant="product" (degree 2, expand 2)
-  pom-power      PolynomialMixer, variant="power"   (degree 2, expand 2)
+  pom-product    PolynomialMixer, variant="product" (degree 2, expand 2), default
+                 implementation ("fused"); pom-product:lean / :autograd / :compiled pick
+                 another (":compiled" = torch.compile of the autograd form)
+  pom-power      PolynomialMixer, variant="power"   (degree 2, expand 2), same suffixes
+  floor-product  the product mixer's projections alone (its GEMM floor); floor-power
   sdpa           MultiHeadAttention: F.scaled_dot_product_attention (flash on GPU)
   agg-triton     the aggregation alone on (B, N, F) bf16 features (F = 4 D), Triton kernels
   agg-torch      the same through the PyTorch forms (cumsum, index_add)
@@ -45,6 +48,9 @@ from polymixer import MultiHeadAttention, PolynomialMixer  # noqa: E402
 from polymixer.ops import triton as pom_triton  # noqa: E402
 from polymixer.ops.context import aggregate, resolve_context  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_mixer import GemmFloor  # noqa: E402
+
 PAPER_POM_S, PAPER_ATTENTION_S, PAPER_N = 0.012, 0.23, 2 ** 16
 
 
@@ -82,10 +88,18 @@ class Rival:
     def __init__(self, name: str, dim: int, heads: int, device):
         self.name = name
         base, _, suffix = name.partition("@")
+        base, _, impl = base.partition(":")
         self.use_triton = suffix != "torch"
         self.width = dim
         if base in ("pom-product", "pom-power"):
             self.module = PolynomialMixer(dim, degree=2, expand=2, variant=base.split("-")[1])
+            if impl == "compiled":  # inductor on the plain autograd form
+                self.module.implementation = "autograd"
+                self.module = torch.compile(self.module, dynamic=False)
+            elif impl:
+                self.module.implementation = impl
+        elif base in ("floor-product", "floor-power"):
+            self.module = GemmFloor(PolynomialMixer(dim, degree=2, expand=2, variant=base.split("-")[1]))
         elif base == "sdpa":
             self.module = MultiHeadAttention(dim, heads=heads)
         elif base in ("agg-triton", "agg-torch"):
@@ -208,7 +222,8 @@ def fmt(v, spec=".2f"):
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--rivals", default="pom-product,pom-power,sdpa,agg-triton,agg-torch",
+    p.add_argument("--rivals", default="pom-product,pom-product:autograd,floor-product,pom-power,floor-power,"
+                                       "sdpa,agg-triton,agg-torch",
                    help="comma list (see above); e.g. add pom-product@torch")
     p.add_argument("--modes", default="full", help="comma list of full, causal, block")
     p.add_argument("--ns", default="1024,2048,4096,8192,16384,32768,65536", help="tokens per sequence")
@@ -331,17 +346,29 @@ def main(argv=None) -> None:
             ok = ref is not None and ref[key] is not None and r[key]
             r[f"sdpa_over_{key[:-3]}"] = ref[key] / r[key] if ok else None
 
+    # rival time / its GEMM floor (pom rivals, when the floor of the same variant ran)
+    floors = {(r["rival"].split("-")[1], r["mode"], r["n"]): r for r in rows if r["rival"].startswith("floor-")}
+    for r in rows:
+        r["over_floor_fwd"] = r["over_floor_fwd_bwd"] = None
+        if r["rival"].startswith("pom-"):
+            variant = r["rival"].split("-")[1].split(":")[0].split("@")[0]
+            f = floors.get((variant, r["mode"], r["n"]))
+            if f and f["fwd_ms"] and r["fwd_ms"]:
+                r["over_floor_fwd"] = r["fwd_ms"] / f["fwd_ms"]
+                r["over_floor_fwd_bwd"] = r["fwd_bwd_ms"] / f["fwd_bwd_ms"]
+
     lines = header + [
         "",
-        "| rival | mode | N | batch | fwd ms | fwd+bwd ms | fwd peak MiB | fwd+bwd peak MiB | sdpa/rival fwd | sdpa/rival fwd+bwd |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| rival | mode | N | batch | fwd ms | fwd+bwd ms | fwd peak MiB | fwd+bwd peak MiB | sdpa/rival fwd | sdpa/rival fwd+bwd | rival/floor fwd | rival/floor fwd+bwd |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['rival']} | {r['mode']} | {r['n']} | {r['batch']} | "
             f"{'OOM' if r['oom'] else fmt(r['fwd_ms'])} | {'OOM' if r['oom'] else fmt(r['fwd_bwd_ms'])} | "
             f"{fmt(r['fwd_peak_mib'], '.0f')} | {fmt(r['fwd_bwd_peak_mib'], '.0f')} | "
-            f"{fmt(r['sdpa_over_fwd'], '.1f')} | {fmt(r['sdpa_over_fwd_bwd'], '.1f')} |"
+            f"{fmt(r['sdpa_over_fwd'], '.1f')} | {fmt(r['sdpa_over_fwd_bwd'], '.1f')} | "
+            f"{fmt(r['over_floor_fwd'])} | {fmt(r['over_floor_fwd_bwd'])} |"
         )
     paper = PAPER_ATTENTION_S / PAPER_POM_S
     summary = ["", f"Paper (2604.06129): FlashAttention {PAPER_ATTENTION_S} s / PoM {PAPER_POM_S} s per batch of "

@@ -18,6 +18,20 @@ from .state import MixerState
 
 __all__ = ["PolynomialMixer"]
 
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype for ``device_type`` when autocast is on there, else None."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # pragma: no cover - torch < 2.4 takes no device type
+        enabled = torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+    if not enabled:
+        return None
+    try:
+        return torch.get_autocast_dtype(device_type)
+    except AttributeError:  # pragma: no cover - torch < 2.4
+        return torch.get_autocast_gpu_dtype() if device_type == "cuda" else torch.get_autocast_cpu_dtype()
+
 VARIANTS = ("product", "power")
 IMPLEMENTATIONS = ("fused", "lean", "autograd")
 
@@ -44,8 +58,9 @@ class PolynomialMixer(nn.Module):
             ``"fused"`` (default) keeps two F-wide tensors per mixer and recomputes the
             element-wise work; ``"lean"`` keeps only the inputs and (B, F) states and
             recomputes the projections too; ``"autograd"`` is plain PyTorch autograd
-            (about six F-wide tensors). Under autocast, with a streaming ``state`` or
-            inside ``torch.compile`` the plain autograd form is used. The fused and lean
+            (about six F-wide tensors). Under autocast the fused and lean passes run in
+            the autocast dtype (states and sums stay float32). With a streaming
+            ``state`` or inside ``torch.compile`` the plain autograd form is used. The fused and lean
             backward passes are not differentiable again: use "autograd" for double
             backward (gradient penalties).
 
@@ -194,13 +209,19 @@ class PolynomialMixer(nn.Module):
                  block_lengths=block_lengths, cu_seqlens=cu_seqlens, mask=mask),
         )
         if self._use_fused(prefix):
-            return fused_mix(x, None if context is x else context, self, mode, lean=self.implementation == "lean")
+            cross = None if context is x else context
+            lean = self.implementation == "lean"
+            dtype = _autocast_dtype(x.device.type)
+            if dtype is None:
+                return fused_mix(x, cross, self, mode, lean=lean)
+            # Autocast: run the fused pass in the autocast dtype, as autocast would run the
+            # projections (the casts are differentiable, so fp32 weights get fp32 gradients).
+            with torch.autocast(x.device.type, enabled=False):
+                return fused_mix(x, cross, self, mode, lean=lean, dtype=dtype)
         return self.select(x, aggregate(self.features(context), mode, prefix))
 
     def _use_fused(self, prefix) -> bool:
         if self.implementation == "autograd" or prefix is not None:
-            return False
-        if torch.is_autocast_enabled() or torch.is_autocast_enabled("cpu"):
             return False
         try:
             if torch.compiler.is_compiling():

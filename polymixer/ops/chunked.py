@@ -28,9 +28,12 @@ import torch.nn.functional as F
 __all__ = ["chunk_rows", "Segments", "segments_of", "segment_forward", "segment_backward"]
 
 
-def chunk_rows(width: int, target_bytes: int = 4 << 20) -> int:
-    """Token rows per chunk so that one F-wide chunk holds about ``target_bytes`` in float32."""
-    return max(256, min(8192, target_bytes // (4 * max(width, 1))))
+def chunk_rows(width: int, device=None) -> int:
+    """Token rows per chunk: one F-wide float32 chunk of about 4 MB on CPU (it stays in
+    cache), 256 MB on a GPU (few large kernels; launches, not caches, are the cost)."""
+    if device is not None and torch.device(device).type == "cuda":
+        return max(4096, min(1 << 16, (256 << 20) // (4 * max(width, 1))))
+    return max(256, min(8192, (4 << 20) // (4 * max(width, 1))))
 
 
 @dataclass
@@ -116,7 +119,7 @@ def segment_forward(parts, seg: Segments, x, c, w_h, b_h, coeff, w_s, b_s, w_o, 
     width = state.shape[-1]
     y = torch.empty(B * M, w_o.shape[0], dtype=x.dtype, device=x.device)
     z_all = None
-    step = chunk_rows(width)
+    step = chunk_rows(width, x.device)
     for start in range(0, B * M, step):
         stop = min(start + step, B * M)
         z_c = F.linear(x2[start:stop], w_s, b_s)
@@ -145,14 +148,15 @@ def segment_backward(parts, seg: Segments, dy, x, c, w_h, b_h, coeff, w_s, b_s, 
     if state is None:  # recompute the per-segment states from the (kept or recomputed) projections
         state = _state_table(parts, seg, c2, B, N, w_h, b_h, u_all, None, w2, acc)
     width = state.shape[-1]
-    d_w_o = torch.zeros_like(w_o)
-    d_b_o = dy2.sum(dim=0) if has_b_o else None
-    d_w_s = torch.zeros_like(w_s)
-    d_b_s = torch.zeros_like(b_s) if b_s is not None else None
+    # Weight gradients accumulate over chunks in float32 (float64) whatever the compute dtype.
+    d_w_o = torch.zeros(w_o.shape, dtype=acc, device=x.device)
+    d_b_o = dy2.sum(dim=0, dtype=acc) if has_b_o else None
+    d_w_s = torch.zeros(w_s.shape, dtype=acc, device=x.device)
+    d_b_s = torch.zeros(b_s.shape, dtype=acc, device=x.device) if b_s is not None else None
     d_seg = torch.zeros(B * seg.count, width, dtype=acc, device=x.device)
     d_x2 = torch.empty_like(x2)
     # Phase A: the gate side, over query rows.
-    step = chunk_rows(width)
+    step = chunk_rows(width, x.device)
     for start in range(0, B * M, step):
         stop = min(start + step, B * M)
         rows = _Rows(seg, M, start, stop, x.device)
@@ -163,13 +167,13 @@ def segment_backward(parts, seg: Segments, dy, x, c, w_h, b_h, coeff, w_s, b_s, 
         H_c = rows.read(state).to(s_c.dtype)
         dy_c = dy2[start:stop]
         d_gated = dy_c @ w_o  # (t, F)
-        d_w_o.addmm_(dy_c.t(), s_full * H_c)
+        _add_mm(d_w_o, dy_c.t(), s_full * H_c)
         rows.add(d_seg, d_gated * s_full)
         d_z = parts.gate_backward(parts.reduce_heads(d_gated.mul_(H_c), s_c.shape[-1]), z_c, s_c)
         torch.mm(d_z, w_s, out=d_x2[start:stop])
-        d_w_s.addmm_(d_z.t(), x_c)
+        _add_mm(d_w_s, d_z.t(), x_c)
         if d_b_s is not None:
-            d_b_s += d_z.sum(dim=0)
+            d_b_s += d_z.sum(dim=0, dtype=acc)
     # Phase B: adjoint of the mean: divide by the counts, reversed prefix over segments.
     counts = _segment_counts(seg, B, N, w2, acc, x.device)
     g = d_seg.view(B, seg.count, width).div_(counts.clamp_min(1).unsqueeze(-1))
@@ -177,16 +181,17 @@ def segment_backward(parts, seg: Segments, dy, x, c, w_h, b_h, coeff, w_s, b_s, 
         g = g.flip(1).cumsum(dim=1).flip(1)
     g = g.reshape(B * seg.count, width)
     # Phase C: the feature side, over context rows.
-    d_w_h = torch.zeros_like(w_h)
-    d_b_h = torch.zeros_like(b_h) if b_h is not None else None
+    d_w_h = torch.zeros(w_h.shape, dtype=acc, device=x.device)
+    d_b_h = torch.zeros(b_h.shape, dtype=acc, device=x.device) if b_h is not None else None
     d_coeff = torch.zeros(coeff.shape, dtype=acc, device=x.device) if coeff is not None else None
     d_c2 = d_x2 if c is None else torch.empty_like(c2)
-    step = chunk_rows(w_h.shape[0])
+    step = chunk_rows(w_h.shape[0], x.device)
     for start in range(0, B * N, step):
         stop = min(start + step, B * N)
         c_c = c2[start:stop]
         u_c = u_all[start:stop] if u_all is not None else F.linear(c_c, w_h, b_h)
-        dh = _Rows(seg, N, start, stop, x.device).read(g).to(u_c.dtype)
+        # (float16 keeps float32: the feature derivatives are taken in float32 there)
+        dh = _Rows(seg, N, start, stop, x.device).read(g).to(torch.float32 if u_c.dtype == torch.float16 else u_c.dtype)
         if w2 is not None:
             dh = dh * w2[start:stop].unsqueeze(-1).to(dh.dtype)
         du_parts, d_coeff_c = parts.feature_backward_parts(parts.variant, u_c, coeff, parts.degree, dh)
@@ -199,15 +204,27 @@ def segment_backward(parts, seg: Segments, dy, x, c, w_h, b_h, coeff, w_s, b_s, 
                 d_out.addmm_(part, w_part)
             else:
                 torch.mm(part, w_part, out=d_out)
-            d_w_h[row:row + part.shape[-1]].addmm_(part.t(), c_c)
+            _add_mm(d_w_h[row:row + part.shape[-1]], part.t(), c_c)
             if d_b_h is not None:
-                d_b_h[row:row + part.shape[-1]] += part.sum(dim=0)
+                d_b_h[row:row + part.shape[-1]] += part.sum(dim=0, dtype=acc)
             row += part.shape[-1]
     d_x = d_x2.view_as(x)
     d_c = None if c is None else d_c2.view_as(c)
     if d_coeff is not None:
         d_coeff = d_coeff.to(coeff.dtype)
+    d_w_h, d_w_s, d_w_o = d_w_h.to(w_h.dtype), d_w_s.to(w_s.dtype), d_w_o.to(w_o.dtype)
+    d_b_h = None if d_b_h is None else d_b_h.to(b_h.dtype)
+    d_b_s = None if d_b_s is None else d_b_s.to(b_s.dtype)
+    d_b_o = None if d_b_o is None else d_b_o.to(w_o.dtype)
     return d_x, d_c, d_w_h, d_b_h, d_coeff, d_w_s, d_b_s, d_w_o, d_b_o
+
+
+def _add_mm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``out += a @ b``: in place when the dtypes agree, else through a product in a/b's dtype."""
+    if out.dtype == a.dtype:
+        out.addmm_(a, b)
+    else:
+        out += a @ b
 
 
 def _state_table(parts, seg, c2, batch, tokens, w_h, b_h, u_in, u_out, w2, acc):
@@ -215,7 +232,7 @@ def _state_table(parts, seg, c2, batch, tokens, w_h, b_h, u_in, u_out, w2, acc):
     ``seg.prefix``), from the context rows ``c2`` chunk by chunk. ``u_in``: the kept
     projection rows to reuse, or None (computed); ``u_out``: a buffer to keep them in."""
     total = None
-    step = chunk_rows(w_h.shape[0])
+    step = chunk_rows(w_h.shape[0], c2.device)
     for start in range(0, batch * tokens, step):
         stop = min(start + step, batch * tokens)
         u_c = u_in[start:stop] if u_in is not None else F.linear(c2[start:stop], w_h, b_h)

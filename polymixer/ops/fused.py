@@ -40,8 +40,13 @@ def _feature_backward_parts(variant: str, u: torch.Tensor, coeff: torch.Tensor |
     u: (..., W) projection output (W = F for product, E for power); dh: (..., F), or
     (B, 1, F) when every token receives the same gradient (full mode). Returns
     ``(du, dcoeff)``; dcoeff is (E, k) for the power variant, None otherwise. The
-    element-wise derivatives use ATen's fused ``gelu_backward`` kernel.
+    element-wise derivatives use ATen's fused ``gelu_backward`` kernel. float16 is
+    differentiated in float32 (as the features are computed) and the parts returned in
+    float16.
     """
+    if u.dtype == torch.float16:
+        parts, d_coeff = _feature_backward_parts(variant, u.float(), coeff, degree, dh.float())
+        return [p.half() for p in parts], d_coeff
     if variant == "product":
         if degree == 1:
             return torch.ops.aten.gelu_backward(dh.expand_as(u), u), None
@@ -288,7 +293,8 @@ class FusedPolynomialMix(torch.autograd.Function):
         del s_full
         d_z = _gate_backward(variant, _reduce_heads(d_gated * state_c, heads), z, s)
         del d_gated
-        d_h = aggregate_adjoint(d_state.to(state.dtype), mode, ctx.num_context, u.dtype).to(u.dtype)
+        dh_dtype = torch.float32 if u.dtype == torch.float16 else u.dtype
+        d_h = aggregate_adjoint(d_state.to(state.dtype), mode, ctx.num_context, dh_dtype).to(dh_dtype)
         del d_state
         du_parts, d_coeff = _feature_backward_parts(variant, u, coeff, degree, d_h)
         del d_h
@@ -317,12 +323,18 @@ class FusedPolynomialMix(torch.autograd.Function):
         return d_x, d_c, d_w_h, d_b_h, d_coeff, d_w_s, d_b_s, d_w_o, d_b_o, None, None, None, None
 
 
-def fused_mix(x, context, mixer, mode: ContextMode, lean: bool = False) -> torch.Tensor:
-    """Run ``mixer`` (a PolynomialMixer) on ``x`` through :class:`FusedPolynomialMix`."""
+def fused_mix(x, context, mixer, mode: ContextMode, lean: bool = False, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Run ``mixer`` (a PolynomialMixer) on ``x`` through :class:`FusedPolynomialMix`.
+
+    dtype: compute dtype (autocast's); the inputs and projection weights are cast to it
+    first (differentiably). The power coefficients stay in their own dtype.
+    """
+    tensors = [x, context, mixer.feature_proj.weight, mixer.feature_proj.bias,
+               mixer.gate_proj.weight, mixer.gate_proj.bias, mixer.out_proj.weight, mixer.out_proj.bias]
+    if dtype is not None:
+        tensors = [t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors]
+    x, context, w_h, b_h, w_s, b_s, w_o, b_o = tensors
     return FusedPolynomialMix.apply(
-        x, context,
-        mixer.feature_proj.weight, mixer.feature_proj.bias, mixer.coeff,
-        mixer.gate_proj.weight, mixer.gate_proj.bias,
-        mixer.out_proj.weight, mixer.out_proj.bias,
+        x, context, w_h, b_h, mixer.coeff, w_s, b_s, w_o, b_o,
         mixer.variant, mixer.degree, mode, lean,
     )
