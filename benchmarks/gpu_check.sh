@@ -10,9 +10,11 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
-timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider --maxfail=20 -rfE \
-    tests/test_triton.py tests/test_cuda.py tests/test_nn_mixer.py::test_autocast_fused_and_lean_match_autograd -k "cuda or not cpu" 2>&1 | tee "$out/gpu_tests.log" | tail -40
-timeout "${BENCH_TIMEOUT:-200}" python3 benchmarks/bench_gpu.py --modes full --out "$out/${name}_full"
-timeout "${BENCH2_TIMEOUT:-150}" python3 benchmarks/bench_gpu.py --modes causal,block \
-    --rivals pom-product,pom-product:autograd,floor-product,pom-power,sdpa,agg-triton,agg-torch \
-    --ns 1024,4096,16384,65536 --out "$out/${name}_causal_block"
+timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -p no:cacheprovider --maxfail=20 -rfEw \
+    tests/test_triton.py tests/test_cuda.py tests/test_nn_mixer.py::test_autocast_fused_and_lean_match_autograd -k "cuda or not cpu" 2>&1 | tee "$out/gpu_tests.log" | grep -v DEBUG | tail -60
+timeout "${BENCH_TIMEOUT:-200}" python3 benchmarks/bench_gpu.py --modes full --ns "${NS:-1024,4096,16384,65536}" \
+    --rivals "${RIVALS:-pom-product,pom-product:autograd,floor-product,pom-power,pom-power:autograd,floor-power,sdpa}" \
+    --out "$out/${name}_full"
+timeout "${BENCH2_TIMEOUT:-110}" python3 benchmarks/bench_gpu.py --modes causal,block --ns "${NS2:-4096,65536}" \
+    --rivals "${RIVALS2:-pom-product,pom-product:autograd,floor-product,pom-power,pom-power:autograd,sdpa}" \
+    --out "$out/${name}_causal_block"

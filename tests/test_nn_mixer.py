@@ -321,3 +321,60 @@ def test_autocast_fused_and_lean_match_autograd(device, dtype, variant, heads):
                 err, err_auto = _rel_err(g, g_ref), _rel_err(g_auto, g_ref)
                 # no worse than autograd under autocast (which rounds at other points)
                 assert err < 0.1 and err <= 2 * err_auto + 0.02, (impl, kwargs.keys(), err, err_auto)
+
+
+@pytest.fixture
+def compiled_chunks(monkeypatch):
+    """POLYMIXER_COMPILE=always with fresh compile caches (restored afterwards)."""
+    import polymixer.ops.elementwise as ew
+
+    monkeypatch.setenv("POLYMIXER_COMPILE", "always")
+    monkeypatch.setattr(ew, "_COMPILED", None)
+    monkeypatch.setattr(ew, "_COMPILE_BROKEN", False)
+    return ew
+
+
+@pytest.mark.parametrize("variant,heads", [("product", 1), ("power", 4)])
+def test_compiled_chunk_functions_match_autograd(compiled_chunks, monkeypatch, variant, heads):
+    """The per-chunk element-wise functions compiled (the default on CUDA), here on CPU:
+    same values and gradients as plain autograd, chunks inside and across batch rows."""
+    import polymixer.ops.chunked as chunked
+
+    monkeypatch.setattr(chunked, "chunk_rows", lambda width, device=None: 48)
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(3, 40, 24, generator=gen, requires_grad=True)
+    pad = torch.rand(3, 40, generator=gen) > 0.3
+    mixer = PolynomialMixer(24, degree=3, variant=variant, heads=heads)
+    params = list(mixer.parameters())
+    for kwargs in ({}, {"context_mask": pad}, {"causal": True}, {"block_size": 7}):
+        mixer.implementation = "fused"
+        fast = mixer(x, **kwargs)
+        mixer.implementation = "autograd"
+        ref = mixer(x, **kwargs)
+        torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+        up = torch.randn(fast.shape, generator=gen)
+        for a, b in zip(_grads(fast, [x] + params, up), _grads(ref, [x] + params, up)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert compiled_chunks._COMPILED is not None and not compiled_chunks._COMPILE_BROKEN
+
+
+def test_failed_compile_falls_back_to_eager_with_a_warning(compiled_chunks, monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    mixer = PolynomialMixer(16)
+    x = torch.randn(2, 9, 16)
+    with pytest.warns(RuntimeWarning, match="no compiler here"):
+        y = mixer(x)
+    torch.testing.assert_close(y, mixer.forward_reference(x))
+    assert compiled_chunks._COMPILE_BROKEN
+    mixer(x)  # no second warning needed: eager from now on
+
+
+def test_compile_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("POLYMIXER_COMPILE", "sometimes")
+    with pytest.raises(ValueError, match="POLYMIXER_COMPILE"):
+        PolynomialMixer(8)(torch.randn(1, 3, 8))

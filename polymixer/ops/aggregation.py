@@ -91,7 +91,9 @@ def mean_causal(
     hw, w = _masked(h, context_mask)
     total = hw.cumsum(dim=1)
     if w is None:
-        count = torch.arange(1, h.shape[1] + 1, dtype=hw.dtype, device=h.device)
+        # A cumsum of ones rather than an arange: the same exact counts, and inductor's
+        # Triton codegen (torch 2.11) fails on an arange fused with the scan above.
+        count = torch.ones(h.shape[1], dtype=hw.dtype, device=h.device).cumsum(0)
         count = count.unsqueeze(0).expand(h.shape[0], -1)
     else:
         count = w.cumsum(dim=1)

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .elementwise import chunk_ops
+
 __all__ = ["chunk_rows", "Segments", "segments_of", "segment_forward", "segment_backward"]
 
 
@@ -58,38 +60,77 @@ def segments_of(mode, num_tokens: int, device) -> Segments:
     raise ValueError(f"no segment form for the {mode.kind} context mode")
 
 
+def _chunks(seg: Segments, batch: int, tokens: int, step: int):
+    """``(start, stop)`` ranges of at most ``step`` flattened token rows. In the full mode
+    a chunk never crosses a batch row unless it holds whole rows (so its states are one
+    row of the table per batch row, see :class:`_Rows`)."""
+    total = batch * tokens
+    if seg.ids is None or seg.count != 1 or tokens == 0:
+        return [(a, min(a + step, total)) for a in range(0, total, step)]
+    if tokens <= step:  # whole batch rows per chunk
+        rows = (step // tokens) * tokens
+        return [(a, min(a + rows, total)) for a in range(0, total, rows)]
+    pieces = -(-tokens // step)  # split every row evenly
+    size = -(-tokens // pieces)
+    return [(b * tokens + a, b * tokens + min(a + size, tokens)) for b in range(batch) for a in range(0, tokens, size)]
+
+
 class _Rows:
-    """Row indices into a flattened (B * segments, F) table for a chunk of token rows."""
+    """How the token rows ``start:stop`` of a chunk map to a flattened (B * segments, F)
+    table of states.
+
+    * causal: one segment per token, the table rows are the token rows (``slice``);
+    * full: the chunk covers whole batch rows or part of one (see :func:`_chunks`); its
+      element-wise work runs on ``(nb, t / nb, .)`` views and reads ``table[b0:b1]`` as
+      ``(nb, 1, F)`` (``group``): no per-token copy of the states, sums without atomics;
+    * block: a per-token index into the table (``ids``), summed with ``index_add_`` (CPU)
+      or a segmented reduction over the consecutive ids (GPU: no atomics).
+    """
 
     def __init__(self, seg: Segments, tokens: int, start: int, stop: int, device):
-        self.slice = None
-        self.single = None
-        self.ids = None
-        if seg.ids is None:  # causal: one segment per token, the table rows are the token rows
+        self.slice = self.group = self.ids = None
+        if seg.ids is None:
             self.slice = slice(start, stop)
-        elif seg.count == 1:  # full mode: one state per batch row (queries and context alike)
-            if start // tokens == (stop - 1) // tokens:
-                self.single = start // tokens
-            else:
-                self.ids = torch.arange(start, stop, device=device) // tokens
+        elif seg.count == 1:
+            b0, b1 = start // tokens, (stop - 1) // tokens + 1
+            self.group = (b0, b1)
         else:
             rows = torch.arange(start, stop, device=device)
             self.ids = (rows // tokens) * seg.count + seg.ids.index_select(0, rows % tokens)
 
+    def view(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        """Chunk rows ``(t, ...)`` as the element-wise functions take them."""
+        if t is None or self.group is None:
+            return t
+        nb = self.group[1] - self.group[0]
+        return t.view(nb, t.shape[0] // nb, *t.shape[1:])
+
+    def flat(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.group is None else t.reshape(-1, t.shape[-1])
+
     def read(self, table: torch.Tensor) -> torch.Tensor:
-        """``table: (B * segments, F)`` rows of the chunk: ``(t, F)``, or ``(1, F)`` for one row."""
+        """The states of the chunk's tokens: ``(t, F)``, or ``(nb, 1, F)`` (group)."""
         if self.slice is not None:
             return table[self.slice]
-        if self.single is not None:
-            return table[self.single].unsqueeze(0)
+        if self.group is not None:
+            return table[self.group[0]:self.group[1]].unsqueeze(1)
         return table.index_select(0, self.ids)
 
+    @property
+    def sums_rows(self) -> bool:
+        """True when the element-wise functions should sum over tokens (group chunks)."""
+        return self.group is not None
+
     def add(self, table: torch.Tensor, values: torch.Tensor) -> None:
-        """``table[segment of token] += values`` (in the table's dtype)."""
+        """``table[segment of token] += values``; values already summed per batch row for
+        group chunks (``(nb, F)``), per token otherwise (``(t, F)``)."""
         if self.slice is not None:
-            table[self.slice] += values.to(table.dtype)
-        elif self.single is not None:
-            table[self.single] += values.sum(dim=0, dtype=table.dtype)
+            table[self.slice] += values
+        elif self.group is not None:
+            table[self.group[0]:self.group[1]] += values
+        elif values.is_cuda:
+            ids, counts = torch.unique_consecutive(self.ids, return_counts=True)
+            table.index_add_(0, ids, torch.segment_reduce(values.to(table.dtype), "sum", lengths=counts, axis=0))
         else:
             table.index_add_(0, self.ids, values.to(table.dtype))
 
@@ -104,8 +145,17 @@ def _segment_counts(seg: Segments, batch: int, tokens: int, weights, acc, device
     return counts.cumsum(dim=1) if seg.prefix else counts
 
 
-def segment_forward(parts, seg: Segments, x, c, w_h, b_h, coeff, w_s, b_s, w_o, b_o, context_mask,
-                    keep_projections: bool):
+def _project(inp, weight, bias, out=None):
+    """``inp @ weight.T + bias``, written into ``out`` (a contiguous row slice) if given."""
+    if out is None:
+        return F.linear(inp, weight, bias)
+    if bias is None:
+        return torch.mm(inp, weight.t(), out=out)
+    return torch.addmm(bias, inp, weight.t(), out=out)
+
+
+def segment_forward(variant: str, degree: int, seg: Segments, x, c, w_h, b_h, coeff, w_s, b_s, w_o, b_o,
+                    context_mask, keep_projections: bool):
     """Forward pass. Returns ``(y, state, u, z)``: state ``(B * segments, F)`` (float32),
     u and z the two projections as rows when ``keep_projections`` (else None)."""
     ctx_in = x if c is None else c
@@ -114,26 +164,22 @@ def segment_forward(parts, seg: Segments, x, c, w_h, b_h, coeff, w_s, b_s, w_o, 
     c2, x2 = ctx_in.reshape(B * N, -1), x.reshape(B * M, -1)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     w2 = None if context_mask is None else context_mask.reshape(B * N).to(acc)
+    ops = chunk_ops(x.device)
     u_all = torch.empty(B * N, w_h.shape[0], dtype=x.dtype, device=x.device) if keep_projections else None
-    state = _state_table(parts, seg, c2, B, N, w_h, b_h, None, u_all, w2, acc)
+    state = _state_table(ops, variant, degree, seg, c2, B, N, w_h, b_h, coeff, None, u_all, w2, acc)
     width = state.shape[-1]
     y = torch.empty(B * M, w_o.shape[0], dtype=x.dtype, device=x.device)
-    z_all = None
-    step = chunk_rows(width, x.device)
-    for start in range(0, B * M, step):
-        stop = min(start + step, B * M)
-        z_c = F.linear(x2[start:stop], w_s, b_s)
-        if keep_projections:
-            if z_all is None:
-                z_all = torch.empty(B * M, z_c.shape[-1], dtype=x.dtype, device=x.device)
-            z_all[start:stop] = z_c
-        H_c = _Rows(seg, M, start, stop, x.device).read(state).to(z_c.dtype)
-        y[start:stop] = F.linear(parts.expand_heads(parts.gate(z_c), width) * H_c, w_o, b_o)
+    z_all = torch.empty(B * M, w_s.shape[0], dtype=x.dtype, device=x.device) if keep_projections else None
+    for start, stop in _chunks(seg, B, M, chunk_rows(width, x.device)):
+        rows = _Rows(seg, M, start, stop, x.device)
+        z_c = _project(x2[start:stop], w_s, b_s, None if z_all is None else z_all[start:stop])
+        gated = rows.flat(ops.gated(variant, rows.view(z_c), rows.read(state), width))
+        _project(gated, w_o, b_o, y[start:stop])
     return y.view(B, M, -1), state, u_all, z_all
 
 
-def segment_backward(parts, seg: Segments, dy, x, c, w_h, b_h, coeff, w_s, b_s, w_o, has_b_o, state,
-                     u_all, z_all, context_mask):
+def segment_backward(variant: str, degree: int, seg: Segments, dy, x, c, w_h, b_h, coeff, w_s, b_s, w_o, has_b_o,
+                     state, u_all, z_all, context_mask):
     """Backward pass; ``state`` is the forward's (B * segments, F) table or None (recomputed
     from the features); u_all/z_all the kept projections or None (lean: recomputed).
 
@@ -145,8 +191,9 @@ def segment_backward(parts, seg: Segments, dy, x, c, w_h, b_h, coeff, w_s, b_s, 
     c2, x2, dy2 = ctx_in.reshape(B * N, -1), x.reshape(B * M, -1), dy.reshape(B * M, -1)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     w2 = None if context_mask is None else context_mask.reshape(B * N).to(acc)
+    ops = chunk_ops(x.device)
     if state is None:  # recompute the per-segment states from the (kept or recomputed) projections
-        state = _state_table(parts, seg, c2, B, N, w_h, b_h, u_all, None, w2, acc)
+        state = _state_table(ops, variant, degree, seg, c2, B, N, w_h, b_h, coeff, u_all, None, w2, acc)
     width = state.shape[-1]
     # Weight gradients accumulate over chunks in float32 (float64) whatever the compute dtype.
     d_w_o = torch.zeros(w_o.shape, dtype=acc, device=x.device)
@@ -156,20 +203,19 @@ def segment_backward(parts, seg: Segments, dy, x, c, w_h, b_h, coeff, w_s, b_s, 
     d_seg = torch.zeros(B * seg.count, width, dtype=acc, device=x.device)
     d_x2 = torch.empty_like(x2)
     # Phase A: the gate side, over query rows.
-    step = chunk_rows(width, x.device)
-    for start in range(0, B * M, step):
-        stop = min(start + step, B * M)
+    for start, stop in _chunks(seg, B, M, chunk_rows(width, x.device)):
         rows = _Rows(seg, M, start, stop, x.device)
         x_c = x2[start:stop]
         z_c = z_all[start:stop] if z_all is not None else F.linear(x_c, w_s, b_s)
-        s_c = parts.gate(z_c)
-        s_full = parts.expand_heads(s_c, width)
-        H_c = rows.read(state).to(s_c.dtype)
         dy_c = dy2[start:stop]
         d_gated = dy_c @ w_o  # (t, F)
-        _add_mm(d_w_o, dy_c.t(), s_full * H_c)
-        rows.add(d_seg, d_gated * s_full)
-        d_z = parts.gate_backward(parts.reduce_heads(d_gated.mul_(H_c), s_c.shape[-1]), z_c, s_c)
+        gated, d_state, d_z = ops.gate_backward(variant, rows.view(z_c), rows.read(state), rows.view(d_gated),
+                                                width, rows.sums_rows, acc)
+        del d_gated
+        _add_mm(d_w_o, dy_c.t(), rows.flat(gated))
+        del gated
+        rows.add(d_seg, d_state)
+        d_z = rows.flat(d_z)
         torch.mm(d_z, w_s, out=d_x2[start:stop])
         _add_mm(d_w_s, d_z.t(), x_c)
         if d_b_s is not None:
@@ -185,20 +231,19 @@ def segment_backward(parts, seg: Segments, dy, x, c, w_h, b_h, coeff, w_s, b_s, 
     d_b_h = torch.zeros(b_h.shape, dtype=acc, device=x.device) if b_h is not None else None
     d_coeff = torch.zeros(coeff.shape, dtype=acc, device=x.device) if coeff is not None else None
     d_c2 = d_x2 if c is None else torch.empty_like(c2)
-    step = chunk_rows(w_h.shape[0], x.device)
-    for start in range(0, B * N, step):
-        stop = min(start + step, B * N)
+    for start, stop in _chunks(seg, B, N, chunk_rows(w_h.shape[0], x.device)):
+        rows = _Rows(seg, N, start, stop, x.device)
         c_c = c2[start:stop]
         u_c = u_all[start:stop] if u_all is not None else F.linear(c_c, w_h, b_h)
         # (float16 keeps float32: the feature derivatives are taken in float32 there)
-        dh = _Rows(seg, N, start, stop, x.device).read(g).to(torch.float32 if u_c.dtype == torch.float16 else u_c.dtype)
-        if w2 is not None:
-            dh = dh * w2[start:stop].unsqueeze(-1).to(dh.dtype)
-        du_parts, d_coeff_c = parts.feature_backward_parts(parts.variant, u_c, coeff, parts.degree, dh)
+        dh = rows.read(g).to(torch.float32 if u_c.dtype == torch.float16 else u_c.dtype)
+        w_c = None if w2 is None else rows.view(w2[start:stop])
+        du_parts, d_coeff_c = ops.feature_backward(variant, degree, rows.view(u_c), coeff, dh, w_c)
         if d_coeff_c is not None:
             d_coeff += d_coeff_c.to(acc)
         row, d_out = 0, d_c2[start:stop]
         for i, part in enumerate(du_parts):
+            part = rows.flat(part)
             w_part = w_h[row:row + part.shape[-1]]
             if c is None or i > 0:
                 d_out.addmm_(part, w_part)
@@ -227,24 +272,23 @@ def _add_mm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         out += a @ b
 
 
-def _state_table(parts, seg, c2, batch, tokens, w_h, b_h, u_in, u_out, w2, acc):
+def _state_table(ops, variant, degree, seg, c2, batch, tokens, w_h, b_h, coeff, u_in, u_out, w2, acc):
     """``(B * segments, F)`` mean state of every segment (prefix over segments when
     ``seg.prefix``), from the context rows ``c2`` chunk by chunk. ``u_in``: the kept
     projection rows to reuse, or None (computed); ``u_out``: a buffer to keep them in."""
-    total = None
-    step = chunk_rows(w_h.shape[0], c2.device)
-    for start in range(0, batch * tokens, step):
-        stop = min(start + step, batch * tokens)
-        u_c = u_in[start:stop] if u_in is not None else F.linear(c2[start:stop], w_h, b_h)
-        if u_out is not None:
-            u_out[start:stop] = u_c
-        h_c = parts.features(u_c)
-        if total is None:
-            total = torch.zeros(batch * seg.count, h_c.shape[-1], dtype=acc, device=c2.device)
-        if w2 is not None:
-            h_c = h_c * w2[start:stop].unsqueeze(-1).to(h_c.dtype)
-        _Rows(seg, tokens, start, stop, c2.device).add(total, h_c)
-    width = total.shape[-1]
+    width = w_h.shape[0]  # F for both variants (product: k parts of e*D; power: e*D)
+    total = torch.zeros(batch * seg.count, width, dtype=acc, device=c2.device)
+    for start, stop in _chunks(seg, batch, tokens, chunk_rows(w_h.shape[0], c2.device)):
+        rows = _Rows(seg, tokens, start, stop, c2.device)
+        if u_in is not None:
+            u_c = u_in[start:stop]
+        else:
+            u_c = _project(c2[start:stop], w_h, b_h, None if u_out is None else u_out[start:stop])
+        w_c = None if w2 is None else rows.view(w2[start:stop])
+        if rows.sums_rows:
+            rows.add(total, ops.feature_sum(variant, degree, rows.view(u_c), coeff, w_c, acc))
+        else:
+            rows.add(total, ops.features(variant, degree, u_c, coeff, w_c).to(acc))
     state = total.view(batch, seg.count, width)
     if seg.prefix:
         state.cumsum_(dim=1)

@@ -24,81 +24,15 @@ from torch.autograd.function import once_differentiable
 
 from .context import ContextMode, aggregate
 from .chunked import segment_backward, segment_forward, segments_of
-from .features import power_activation, power_features, product_features
+from .elementwise import expand_heads as _expand_heads
+from .elementwise import feature_backward, gate_activation  # noqa: F401 - re-exported
+from .elementwise import feature_backward_parts as _feature_backward_parts
+from .elementwise import features as _features
+from .elementwise import gate as _gate
+from .elementwise import gate_backward as _gate_backward
+from .elementwise import reduce_heads as _reduce_heads
 
 __all__ = ["FusedPolynomialMix", "fused_mix", "feature_backward", "aggregate_adjoint", "gate_activation"]
-
-def feature_backward(variant: str, u: torch.Tensor, coeff: torch.Tensor | None, degree: int, dh: torch.Tensor):
-    """Gradients of the features w.r.t. ``u`` (and the coefficients): see :func:`_feature_backward_parts`."""
-    parts, d_coeff = _feature_backward_parts(variant, u, coeff, degree, dh)
-    return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)), d_coeff
-
-
-def _feature_backward_parts(variant: str, u: torch.Tensor, coeff: torch.Tensor | None, degree: int, dh: torch.Tensor):
-    """Gradients of the features w.r.t. the projection output ``u`` (and the coefficients).
-
-    u: (..., W) projection output (W = F for product, E for power); dh: (..., F), or
-    (B, 1, F) when every token receives the same gradient (full mode). Returns
-    ``(du, dcoeff)``; dcoeff is (E, k) for the power variant, None otherwise. The
-    element-wise derivatives use ATen's fused ``gelu_backward`` kernel. float16 is
-    differentiated in float32 (as the features are computed) and the parts returned in
-    float16.
-    """
-    if u.dtype == torch.float16:
-        parts, d_coeff = _feature_backward_parts(variant, u.float(), coeff, degree, dh.float())
-        return [p.half() for p in parts], d_coeff
-    if variant == "product":
-        if degree == 1:
-            return torch.ops.aten.gelu_backward(dh.expand_as(u), u), None
-        u_parts = u.chunk(degree, dim=-1)
-        gs = [F.gelu(part) for part in u_parts]
-        dhs = dh.chunk(degree, dim=-1)
-        # p_i = g_1 ... g_i; dL/dg_i = sum_{m >= i} dh_m * prod_{l <= m, l != i} g_l, by a
-        # backward sweep: carry_i = sum_{m > i} dh_m prod_{i < l <= m} g_l.
-        prefix = [None] * degree  # prefix[i] = p_{i-1} (None for i = 0, meaning 1)
-        running = None
-        for i in range(degree - 1):
-            running = gs[i] if running is None else running * gs[i]
-            prefix[i + 1] = running
-        dus = [None] * degree
-        carry = None
-        for i in range(degree - 1, -1, -1):
-            dp = dhs[i] if carry is None else carry + dhs[i]
-            dg = dp if i == 0 else dp * prefix[i]
-            dus[i] = torch.ops.aten.gelu_backward(dg.expand_as(u_parts[i]), u_parts[i])
-            if i > 0:
-                carry = dp * gs[i]
-        return dus, None
-    # power: h = sum_i a_i v^i with v = clamp(leaky(u), -0.1, 6)
-    leaky = F.leaky_relu(u, 0.01)
-    v = leaky.clamp(-0.1, 6.0)
-    a = coeff.to(v.dtype)
-    # dh/dv = sum_i i a_i v^(i-1), by Horner, in place
-    if degree == 1:
-        dv = (dh * a[:, 0]).expand_as(v).contiguous()
-    else:
-        dv = v * (degree * a[:, degree - 1])
-        dv.add_((degree - 1) * a[:, degree - 2])
-        for i in range(degree - 3, -1, -1):
-            dv.mul_(v).add_((i + 1) * a[:, i])
-        dv.mul_(dh)
-    # Through the clamp, then the leaky ReLU, with ATen's fused backward kernels. (The
-    # clamp passes the gradient on the open interval here, on the closed one in autograd:
-    # they differ only where leaky(u) is exactly -0.1 or 6.)
-    du = torch.ops.aten.hardtanh_backward(dv, leaky, -0.1, 6.0)
-    du = torch.ops.aten.leaky_relu_backward(du, u, 0.01, False)
-    del dv, leaky
-    # dcoeff[:, i] = sum over tokens of dh * v^(i+1)
-    shared = dh.shape[-2] == 1 and v.shape[-2] != 1  # one gradient row shared by the tokens
-    cols, power = [], v
-    for i in range(degree):
-        if shared:
-            cols.append((dh * power.sum(dim=-2, keepdim=True)).reshape(-1, v.shape[-1]).sum(dim=0))
-        else:
-            cols.append((dh * power).reshape(-1, v.shape[-1]).sum(dim=0))
-        if i + 1 < degree:
-            power = power * v
-    return [du], torch.stack(cols, dim=-1)
 
 
 def aggregate_adjoint(d_state: torch.Tensor, mode: ContextMode, num_context: int, h_dtype: torch.dtype) -> torch.Tensor:
@@ -145,52 +79,6 @@ def aggregate_adjoint(d_state: torch.Tensor, mode: ContextMode, num_context: int
     return dh
 
 
-def _features(variant, u, coeff, degree):
-    if u.dtype == torch.float16:
-        u = u.float()  # as PolynomialMixer.features: degree-k products overflow fp16 first
-    if variant == "product":
-        return product_features(u, degree)
-    return power_features(power_activation(u), coeff)
-
-
-def gate_activation(variant: str, z: torch.Tensor) -> torch.Tensor:
-    """sigmoid (product) or hard sigmoid ``clamp(z / 6 + 1/2, 0, 1)`` (power).
-
-    The hard sigmoid is written out rather than ``F.hardsigmoid`` because the latter's
-    backward uses a float32 constant 1/6 even in float64, which the float64 tests see.
-    """
-    if variant == "product":
-        return torch.sigmoid(z)
-    return (z / 6.0 + 0.5).clamp(0.0, 1.0)
-
-
-def _gate(variant: str, z: torch.Tensor) -> torch.Tensor:
-    """Gate values for the fused path: ATen's one-pass kernels (same values as gate_activation)."""
-    return torch.sigmoid(z) if variant == "product" else F.hardsigmoid(z)
-
-
-def _gate_backward(variant, grad, z, s):
-    """``grad * gate'(z)`` in one fused kernel where ATen has one."""
-    if variant == "product":
-        return torch.ops.aten.sigmoid_backward(grad, s)
-    # d/dz hardsigmoid = 1/6 inside (-3, 3): one fused kernel (the closed and open
-    # intervals differ only at z = +-3 exactly)
-    return torch.ops.aten.hardtanh_backward(grad, z, -3.0, 3.0).mul_(1.0 / 6.0)
-
-
-def _expand_heads(s: torch.Tensor, width: int) -> torch.Tensor:
-    """(..., G) gate to (..., F) by repeating each head's scalar over F/G channels."""
-    if s.shape[-1] == width:
-        return s
-    return s.repeat_interleave(width // s.shape[-1], dim=-1)
-
-
-def _reduce_heads(ds: torch.Tensor, heads: int) -> torch.Tensor:
-    if ds.shape[-1] == heads:
-        return ds
-    return ds.unflatten(-1, (heads, -1)).sum(-1)
-
-
 def _linear_grads(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, need_bias: bool):
     """Gradients of ``out = inp @ weight.T + bias`` w.r.t. inp, weight and bias."""
     d2 = dout.reshape(-1, dout.shape[-1])
@@ -199,26 +87,6 @@ def _linear_grads(dout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, n
     d_weight = d2.t() @ i2
     d_bias = d2.sum(dim=0) if need_bias else None
     return d_inp, d_weight, d_bias
-
-
-class _Parts:
-    """The element-wise pieces of one mixer, handed to the chunked full-mode passes."""
-
-    def __init__(self, variant: str, coeff, degree: int):
-        self.variant, self.coeff, self.degree = variant, coeff, degree
-
-    def features(self, u):
-        return _features(self.variant, u, self.coeff, self.degree)
-
-    def gate(self, z):
-        return _gate(self.variant, z)
-
-    def gate_backward(self, grad, z, s):
-        return _gate_backward(self.variant, grad, z, s)
-
-    expand_heads = staticmethod(_expand_heads)
-    reduce_heads = staticmethod(_reduce_heads)
-    feature_backward_parts = staticmethod(_feature_backward_parts)
 
 
 class FusedPolynomialMix(torch.autograd.Function):
@@ -240,7 +108,7 @@ class FusedPolynomialMix(torch.autograd.Function):
         if mode.kind in ("full", "causal", "block"):
             seg = segments_of(mode, ctx_in.shape[1], x.device)
             keep = (not lean) and any(ctx.needs_input_grad)
-            y, state, u_all, z_all = segment_forward(_Parts(variant, coeff, degree), seg, x, c, w_h, b_h, coeff,
+            y, state, u_all, z_all = segment_forward(variant, degree, seg, x, c, w_h, b_h, coeff,
                                                      w_s, b_s, w_o, b_o, mode.context_mask, keep)
             # Keep the segment states unless there is about one per token (causal): then
             # they are F-wide and the backward pass recomputes them.
@@ -269,7 +137,7 @@ class FusedPolynomialMix(torch.autograd.Function):
         x, c, w_h, b_h, coeff, w_s, b_s, w_o, u, z, state = ctx.saved_tensors
         variant, degree, mode = ctx.variant, ctx.degree, ctx.mode
         if mode.kind in ("full", "causal", "block"):
-            grads = segment_backward(_Parts(variant, coeff, degree), ctx.segments, dy.contiguous(), x, c, w_h, b_h,
+            grads = segment_backward(variant, degree, ctx.segments, dy.contiguous(), x, c, w_h, b_h,
                                      coeff, w_s, b_s, w_o, ctx.has_b_o, state, u, z, mode.context_mask)
             return grads + (None, None, None, None)
         ctx_in = x if ctx.self_mix else c
