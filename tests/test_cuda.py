@@ -81,7 +81,7 @@ def test_compile_fullgraph_on_cuda(variant):
     mixer = PolynomialMixer(64, variant=variant, heads=1 if variant == "product" else 4).to(DEV)
     compiled = torch.compile(mixer, fullgraph=True)
     x = torch.randn(2, 300, 64, device=DEV, requires_grad=True)
-    for kwargs in ({}, {"causal": True}):
+    for kwargs in ({}, {"causal": True}, {"block_size": 37}):
         y_c = compiled(x, **kwargs)
         y_e = mixer(x, **kwargs)
         torch.testing.assert_close(y_c, y_e, rtol=1e-4, atol=1e-5)

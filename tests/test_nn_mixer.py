@@ -149,9 +149,10 @@ def test_state_stays_float32_under_autocast():
 @pytest.mark.parametrize("variant", ["product", "power"])
 def test_torch_compile_fullgraph_matches_eager(variant):
     mixer = PolynomialMixer(60, variant=variant, heads=1 if variant == "product" else 4)
-    x = torch.randn(2, 63, 60)
+    x = torch.randn(2, 300, 60)
     compiled = torch.compile(mixer, fullgraph=True)
-    for kwargs in ({}, {"causal": True}, {"block_size": 8}):
+    # 300 = 8 * 37 + 4: a short last block (once miscompiled by inductor, see block_ids_from_size)
+    for kwargs in ({}, {"causal": True}, {"block_size": 37}):
         torch.testing.assert_close(compiled(x, **kwargs), mixer(x, **kwargs), rtol=1e-4, atol=1e-5)
 
 

@@ -60,7 +60,8 @@ class PolynomialMixer(nn.Module):
             recomputes the projections too; ``"autograd"`` is plain PyTorch autograd
             (about six F-wide tensors). Under autocast the fused and lean passes run in
             the autocast dtype (states and sums stay float32). With a streaming
-            ``state`` or inside ``torch.compile`` the plain autograd form is used. The fused and lean
+            ``state``, inside ``torch.compile``, and for "fused" in the causal mode on
+            CUDA (where it is faster and keeps less) the plain autograd form is used. The fused and lean
             backward passes are not differentiable again: use "autograd" for double
             backward (gradient penalties).
 
@@ -208,7 +209,7 @@ class PolynomialMixer(nn.Module):
             dict(context_mask=context_mask, causal=causal, block_size=block_size,
                  block_lengths=block_lengths, cu_seqlens=cu_seqlens, mask=mask),
         )
-        if self._use_fused(prefix):
+        if self._use_fused(prefix, mode, x):
             cross = None if context is x else context
             lean = self.implementation == "lean"
             dtype = _autocast_dtype(x.device.type)
@@ -220,8 +221,12 @@ class PolynomialMixer(nn.Module):
                 return fused_mix(x, cross, self, mode, lean=lean, dtype=dtype)
         return self.select(x, aggregate(self.features(context), mode, prefix))
 
-    def _use_fused(self, prefix) -> bool:
+    def _use_fused(self, prefix, mode: ContextMode, x: torch.Tensor) -> bool:
         if self.implementation == "autograd" or prefix is not None:
+            return False
+        if self.implementation == "fused" and mode.kind == "causal" and x.is_cuda:
+            # On a GPU the autograd form with the Triton scan is faster and keeps less than
+            # the fused form's per-token (B, N, F) float32 states (H200, bench_gpu.py).
             return False
         try:
             if torch.compiler.is_compiling():

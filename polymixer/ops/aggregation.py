@@ -30,6 +30,43 @@ __all__ = [
 ]
 
 
+def _compiling() -> bool:
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # pragma: no cover - torch < 2.3
+        return False
+
+
+@torch.library.custom_op("polymixer::cumsum", mutates_args=())
+def _opaque_cumsum(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``torch.cumsum`` as an opaque operator for torch.compile (see :func:`_cumsum`)."""
+    return torch.cumsum(t, dim)
+
+
+@_opaque_cumsum.register_fake
+def _(t, dim):
+    return torch.empty_like(t)
+
+
+def _opaque_cumsum_setup(ctx, inputs, output):
+    ctx.dim = inputs[1]
+
+
+def _opaque_cumsum_backward(ctx, grad):
+    # the adjoint of a prefix sum is the reversed prefix sum
+    return _opaque_cumsum(grad.flip(ctx.dim), ctx.dim).flip(ctx.dim), None
+
+
+_opaque_cumsum.register_autograd(_opaque_cumsum_backward, setup_context=_opaque_cumsum_setup)
+
+
+def _cumsum(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Prefix sum along ``dim``. Inside torch.compile it is an opaque call of ATen's kernel:
+    inductor's own scan codegen for CUDA (torch 2.11) fails on the scans fused with the
+    feature computation here ("list indices must be integers or slices, not NoneType")."""
+    return _opaque_cumsum(t, dim) if _compiling() else t.cumsum(dim)
+
+
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; every other floating dtype accumulates in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -89,21 +126,21 @@ def mean_causal(
     Returns (B, N, F).
     """
     hw, w = _masked(h, context_mask)
-    total = hw.cumsum(dim=1)
+    total = _cumsum(hw, 1)
     if w is None:
-        # A cumsum of ones rather than an arange: the same exact counts, and inductor's
-        # Triton codegen (torch 2.11) fails on an arange fused with the scan above.
-        count = torch.ones(h.shape[1], dtype=hw.dtype, device=h.device).cumsum(0)
+        count = torch.arange(1, h.shape[1] + 1, dtype=hw.dtype, device=h.device)
         count = count.unsqueeze(0).expand(h.shape[0], -1)
     else:
-        count = w.cumsum(dim=1)
+        count = _cumsum(w, 1)
     total, count = _add_prefix(total, count, prefix)
     return _divide(total, count)
 
 
 def block_ids_from_size(num_tokens: int, block_size: int, device=None) -> torch.Tensor:
     """Block index of each token for blocks of ``block_size`` tokens (last may be shorter)."""
-    return torch.arange(num_tokens, device=device) // block_size
+    # Truncating division (= floor for these non-negative values): inductor's CPU code for
+    # ``arange // int`` (torch 2.13) leaves the vector tail unwritten (garbage ids).
+    return torch.div(torch.arange(num_tokens, device=device), block_size, rounding_mode="trunc")
 
 
 def block_ids_from_lengths(block_lengths: Sequence[int] | torch.Tensor, device=None) -> torch.Tensor:
@@ -141,14 +178,14 @@ def mean_block_causal(
     blocks: O(N). Returns (B, N, F).
     """
     hw, w = _masked(h, context_mask)
-    block_total = _segment_sums(hw, block_ids, num_blocks).cumsum(dim=1)
+    block_total = _cumsum(_segment_sums(hw, block_ids, num_blocks), 1)
     if w is None:
         ones = torch.ones(h.shape[1], dtype=hw.dtype, device=h.device)
         block_count = _segment_sums(ones.unsqueeze(0), block_ids, num_blocks)
         block_count = block_count.expand(h.shape[0], -1)
     else:
         block_count = _segment_sums(w, block_ids, num_blocks)
-    block_count = block_count.cumsum(dim=1)
+    block_count = _cumsum(block_count, 1)
     block_total, block_count = _add_prefix(block_total, block_count, prefix)
     block_mean = _divide(block_total, block_count)
     return block_mean.index_select(1, block_ids)
@@ -177,8 +214,8 @@ def mean_packed(
         return _divide(total, count).index_select(1, seg)
     # Causal inside each sequence: a running sum restarted at every sequence start.
     # Prefix over the whole axis minus the prefix before the sequence's first token.
-    total = hw.cumsum(dim=1)
-    count = w.cumsum(dim=1)
+    total = _cumsum(hw, 1)
+    count = _cumsum(w, 1)
     starts = cu_seqlens[:-1].long()
     zero_t = total.new_zeros((h.shape[0], 1, h.shape[2]))
     zero_c = count.new_zeros((h.shape[0], 1))

@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 
 from . import aggregation as agg
+from .aggregation import _compiling
 
 __all__ = ["ContextMode", "resolve_context", "aggregate", "dense_context_mask"]
 
@@ -40,13 +41,6 @@ class ContextMode:
     def shared_state(self) -> bool:
         """True when every query reads the same state (output rows of aggregate: 1)."""
         return self.kind == "full"
-
-
-def _compiling() -> bool:
-    try:
-        return torch.compiler.is_compiling()
-    except AttributeError:  # pragma: no cover - torch < 2.3
-        return False
 
 
 def _check_bool_like(name: str, t: torch.Tensor) -> None:
