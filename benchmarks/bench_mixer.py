@@ -219,36 +219,48 @@ def main(argv=None) -> None:
     report(args, rows, rivals, ns)
 
 
+def _floor_of(rival: str) -> str | None:
+    """The GEMM floor rival of the same variant as ``rival`` (None for sdpa/floors)."""
+    if not rival.startswith("pom-"):
+        return None
+    return "floor-power" if rival.startswith("pom-power") else "floor-product"
+
+
 def report(args, rows, rivals, ns) -> None:
     by = {(r["rival"], r["n"]): r for r in rows}
-    ref = "floor-product" if "floor-product" in rivals else None
+    compile_setting = os.environ.get("POLYMIXER_COMPILE", "auto")
     lines = [
         f"# Mixer benchmark ({args.mode} mode)",
         "",
-        f"- command: `python benchmarks/bench_mixer.py {' '.join(sys.argv[1:])}`",
+        f"- command: `{'POLYMIXER_COMPILE=' + compile_setting + ' ' if compile_setting != 'auto' else ''}"
+        f"python benchmarks/bench_mixer.py {' '.join(sys.argv[1:])}`",
         f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {machine()}",
         f"- D={args.dim}, batch={args.batch}, sdpa heads={args.heads}, degree 2, expand 2, float32; "
         f"median of up to {args.repeats} interleaved runs",
+        f"- element-wise work of the fused/lean chunks: POLYMIXER_COMPILE={compile_setting} "
+        f"({'compiled' if compile_setting == 'always' else 'eager'} on CPU)",
+        "- / floor = time over the GEMM floor of the same variant (floor-product or floor-power), same run",
         "- peak = resident memory added by one forward+backward in a fresh process; "
         "saved = bytes of tensors kept for backward (parameters excluded)",
         "",
-        "| N | rival | fwd ms | fwd+bwd ms | fwd+bwd / floor-product | sdpa / rival (fwd+bwd) | saved MB | peak MB |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| N | rival | fwd ms | fwd+bwd ms | fwd / floor | fwd+bwd / floor | sdpa / rival (fwd+bwd) | saved MB | peak MB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in ns:
         for r in rivals:
             row = by.get((r, n))
             if row is None:
                 continue
-            floor = by.get((ref, n)) if ref else None
+            floor = by.get((_floor_of(r), n))
             sdpa = by.get(("sdpa", n))
+            fwd_floor = f"{row['fwd_ms'] / floor['fwd_ms']:.2f}" if floor else ""
             ratio_floor = f"{row['fwd_bwd_ms'] / floor['fwd_bwd_ms']:.2f}" if floor else ""
             ratio_sdpa = f"{sdpa['fwd_bwd_ms'] / row['fwd_bwd_ms']:.2f}" if sdpa else ""
             peak = f"{row['peak_mb']:.0f}" if "peak_mb" in row else ""
             lines.append(
-                f"| {n} | {r} | {row['fwd_ms']:.1f} | {row['fwd_bwd_ms']:.1f} | {ratio_floor} | {ratio_sdpa} | "
-                f"{row['saved_mb']:.1f} | {peak} |"
+                f"| {n} | {r} | {row['fwd_ms']:.1f} | {row['fwd_bwd_ms']:.1f} | {fwd_floor} | {ratio_floor} | "
+                f"{ratio_sdpa} | {row['saved_mb']:.1f} | {peak} |"
             )
     text = "\n".join(lines) + "\n"
     print(text)
