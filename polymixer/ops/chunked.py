@@ -13,9 +13,12 @@ is token-local apart from a (B, segments, F) reduction:
   prefix), phase C over context chunks (feature derivatives and input projection).
 
 Working through the flattened ``B*N`` token rows in chunks keeps every F-wide temporary
-at ``chunk x F`` (in cache, and a low peak), and the projections run as chunk GEMMs that
-accumulate the weight gradients in place. Only the causal mode has an F-wide segment
-tensor (one segment per token). Used by :class:`polymixer.ops.fused.FusedPolynomialMix`.
+at ``chunk x F`` (in cache on a CPU, and a low peak), and the projections run as chunk
+GEMMs written into their buffers, accumulating the weight gradients (in float32 for low
+precision inputs). The element-wise work of a chunk is one call of
+:class:`polymixer.ops.elementwise.ChunkOps` per phase (compiled on CUDA). Only the
+causal mode has an F-wide segment tensor (one segment per token). Used by
+:class:`polymixer.ops.fused.FusedPolynomialMix`.
 """
 
 from __future__ import annotations

@@ -13,7 +13,10 @@ projections' outputs, the GELU outputs, running products, the gate, the gated st
 The backward pass is written out by hand: gradients of the features (product chain rule
 or Horner derivative of the power series), of the gates, of the aggregation (its adjoint:
 a broadcast, a reversed prefix sum, or a reversed prefix over blocks) and of the
-projections. It is tested against plain autograd and the loop reference.
+projections. It is tested against plain autograd and the loop reference. The full,
+causal and block-causal modes run token-chunked (:mod:`polymixer.ops.chunked`), the
+packed and dense modes on whole tensors; the element-wise pieces live in
+:mod:`polymixer.ops.elementwise`. :func:`fused_mix` casts to autocast's dtype first.
 """
 
 from __future__ import annotations
@@ -41,11 +44,6 @@ def aggregate_adjoint(d_state: torch.Tensor, mode: ContextMode, num_context: int
     d_state: gradient w.r.t. the aggregated state, (B, 1, F) in the full mode or
     (B, M, F). The aggregation is linear in h, so this is exact.
     """
-    if d_state.is_cuda and mode.kind in ("full", "causal", "block"):
-        from .triton import triton_aggregate_adjoint, triton_available  # optional: Triton may be absent
-
-        if triton_available(d_state):
-            return triton_aggregate_adjoint(d_state, mode, num_context, h_dtype)
     B, F_ = d_state.shape[0], d_state.shape[-1]
     acc = d_state.dtype
     w = None if mode.context_mask is None else mode.context_mask.to(acc)
