@@ -23,6 +23,7 @@ sequence (about 19x); the script prints the same ratio from this run.
 
     python benchmarks/bench_gpu.py --out benchmarks/results/gpu_h100
     python benchmarks/bench_gpu.py --device cpu --ns 256          # smoke test, no GPU
+    python benchmarks/bench_gpu.py --replot benchmarks/results/gpu_h200_full.json   # PNG only
 
 writes <out>.md (command, date, device, table) and <out>.json.
 """
@@ -219,6 +220,42 @@ def fmt(v, spec=".2f"):
     return "—" if v is None else (v if isinstance(v, str) else format(v, spec))
 
 
+def plot(rows: list[dict], title: str, out_png: str) -> None:
+    """Time (forward, forward+backward) and peak memory versus N, log axes, one line per
+    rival and mode; OOM rows are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    modes = sorted({r["mode"] for r in rows})
+    for mode in modes:
+        for name in dict.fromkeys(r["rival"] for r in rows):
+            pts = sorted((r["n"], r) for r in rows if r["rival"] == name and r["mode"] == mode and not r["oom"])
+            if not pts:
+                continue
+            label = name if len(modes) == 1 else f"{name} ({mode})"
+            n = [p[0] for p in pts]
+            axes[0].plot(n, [p[1]["fwd_ms"] for p in pts], marker="o", label=label)
+            axes[1].plot(n, [p[1]["fwd_bwd_ms"] for p in pts], marker="o", label=label)
+            if all(p[1]["fwd_bwd_peak_mib"] is not None for p in pts):
+                axes[2].plot(n, [p[1]["fwd_bwd_peak_mib"] for p in pts], marker="o", label=label)
+    for ax, name in zip(axes, ["forward (ms per batch)", "forward+backward (ms per batch)",
+                               "peak memory, forward+backward (MiB)"]):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("tokens per sequence N")
+        ax.set_title(name)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    tmp = out_png + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, out_png)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -237,7 +274,18 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=None, help="default 10 (GPU), 2 (CPU)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (CPU runs only)")
     p.add_argument("--out", default=None, help="path prefix of the .md/.json results, e.g. benchmarks/results/gpu_h100")
+    p.add_argument("--plot", action="store_true", help="also write <out>.png (time and memory versus N)")
+    p.add_argument("--replot", default=None, metavar="JSON",
+                   help="only draw the PNG of an earlier run's JSON (next to it) and exit; no device needed")
     args = p.parse_args(argv)
+    if args.replot:
+        with open(args.replot) as f:
+            saved = json.load(f)
+        device_line = next((h for h in saved["header"] if h.startswith("device:")), "")
+        out_png = os.path.splitext(args.replot)[0] + ".png"
+        plot(saved["rows"], device_line + "; " + saved["header"][3], out_png)
+        print(f"wrote {out_png}")
+        return
 
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -404,6 +452,9 @@ def main(argv=None) -> None:
                 f.write(text)
             os.replace(tmp, args.out + suffix)
         print(f"wrote {args.out}.md and {args.out}.json")
+        if args.plot:
+            plot(rows, header[2] + "; " + header[3], args.out + ".png")
+            print(f"wrote {args.out}.png")
 
 
 if __name__ == "__main__":

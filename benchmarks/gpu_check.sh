@@ -14,7 +14,7 @@ timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -p no:cacheprovider --maxfai
     tests/test_triton.py tests/test_cuda.py tests/test_nn_mixer.py::test_autocast_fused_and_lean_match_autograd -k "cuda or not cpu" 2>&1 | tee "$out/gpu_tests.log" | grep -v DEBUG | tail -60
 timeout "${BENCH_TIMEOUT:-200}" python3 benchmarks/bench_gpu.py --modes full --ns "${NS:-1024,4096,16384,65536}" \
     --rivals "${RIVALS:-pom-product,pom-product:autograd,floor-product,pom-power,pom-power:autograd,floor-power,sdpa}" \
-    --out "$out/${name}_full"
+    --out "$out/${name}_full" --plot
 timeout "${BENCH2_TIMEOUT:-110}" python3 benchmarks/bench_gpu.py --modes causal,block --ns "${NS2:-4096,65536}" \
     --rivals "${RIVALS2:-pom-product,pom-product:autograd,floor-product,pom-power,pom-power:autograd,sdpa}" \
-    --out "$out/${name}_causal_block"
+    --out "$out/${name}_causal_block" --plot
