@@ -375,6 +375,18 @@ def test_failed_compile_falls_back_to_eager_with_a_warning(compiled_chunks, monk
     mixer(x)  # no second warning needed: eager from now on
 
 
+def test_out_of_memory_in_a_compiled_chunk_is_not_a_compiler_failure(compiled_chunks, monkeypatch):
+    def oom_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return run
+
+    monkeypatch.setattr(torch, "compile", oom_compile)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        PolynomialMixer(16)(torch.randn(2, 9, 16))
+    assert not compiled_chunks._COMPILE_BROKEN
+
+
 def test_compile_setting_is_checked(monkeypatch):
     monkeypatch.setenv("POLYMIXER_COMPILE", "sometimes")
     with pytest.raises(ValueError, match="POLYMIXER_COMPILE"):

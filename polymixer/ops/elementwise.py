@@ -217,6 +217,8 @@ class ChunkOps:
             try:
                 return self._fns[index](*args)
             except Exception as e:  # the compiler failed: fall back to eager for good
+                if "out of memory" in str(e).lower():
+                    raise  # the device is full, not the compiler broken
                 _COMPILE_BROKEN = True
                 warnings.warn(f"polymixer: compiling the mixer's element-wise work failed, using eager "
                               f"PyTorch from now on (set POLYMIXER_COMPILE=never to skip it): "
