@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from polymixer import MultiHeadAttention, PolynomialMixer  # noqa: E402
+from polymixer import MultiHeadAttention, PolynomialMixer
+from polymixer.ops.elementwise import CPU_COMPILE_MIN_ROWS  # noqa: E402
 
 
 class GemmFloor(nn.Module):
@@ -238,8 +239,11 @@ def report(args, rows, rivals, ns) -> None:
         f"- machine: {machine()}",
         f"- D={args.dim}, batch={args.batch}, sdpa heads={args.heads}, degree 2, expand 2, float32; "
         f"median of up to {args.repeats} interleaved runs",
-        f"- element-wise work of the fused/lean chunks: POLYMIXER_COMPILE={compile_setting} "
-        f"({'compiled' if compile_setting == 'always' else 'eager'} on CPU)",
+        f"- element-wise work of the fused/lean chunks: POLYMIXER_COMPILE={compile_setting} ("
+        + {"always": "compiled", "never": "eager"}.get(
+            compile_setting, "auto: eager below "
+            + os.environ.get("POLYMIXER_COMPILE_MIN_ROWS", str(CPU_COMPILE_MIN_ROWS)) + " token rows, compiled from there")
+        + ")",
         "- / floor = time over the GEMM floor of the same variant (floor-product or floor-power), same run",
         "- peak = resident memory added by one forward+backward in a fresh process; "
         "saved = bytes of tensors kept for backward (parameters excluded)",

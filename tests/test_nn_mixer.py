@@ -391,3 +391,19 @@ def test_compile_setting_is_checked(monkeypatch):
     monkeypatch.setenv("POLYMIXER_COMPILE", "sometimes")
     with pytest.raises(ValueError, match="POLYMIXER_COMPILE"):
         PolynomialMixer(8)(torch.randn(1, 3, 8))
+
+
+def test_auto_compiles_on_cpu_only_for_long_inputs(compiled_chunks, monkeypatch):
+    import polymixer.ops.elementwise as ew
+
+    monkeypatch.setenv("POLYMIXER_COMPILE", "auto")
+    monkeypatch.setenv("POLYMIXER_COMPILE_MIN_ROWS", "100")
+    assert ew.chunk_ops("cpu", 99) is ew._EAGER
+    assert ew.chunk_ops("cpu", 100).compiled
+    monkeypatch.setenv("POLYMIXER_COMPILE_MIN_ROWS", "many")
+    with pytest.raises(ValueError, match="POLYMIXER_COMPILE_MIN_ROWS"):
+        ew.chunk_ops("cpu", 100)
+    monkeypatch.delenv("POLYMIXER_COMPILE_MIN_ROWS")
+    assert ew.chunk_ops("cpu", ew.CPU_COMPILE_MIN_ROWS - 1) is ew._EAGER
+    assert ew.chunk_ops("cpu", ew.CPU_COMPILE_MIN_ROWS).compiled
+    assert ew.chunk_ops(torch.device("cuda"), 1).compiled  # decided from the device alone

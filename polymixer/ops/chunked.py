@@ -167,7 +167,7 @@ def segment_forward(variant: str, degree: int, seg: Segments, x, c, w_h, b_h, co
     c2, x2 = ctx_in.reshape(B * N, -1), x.reshape(B * M, -1)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     w2 = None if context_mask is None else context_mask.reshape(B * N).to(acc)
-    ops = chunk_ops(x.device)
+    ops = chunk_ops(x.device, B * max(N, M))
     u_all = torch.empty(B * N, w_h.shape[0], dtype=x.dtype, device=x.device) if keep_projections else None
     state = _state_table(ops, variant, degree, seg, c2, B, N, w_h, b_h, coeff, None, u_all, w2, acc)
     width = state.shape[-1]
@@ -194,7 +194,7 @@ def segment_backward(variant: str, degree: int, seg: Segments, dy, x, c, w_h, b_
     c2, x2, dy2 = ctx_in.reshape(B * N, -1), x.reshape(B * M, -1), dy.reshape(B * M, -1)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     w2 = None if context_mask is None else context_mask.reshape(B * N).to(acc)
-    ops = chunk_ops(x.device)
+    ops = chunk_ops(x.device, B * max(N, M))
     if state is None:  # recompute the per-segment states from the (kept or recomputed) projections
         state = _state_table(ops, variant, degree, seg, c2, B, N, w_h, b_h, coeff, u_all, None, w2, acc)
     width = state.shape[-1]

@@ -8,9 +8,10 @@ The chunked path runs its element-wise work per chunk through :class:`ChunkOps`,
 four methods each do in one function what would otherwise be several passes over F-wide
 tensors (e.g. features then their column sum). In eager PyTorch every operation is its
 own pass; on a GPU, where these passes (not the GEMMs) dominate the mixer's time, they
-are compiled with ``torch.compile`` into a few fused kernels. ``POLYMIXER_COMPILE``
-chooses: ``auto`` (default: compiled on CUDA tensors, eager elsewhere), ``always``,
-``never``. If compiling fails (no compiler, an inductor bug), a warning is given once
+are compiled with ``torch.compile`` into a few fused kernels (on a CPU too for long
+inputs, where fused loops beat one pass per operation). ``POLYMIXER_COMPILE`` chooses:
+``auto`` (default: compiled on CUDA, and on CPU from 8192 token rows per call, see
+:func:`chunk_ops`), ``always``, ``never``. If compiling fails (no compiler, an inductor bug), a warning is given once
 and the eager functions are used from then on.
 """
 
@@ -246,13 +247,31 @@ _COMPILED: ChunkOps | None = None
 _COMPILE_BROKEN = False
 
 
-def chunk_ops(device) -> ChunkOps:
-    """The :class:`ChunkOps` for tensors on ``device`` under ``POLYMIXER_COMPILE``."""
+#: ``auto`` compiles on CPU from this many token rows per call (``POLYMIXER_COMPILE_MIN_ROWS``).
+CPU_COMPILE_MIN_ROWS = 8192
+
+
+def chunk_ops(device, rows: int = 0) -> ChunkOps:
+    """The :class:`ChunkOps` for a call on ``device`` over ``rows`` token rows (B * N).
+
+    ``POLYMIXER_COMPILE``: ``auto`` (default) compiles on CUDA, and on CPU for calls of at
+    least ``POLYMIXER_COMPILE_MIN_ROWS`` (8192) token rows, where a one-time compile (about
+    10-20 s) is soon paid back; ``always``; ``never``.
+    """
     global _COMPILED
     setting = os.environ.get("POLYMIXER_COMPILE", "auto").lower()
     if setting not in ("auto", "always", "never"):
         raise ValueError(f"POLYMIXER_COMPILE: expected auto, always or never, got {setting!r}")
-    use = setting == "always" or (setting == "auto" and torch.device(device).type == "cuda")
+    use = setting == "always"
+    if setting == "auto":
+        if torch.device(device).type == "cuda":
+            use = True
+        else:
+            threshold = os.environ.get("POLYMIXER_COMPILE_MIN_ROWS", str(CPU_COMPILE_MIN_ROWS))
+            try:
+                use = rows >= int(threshold)
+            except ValueError:
+                raise ValueError(f"POLYMIXER_COMPILE_MIN_ROWS: expected an integer, got {threshold!r}") from None
     if not use or _COMPILE_BROKEN:
         return _EAGER
     if _COMPILED is None:
