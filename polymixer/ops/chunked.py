@@ -224,10 +224,15 @@ def segment_backward(variant: str, degree: int, seg: Segments, dy, x, c, w_h, b_
         if d_b_s is not None:
             d_b_s += d_z.sum(dim=0, dtype=acc)
     # Phase B: adjoint of the mean: divide by the counts, reversed prefix over segments.
+    # (The states are not needed any more: with one segment per token (causal) they and
+    # d_seg are F-wide, so at most two such tensors are alive at once from here.)
+    state = None
     counts = _segment_counts(seg, B, N, w2, acc, x.device)
     g = d_seg.view(B, seg.count, width).div_(counts.clamp_min(1).unsqueeze(-1))
+    del d_seg
     if seg.prefix:
-        g = g.flip(1).cumsum(dim=1).flip(1)
+        g = g.flip(1)
+        g = g.cumsum_(dim=1).flip(1)
     g = g.reshape(B * seg.count, width)
     # Phase C: the feature side, over context rows.
     d_w_h = torch.zeros(w_h.shape, dtype=acc, device=x.device)
