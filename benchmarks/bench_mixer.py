@@ -120,10 +120,14 @@ def memory_child(args) -> None:
     x = torch.randn(args.batch, args.n, args.dim, requires_grad=True)
     kwargs = mode_kwargs(args.mode, args.n)
     grad = torch.ones(args.batch, args.n, args.dim)
-    # One tiny call first: parameter gradients and thread pools are allocated once, outside
-    # the measurement, which then sees activations and temporaries only.
-    warm = torch.randn(args.batch, 8, args.dim, requires_grad=True)
-    module(warm, **mode_kwargs(args.mode, 8)).sum().backward()
+    # One call of the same size first: parameter gradients, thread pools and compiled
+    # kernels (torch.compile'd rivals, and the mixer's chunk functions from 8192 rows on)
+    # are made outside the measurement, which then sees activations and temporaries
+    # only. The parent sets MALLOC_MMAP_THRESHOLD_ so that freed large blocks go back to
+    # the system and the measured call cannot reuse the warm-up's memory unseen.
+    warm = x.detach().clone().requires_grad_()
+    module(warm, **kwargs).backward(grad)
+    del warm
     base = _reset_peak_rss()
     y = module(x, **kwargs)
     y.backward(grad)
@@ -213,7 +217,8 @@ def main(argv=None) -> None:
                 cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", "--rival", r, "--n", str(n),
                        "--dim", str(args.dim), "--heads", str(args.heads), "--batch", str(args.batch),
                        "--mode", args.mode, "--threads", str(args.threads)]
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")  # see memory_child
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
                 row["peak_mb"] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
             rows.append(row)
             print(json.dumps(row), flush=True)
