@@ -61,9 +61,9 @@ class PolynomialMixer(nn.Module):
             (about six F-wide tensors). Under autocast the fused and lean passes run in
             the autocast dtype (states and sums stay float32). With a streaming
             ``state``, inside ``torch.compile``, and for "fused" in the causal mode on
-            CUDA (where it is faster and keeps less) the plain autograd form is used. The fused and lean
-            backward passes are not differentiable again: use "autograd" for double
-            backward (gradient penalties).
+            CUDA (where it is faster and keeps less) the plain autograd form is used.
+            The fused and lean backward passes are not differentiable again: use
+            "autograd" for double backward (gradient penalties).
 
     Shapes: ``x: (B, M, D)`` queries; ``context: (B, N, D)`` (default: x itself);
     output ``(B, M, D)``. Context modes are keyword arguments, see :meth:`forward`.

@@ -286,7 +286,7 @@ def _state_table(ops, variant, degree, seg, c2, batch, tokens, w_h, b_h, coeff, 
     projection rows to reuse, or None (computed); ``u_out``: a buffer to keep them in."""
     width = w_h.shape[0]  # F for both variants (product: k parts of e*D; power: e*D)
     total = torch.zeros(batch * seg.count, width, dtype=acc, device=c2.device)
-    for start, stop in _chunks(seg, batch, tokens, chunk_rows(w_h.shape[0], c2.device)):
+    for start, stop in _chunks(seg, batch, tokens, chunk_rows(width, c2.device)):
         rows = _Rows(seg, tokens, start, stop, c2.device)
         if u_in is not None:
             u_c = u_in[start:stop]
