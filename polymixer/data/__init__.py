@@ -1,10 +1,10 @@
 """Datasets: bundled digits, a user's image folder, and optional VAE latents."""
 
-from .dataset import ImageDataset, batch_indices
+from .dataset import ImageDataset, TrainingData, batch_indices
 from .digits import mnist_digits, sklearn_digits
 from .folder import image_folder
 
-__all__ = ["ImageDataset", "batch_indices", "mnist_digits", "sklearn_digits", "image_folder", "load_dataset"]
+__all__ = ["ImageDataset", "TrainingData", "batch_indices", "mnist_digits", "sklearn_digits", "image_folder", "load_dataset"]
 
 
 def load_dataset(name: str, image_size: int, *, channels: int = 3, skip_bad_files: bool = False) -> ImageDataset:

@@ -1,12 +1,35 @@
-"""An in-memory labelled image dataset and a deterministic, resumable batch order."""
+"""The dataset protocol of training, an in-memory labelled image dataset, and a
+deterministic, resumable batch order."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["ImageDataset", "batch_indices"]
+__all__ = ["TrainingData", "ImageDataset", "batch_indices"]
+
+
+@runtime_checkable
+class TrainingData(Protocol):
+    """What training needs from a dataset of labelled samples (images or clips).
+
+    ``batch(indices)`` returns the samples ``(len(indices), *sample_shape)`` float32 in
+    the data range and their labels ``(len(indices),)`` int64 in [0, n_classes). Samples
+    may live in memory (the fast default) or be read or generated on demand.
+    """
+
+    name: str
+    n_classes: int
+    class_names: list[str] | None
+
+    def __len__(self) -> int: ...
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]: ...
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 @dataclass
@@ -34,6 +57,14 @@ class ImageDataset:
 
     def __getitem__(self, index):
         return self.images[index], self.labels[index]
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``(len(indices), C, H, W)`` and labels ``(len(indices),)``."""
+        return self.images[indices], self.labels[indices]
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
 
     @property
     def channels(self) -> int:

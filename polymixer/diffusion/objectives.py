@@ -1,6 +1,9 @@
 """Training objectives, independent of the network: flow matching and DDPM.
 
-Both call the network only as ``model(x_t, t, y)`` with ``t: (B,)`` float in [0, 1].
+Both call the network only as ``model(x_t, t, y, **context)`` with ``t`` float in [0, 1]
+of shape ``time_shape``, broadcastable to the samples' leading dimensions: ``(B,)`` by
+default (one noise level per sample), ``(B, F)`` for one level per frame of clips
+``x_0: (B, F, C, H, W)`` (diffusion forcing).
 
 Flow matching (rectified flow): ``x_t = (1 - t) x_0 + t eps``, target ``v = eps - x_0``.
 DDPM: discrete steps k = 0..T-1 of a linear beta schedule,
@@ -18,7 +21,21 @@ import torch.nn.functional as F
 
 __all__ = ["FlowMatching", "DDPM", "time_shift", "resolution_shift", "make_objective", "OBJECTIVES"]
 
-Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Model = Callable[..., torch.Tensor]
+
+
+def _time_shape(x0: torch.Tensor, time_shape: tuple[int, ...] | None) -> tuple[int, ...]:
+    if time_shape is None:
+        return (x0.shape[0],)
+    time_shape = tuple(time_shape)
+    if not 1 <= len(time_shape) < x0.dim() or time_shape != tuple(x0.shape[:len(time_shape)]):
+        raise ValueError(f"time_shape: expected leading dimensions of the samples {tuple(x0.shape)}, got {time_shape}")
+    return time_shape
+
+
+def _expand_time(t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """``t`` with trailing singleton dimensions so it broadcasts against ``x0``."""
+    return t.view(*t.shape, *([1] * (x0.dim() - t.dim())))
 
 
 def time_shift(t: torch.Tensor, shift: float) -> torch.Tensor:
@@ -55,21 +72,28 @@ class FlowMatching:
         if not self.shift > 0:
             raise ValueError(f"shift: expected a positive number, got {self.shift!r}")
 
-    def sample_time(self, batch: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_time(self, shape: int | tuple[int, ...], device=None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training times of ``shape`` (an int is a batch size) in [0, 1]."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
         if self.time_sampling == "uniform":
-            t = torch.rand(batch, device=device, generator=generator)
+            t = torch.rand(shape, device=device, generator=generator)
         else:
-            z = torch.randn(batch, device=device, generator=generator)
+            z = torch.randn(shape, device=device, generator=generator)
             t = torch.sigmoid(self.logit_mean + self.logit_std * z)
         return time_shift(t, self.shift)
 
-    def loss(self, model: Model, x0: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean squared velocity error for clean data ``x0: (B, C, H, W)`` and labels ``y: (B,)``."""
-        t = self.sample_time(x0.shape[0], x0.device, generator)
+    def loss(self, model: Model, x0: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
+             *, time_shape: tuple[int, ...] | None = None, **context) -> torch.Tensor:
+        """Mean squared velocity error for clean data ``x0: (B, ...)`` and labels ``y: (B,)``.
+
+        ``time_shape``: ``(B,)`` (default) or e.g. ``(B, F)`` for one time per frame;
+        ``context`` goes to the model call unchanged."""
+        t = self.sample_time(_time_shape(x0, time_shape), x0.device, generator)
         eps = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
-        tb = t.view(-1, *([1] * (x0.dim() - 1)))
+        tb = _expand_time(t, x0)
         x_t = (1 - tb) * x0 + tb * eps
-        pred = model(x_t, t, y)
+        pred = model(x_t, t, y, **context)
         return F.mse_loss(pred.float(), (eps - x0).float())
 
 
@@ -88,14 +112,16 @@ class DDPM:
         betas = torch.linspace(self.beta_start, self.beta_end, self.num_steps, dtype=torch.float64)
         self.alphas_cumprod = torch.cumprod(1 - betas, dim=0)  # (T,) float64
 
-    def loss(self, model: Model, x0: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean squared noise error for clean data ``x0: (B, C, H, W)`` and labels ``y: (B,)``."""
-        B = x0.shape[0]
-        k = torch.randint(0, self.num_steps, (B,), device=x0.device, generator=generator)
+    def loss(self, model: Model, x0: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
+             *, time_shape: tuple[int, ...] | None = None, **context) -> torch.Tensor:
+        """Mean squared noise error for clean data ``x0: (B, ...)`` and labels ``y: (B,)``
+        (``time_shape`` and ``context`` as for :meth:`FlowMatching.loss`)."""
+        shape = _time_shape(x0, time_shape)
+        k = torch.randint(0, self.num_steps, shape, device=x0.device, generator=generator)
         eps = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
-        abar = self.alphas_cumprod.to(x0.device)[k].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+        abar = _expand_time(self.alphas_cumprod.to(x0.device)[k].to(x0.dtype), x0)
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
-        pred = model(x_t, k.to(x0.dtype) / self.num_steps, y)
+        pred = model(x_t, k.to(x0.dtype) / self.num_steps, y, **context)
         return F.mse_loss(pred.float(), eps.float())
 
 

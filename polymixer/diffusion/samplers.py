@@ -1,7 +1,10 @@
 """Samplers: Euler and Heun for flow matching, DDIM for DDPM; classifier-free guidance.
 
 A sampler knows nothing about the network beyond the call ``model(x_t, t, y)``
-(``x_t: (B, C, H, W)``, ``t: (B,)`` float in [0, 1], ``y: (B,)`` int labels).
+(``x_t: (B, ...)`` images or clips, ``t: (B,)`` float in [0, 1], one time per sample, which
+the network broadcasts over the samples' other leading dimensions, ``y: (B,)`` int labels).
+Context a network needs beyond that (streaming states, masks) is bound into the callable
+by the caller, e.g. ``functools.partial(model, state=...)``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from .objectives import DDPM, FlowMatching, time_shift
 
 __all__ = ["classifier_free_guidance", "euler", "heun", "ddim", "sample", "SAMPLERS", "flow_times"]
 
-Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Model = Callable[..., torch.Tensor]
 SAMPLERS = {"flow": ("euler", "heun"), "ddpm": ("ddim",)}
 
 

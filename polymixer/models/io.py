@@ -1,4 +1,8 @@
-"""Save and load DiT models as a folder: ``config.json`` + ``model.safetensors``."""
+"""Save and load any registered model as a folder: ``config.json`` + ``model.safetensors``.
+
+The config names its ``architecture``; :func:`load_pretrained` builds the class registered
+under it (``models/registry.py``), so an image DiT and a video DiT load through one function.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,10 @@ import torch
 from torch import nn
 
 from ..io import CheckpointError, load_tensors, read_json, save_tensors, sha256_file, write_json
-from .dit import CONFIG_NAME, WEIGHTS_NAME, DiT, DiTConfig
+from .registry import build_model, config_from_dict, config_to_dict
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
 
 __all__ = ["save_pretrained", "load_pretrained", "load_state_checked"]
 
@@ -32,14 +39,14 @@ def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source:
     model.load_state_dict(state, strict=True)
 
 
-def save_pretrained(model: DiT, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+def save_pretrained(model: nn.Module, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Write ``folder/config.json`` and ``folder/model.safetensors`` atomically; returns folder.
 
     ``dtype`` (e.g. ``torch.float16``) stores the floating-point weights in that type, half
     the size; loading casts them back to the model's float32 parameters.
     """
-    if not isinstance(model, DiT):
-        raise TypeError(f"model: expected a DiT, got {type(model).__name__}")
+    if not hasattr(type(model), "architecture") or not hasattr(model, "config"):
+        raise TypeError(f"model: expected a registered polymixer model, got {type(model).__name__}")
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
     folder = Path(folder)
@@ -48,27 +55,31 @@ def save_pretrained(model: DiT, folder: str | Path, dtype: torch.dtype | None = 
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     weights = save_tensors(folder / WEIGHTS_NAME, state, metadata={"format": "pt"})
-    config = model.config.to_dict()
+    config = config_to_dict(model.config)
     config["weights_sha256"] = sha256_file(weights)
     write_json(folder / CONFIG_NAME, config)
     return folder
 
 
-def load_pretrained(folder: str | Path, map_location: str | torch.device = "cpu") -> DiT:
-    """Build a :class:`DiT` from ``folder``; any problem raises CheckpointError before returning."""
+def load_pretrained(folder: str | Path, map_location: str | torch.device = "cpu",
+                    expected: type[nn.Module] | None = None) -> nn.Module:
+    """Build the model saved in ``folder`` (its class from the config's ``architecture``);
+    ``expected`` restricts the class. Any problem raises CheckpointError before returning."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a folder (expected {CONFIG_NAME} + {WEIGHTS_NAME})")
     data = read_json(folder / CONFIG_NAME)
     digest = data.pop("weights_sha256", None)
+    want = getattr(expected, "architecture", None)
     try:
-        config = DiTConfig.from_dict(data)
+        config = config_from_dict(data, expected=want)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{folder / CONFIG_NAME}: not a DiT config: {exc}") from exc
+        what = f"a {expected.__name__} config" if expected is not None else "a polymixer model config"
+        raise CheckpointError(f"{folder / CONFIG_NAME}: not {what}: {exc}") from exc
     weights = folder / WEIGHTS_NAME
     if digest is not None and weights.is_file() and sha256_file(weights) != digest:
         raise CheckpointError(f"{weights}: checksum mismatch (truncated or corrupt file)")
     state = load_tensors(weights, device=map_location)
-    model = DiT(config)
+    model = build_model(config)
     load_state_checked(model, state, str(weights))
     return model.to(map_location).eval()

@@ -9,9 +9,10 @@ pass ``pom_heads=1`` for a full-width gate (about +35% parameters at S, see READ
 
 from __future__ import annotations
 
-from .dit import MIXERS, DiTConfig
+from .blocks import MIXERS
+from .dit import DiTConfig
 
-__all__ = ["SIZES", "PRESETS", "dit_config", "preset_names"]
+__all__ = ["SIZES", "PRESETS", "dit_config", "preset_names", "config_for_data"]
 
 # name: (depth, width, heads, PoM MLP ratio)
 SIZES: dict[str, tuple[int, int, int, float]] = {
@@ -56,3 +57,15 @@ def dit_config(name: str, mixer: str = "pom", **overrides) -> DiTConfig:
         fields.update(mlp_ratio=4.0)
     fields.update(overrides)
     return DiTConfig(**fields)
+
+
+def config_for_data(preset: str, mixer: str, sample_shape: tuple[int, ...], n_classes: int, **overrides):
+    """The model config for samples of ``sample_shape``: ``(C, H, W)`` images give a
+    :class:`DiTConfig` of ``preset`` for ``mixer`` (square images only); ``overrides``
+    replace preset values. Raises ValueError for shapes no model takes."""
+    if len(sample_shape) == 3:
+        C, H, W = sample_shape
+        if H != W:
+            raise ValueError(f"image_size: the DiT trains on square images, the data has {H}x{W}")
+        return dit_config(preset, mixer=mixer, image_size=H, in_channels=C, n_classes=n_classes, **overrides)
+    raise ValueError(f"data: no model takes samples of shape {tuple(sample_shape)}")

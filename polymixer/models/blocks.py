@@ -1,0 +1,238 @@
+"""Pieces shared by the image and the video diffusion transformers.
+
+Positions (sin-cos), the timestep embedding, adaLN modulation, the adaLN-Zero block with a
+pluggable token mixer, and the final layer. A conditioning vector ``c`` is either one per
+sample, ``(B, D)``, or one per group of consecutive tokens, ``(B, G, D)`` with the N tokens
+cut in G equal groups (the frames of a video whose frames have their own noise level); the
+modulation then varies by group.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..nn import MultiHeadAttention, PolynomialMixer
+from ..nn.mixer import IMPLEMENTATIONS
+
+__all__ = [
+    "MIXERS", "TransformerConfig", "sincos_1d", "sincos_2d", "TimestepEmbedding", "modulate", "gated",
+    "DiTBlock", "FinalLayer", "run_blocks",
+]
+
+MIXERS = ("pom", "attention")
+
+
+@dataclass
+class TransformerConfig:
+    """The fields every diffusion transformer of this package shares (one declaration).
+
+    Args:
+        in_channels: channels of the images or frames (1 grey, 3 RGB, 4 for SD-VAE latents).
+        patch_size: side of the square patches, one token each.
+        width: token width D; depth: number of blocks; heads: attention heads.
+        mlp_ratio: hidden width of the MLP as a multiple of D.
+        mixer: ``"pom"`` or ``"attention"``.
+        pom_degree, pom_expand, pom_variant: PoM's k, e and variant (spec section 1).
+        pom_heads: 1 for a gate of width F, or the number of gate heads (one scalar per
+            head, broadcast over F / pom_heads channels).
+        pom_implementation: backward pass of the PoM mixers: ``"fused"`` (default, two
+            F-wide tensors kept per mixer), ``"lean"`` (none: the projections are
+            recomputed) or ``"autograd"`` (plain PyTorch); the outputs are the same.
+        n_classes: number of classes; label ``n_classes`` is the null (unconditional) one.
+        qk_norm: RMS-normalise queries and keys (attention only).
+    """
+
+    in_channels: int = 1
+    patch_size: int = 2
+    width: int = 384
+    depth: int = 12
+    heads: int = 6
+    mlp_ratio: float = 4.0
+    mixer: str = "pom"
+    pom_degree: int = 2
+    pom_expand: int = 2
+    pom_variant: str = "product"
+    pom_heads: int = 1
+    pom_implementation: str = "fused"
+    n_classes: int = 10
+    qk_norm: bool = False
+
+    # fields that change how the network computes, not its weights or its function
+    NON_ARCHITECTURAL = ("pom_implementation",)
+    INT_FIELDS = ("in_channels", "patch_size", "width", "depth", "heads", "pom_degree", "pom_expand",
+                  "pom_heads", "n_classes")
+
+    def __post_init__(self) -> None:
+        for name in self.INT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name}: expected an int, got {type(value).__name__} ({value!r})")
+            if value < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {value}")
+        if self.pom_implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"pom_implementation: expected one of {IMPLEMENTATIONS}, got {self.pom_implementation!r}"
+            )
+        if self.mixer not in MIXERS:
+            raise ValueError(f"mixer: expected one of {MIXERS}, got {self.mixer!r}")
+        if self.width % self.heads != 0:
+            raise ValueError(f"heads: {self.heads} does not divide width={self.width}")
+        if not (isinstance(self.mlp_ratio, (int, float)) and self.mlp_ratio > 0):
+            raise ValueError(f"mlp_ratio: expected a positive number, got {self.mlp_ratio!r}")
+
+
+# ------------------------------------------------------------------ embeddings
+def sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sin-cos embedding ``(len(positions), dim)`` of float positions."""
+    half = dim // 2
+    omega = 1.0 / 10000 ** (torch.arange(half, dtype=torch.float64) / half)
+    angles = positions.double()[:, None] * omega[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+
+
+def sincos_2d(grid_h: int, grid_w: int, dim: int) -> torch.Tensor:
+    """2-D sin-cos positions ``(grid_h * grid_w, dim)``, half the channels per axis (row-major)."""
+    if dim % 4 != 0:
+        raise ValueError(f"width: the 2-D sin-cos positions need a width divisible by 4, got {dim}")
+    ys, xs = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
+    return torch.cat([sincos_1d(ys.flatten(), dim // 2), sincos_1d(xs.flatten(), dim // 2)], dim=1)
+
+
+class TimestepEmbedding(nn.Module):
+    """Sinusoidal features of ``1000 * t`` followed by a two-layer MLP: ``t: (...) -> (..., D)``."""
+
+    def __init__(self, width: int, frequencies: int = 256):
+        super().__init__()
+        self.frequencies = frequencies
+        self.mlp = nn.Sequential(nn.Linear(frequencies, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.frequencies // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        angles = 1000.0 * t.float()[..., None] * freqs
+        return self.mlp(torch.cat([angles.cos(), angles.sin()], dim=-1).to(self.mlp[0].weight.dtype))
+
+
+def _grouped(x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views of ``x: (B, N, D)`` and ``v: (B, D)`` or ``(B, G, D)`` that broadcast together."""
+    if v.dim() == 2:
+        return x, v.unsqueeze(1)
+    B, N, D = x.shape
+    G = v.shape[1]
+    if N % G != 0:
+        raise ValueError(f"conditioning: {G} groups do not divide the {N} tokens")
+    return x.view(B, G, N // G, D), v.unsqueeze(2)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x * (1 + scale) + shift`` for ``x: (B, N, D)``, shift and scale ``(B, D)`` or ``(B, G, D)``."""
+    xg, shift = _grouped(x, shift)
+    return (xg * (1 + scale.view_as(shift)) + shift).view_as(x)
+
+
+def gated(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``gate * x`` for ``x: (B, N, D)`` and a gate ``(B, D)`` or ``(B, G, D)``."""
+    xg, gate = _grouped(x, gate)
+    return (xg * gate).view_as(x)
+
+
+def build_mixer(config: TransformerConfig) -> nn.Module:
+    """The token mixer a block of ``config`` uses: PoM or SDPA attention."""
+    if config.mixer == "pom":
+        return PolynomialMixer(config.width, degree=config.pom_degree, expand=config.pom_expand,
+                               variant=config.pom_variant, heads=config.pom_heads,
+                               implementation=config.pom_implementation)
+    return MultiHeadAttention(config.width, heads=config.heads, qk_norm=config.qk_norm)
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero block: ``x + g1 * mixer(mod(LN(x))) ; x + g2 * MLP(mod(LN(x)))``.
+
+    ``forward(x, c, **context)``: ``x: (B, N, D)``, ``c: (B, D)`` or ``(B, G, D)``; the
+    keyword arguments are the mixer's context mode (``block_size``, ``context_mask``,
+    ``state``, ...), passed through unchanged.
+    """
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        D = config.width
+        self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.mixer = build_mixer(config)
+        self.norm2 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        hidden = int(round(D * config.mlp_ratio))
+        self.mlp = nn.Sequential(nn.Linear(D, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, D))
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, **context) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=-1)
+        x = x + gated(self.mixer(modulate(self.norm1(x), shift1, scale1), **context), gate1)
+        x = x + gated(self.mlp(modulate(self.norm2(x), shift2, scale2)), gate2)
+        return x
+
+
+class FinalLayer(nn.Module):
+    """adaLN final norm and linear map from tokens ``(B, N, D)`` to ``(B, N, out_features)``."""
+
+    def __init__(self, width: int, out_features: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(width, out_features)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.modulation(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+def run_blocks(blocks: nn.ModuleList, tokens: torch.Tensor, c: torch.Tensor, checkpointing: bool,
+               states=None, **context) -> torch.Tensor:
+    """Apply ``blocks`` in order; ``states`` (one per block, or None) goes to each block's
+    mixer as its ``state``; activation checkpointing when ``checkpointing`` in training."""
+    for i, block in enumerate(blocks):
+        kw = context if states is None else {**context, "state": states[i]}
+        if checkpointing and block.training and torch.is_grad_enabled():
+            tokens = checkpoint(block, tokens, c, use_reentrant=False, **kw)
+        else:
+            tokens = block(tokens, c, **kw)
+    return tokens
+
+
+def init_dit_weights(model: nn.Module) -> None:
+    """DiT initialisation: Xavier linears and patch embedding, N(0, 0.02) class and time
+    embeddings, zero adaLN modulations and zero output layer (each block starts as the identity).
+    Expects ``patch_embed``, ``class_embed``, ``time_embed``, ``blocks`` and ``final``."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    w = model.patch_embed.weight
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    nn.init.zeros_(model.patch_embed.bias)
+    nn.init.normal_(model.class_embed.weight, std=0.02)
+    for layer in (model.time_embed.mlp[0], model.time_embed.mlp[2]):
+        nn.init.normal_(layer.weight, std=0.02)
+    for block in model.blocks:
+        nn.init.zeros_(block.modulation[-1].weight)
+        nn.init.zeros_(block.modulation[-1].bias)
+    for p in (model.final.modulation[-1].weight, model.final.modulation[-1].bias,
+              model.final.linear.weight, model.final.linear.bias):
+        nn.init.zeros_(p)
+
+
+def check_labels(y, n_classes: int) -> None:
+    """Raise for labels that are not integers in [0, n_classes] (n_classes is the null label)."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"y: expected a torch.Tensor of class labels, got {type(y).__name__}")
+    if y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise TypeError(f"y: expected integer class labels, got dtype {y.dtype}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) > n_classes):
+        bad = y[(y < 0) | (y > n_classes)][0].item()
+        raise ValueError(
+            f"y: unknown class index {bad}; expected 0..{n_classes - 1} (or {n_classes}, the null label)"
+        )
