@@ -169,8 +169,28 @@ class DiTBlock(nn.Module):
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, **context) -> torch.Tensor:
+        return self._residuals(x, c, lambda h: self.mixer(h, **context))
+
+    def stream(self, x: torch.Tensor, c: torch.Tensor, state, *, update: bool = False, **context):
+        """The block on new tokens ``x`` of a stream whose earlier tokens are summarised by
+        the mixer's ``state`` (PoM only); returns ``(out, state)``. With ``update`` the new
+        tokens, which must form one block, are added to the returned state (``mixer.step``);
+        otherwise they only read it (``mixer(x, state=state, **context)``) and the state
+        is returned unchanged."""
+        if not update:
+            return self._residuals(x, c, lambda h: self.mixer(h, state=state, **context)), state
+        new = []
+
+        def mix(h):
+            y, s = self.mixer.step(h, state)
+            new.append(s)
+            return y
+
+        return self._residuals(x, c, mix), new[0]
+
+    def _residuals(self, x: torch.Tensor, c: torch.Tensor, mix) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=-1)
-        x = x + gated(self.mixer(modulate(self.norm1(x), shift1, scale1), **context), gate1)
+        x = x + gated(mix(modulate(self.norm1(x), shift1, scale1)), gate1)
         x = x + gated(self.mlp(modulate(self.norm2(x), shift2, scale2)), gate2)
         return x
 

@@ -1,0 +1,198 @@
+"""Generate clips with a video DiT: jointly, or frame after frame at constant memory.
+
+``sample_video(model, pipeline, labels, frames=16, mode="sequential")`` returns clips
+``(B, F, C, H, W)`` in the data range. Both modes draw the same noise (one
+``(B, C, H, W)`` draw per frame, in frame order, from a generator seeded with ``seed``),
+so for a shared-noise model (``noise_levels="clip"``) and the same seed they give the
+same video (spec section 4):
+
+* ``"joint"``: every frame denoised together, the whole clip in every network call
+  (memory and time per call grow with the number of frames).
+* ``"sequential"``: one frame at a time. For a shared-noise model, the network is called
+  on the new frame only, and for every network evaluation k of the sampler (a step, or
+  half a Heun step) and every block it reads, then extends, the running state of the
+  finished frames at evaluation k: ``evaluations x blocks`` states of (batch, F_state)
+  each, whatever the number of frames. For a per-frame-noise model (diffusion forcing),
+  the new frame reads one state per block, fed afterwards from the finished clean frame
+  at t = 0; given ``context`` frames are fed the same way first (continuing a clip).
+
+:func:`iter_video_frames` yields the finished frames one by one, so a caller that
+streams them out (to a file, to a screen) keeps only the states in memory.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .diffusion import sample
+from .pipeline import SamplingConfig
+
+__all__ = ["MODES", "video_noise", "iter_video_frames", "sample_video", "check_video_model"]
+
+MODES = ("sequential", "joint")
+
+
+def check_video_model(model: nn.Module) -> None:
+    """Raise ValueError unless ``model`` is a video model."""
+    if getattr(model, "kind", None) != "video":
+        raise ValueError(f"model: expected a video model, got a {getattr(model, 'kind', type(model).__name__)} model")
+
+
+def _frame_noise(generator: torch.Generator, batch: int, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.randn(batch, 1, *shape, generator=generator)
+
+
+def video_noise(batch: int, frames: int, frame_shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """The starting noise of ``batch`` clips of ``frames`` frames ``frame_shape = (C, H, W)``:
+    one draw per frame, in frame order (what both sampling modes use)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([_frame_noise(g, batch, frame_shape) for _ in range(frames)], dim=1)
+
+
+class _StreamedModel:
+    """The network on one frame, reading the states of the finished frames.
+
+    ``per_evaluation=True`` (shared noise): evaluation k of the sampler reads and extends
+    its own list of block states, ``states[k]``. ``False`` (per-frame noise): every
+    evaluation reads ``clean`` (the states of the finished clean frames) without changing it.
+    """
+
+    def __init__(self, model: nn.Module, per_evaluation: bool, dtype: torch.dtype):
+        self.model, self.per_evaluation, self.dtype = model, per_evaluation, dtype
+        self.states: list[list] = []
+        self.clean: dict[int, list] = {}  # batch size -> states of the finished clean frames
+        self.frame = 0
+        self.k = 0
+
+    def _new_states(self, batch: int, device) -> list:
+        return self.model.init_states(batch, device=device, dtype=self.dtype)
+
+    def start_frame(self, frame: int) -> None:
+        self.frame, self.k = frame, 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.per_evaluation:
+            if self.k == len(self.states):
+                self.states.append(self._new_states(x.shape[0], x.device))
+            states = self.states[self.k]
+            self.k += 1
+            return self.model(x, t, y, frame_offset=self.frame, states=states, update_states=True)
+        states = self.clean_states(x.shape[0], x.device)
+        return self.model(x, t, y, frame_offset=self.frame, states=states)
+
+    def clean_states(self, batch: int, device) -> list:
+        if batch not in self.clean:
+            self.clean[batch] = self._new_states(batch, device)
+        return self.clean[batch]
+
+    @torch.no_grad()
+    def add_clean_frame(self, frame: torch.Tensor, y: torch.Tensor, null_class: int | None) -> None:
+        """Feed a finished clean frame ``(B, 1, C, H, W)`` at t = 0 into the states of every
+        batch layout in use (the conditional rows, and the null-label rows of guidance)."""
+        B = frame.shape[0]
+        for batch, states in self.clean_states_for(B, frame.device, null_class is not None).items():
+            rows = frame if batch == B else torch.cat([frame, frame])
+            labels = y if batch == B else torch.cat([y, torch.full_like(y, null_class)])
+            t = torch.zeros(batch, 1, device=frame.device, dtype=frame.dtype)
+            self.model(rows, t, labels, frame_offset=self.frame, states=states, update_states=True)
+
+    def clean_states_for(self, batch: int, device, guided: bool) -> dict[int, list]:
+        self.clean_states(batch, device)
+        if guided:
+            self.clean_states(2 * batch, device)
+        return self.clean
+
+
+def iter_video_frames(
+    model: nn.Module,
+    pipeline: SamplingConfig,
+    labels: torch.Tensor,
+    *,
+    frames: int,
+    mode: str = "sequential",
+    steps: int = 30,
+    cfg_scale: float = 2.0,
+    sampler: str | None = None,
+    seed: int = 0,
+    frame_size: int | None = None,
+    context: torch.Tensor | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> Iterator[torch.Tensor]:
+    """Yield the frames ``(B, 1, C, H, W)`` of clips for ``labels: (B,)``, first to last,
+    in the model's dtype, before clamping to the data range. ``context: (B, K, C, H, W)``
+    clean frames to continue (per-frame-noise models, sequential mode): they are yielded
+    first, then ``frames - K`` generated ones. See the module docstring for the modes."""
+    check_video_model(model)
+    cfg = model.config
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    model.check_frames(frames)
+    size = frame_size or cfg.image_size
+    model.check_frame_size(size, size)
+    model.check_labels(labels)
+    sampler = pipeline.check_sampler(sampler)
+    objective = pipeline.make_objective()
+    shape = (cfg.in_channels, size, size)
+    B = labels.shape[0]
+    known = 0
+    if context is not None:
+        if cfg.noise_levels != "frame":
+            raise ValueError("context: this model was trained with one noise level per clip, so a frame depends on "
+                             "the noisy states of earlier frames, which a given clip does not have; continuing a "
+                             "clip needs a model trained with noise_levels='frame'")
+        if mode != "sequential":
+            raise ValueError("context: continuing a clip needs mode='sequential'")
+        model.check_clip(context)
+        if context.shape[0] != B or tuple(context.shape[2:]) != shape:
+            raise ValueError(f"context: expected clean frames ({B}, K, {', '.join(map(str, shape))}), "
+                             f"got {tuple(context.shape)}")
+        known = context.shape[1]
+        if known >= frames:
+            raise ValueError(f"frames: {frames} frames asked for, but the context already has {known}")
+    tp = cfg.temporal_patch
+    dtype = next(model.parameters()).dtype
+    labels = labels.to(device)
+    run = dict(objective=objective, sampler=sampler, steps=steps, cfg_scale=cfg_scale, null_class=cfg.n_classes,
+               shift=pipeline.shift, clip=None if pipeline.latent else 1.0)
+    gen = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if mode == "joint":
+                noise = torch.cat([_frame_noise(gen, B, shape) for _ in range(frames)], dim=1)
+                clip = sample(model, noise.to(device=device, dtype=dtype), labels, progress=progress, **run)
+                yield from clip.split(1, dim=1)
+                return
+            streamed = _StreamedModel(model, per_evaluation=cfg.noise_levels == "clip",
+                                      dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+            guided = cfg_scale != 1.0
+            from tqdm.auto import tqdm
+
+            for f in tqdm(range(0, frames, tp), desc="frames", disable=not progress, leave=False):
+                streamed.start_frame(f)
+                noise = torch.cat([_frame_noise(gen, B, shape) for _ in range(tp)], dim=1)
+                if f < known:
+                    frame = context[:, f:f + tp].to(device=device, dtype=dtype)
+                else:
+                    frame = sample(streamed, noise.to(device=device, dtype=dtype), labels, **run)
+                if cfg.noise_levels == "frame":
+                    streamed.add_clean_frame(frame, labels, cfg.n_classes if guided else None)
+                yield from frame.split(1, dim=1)
+    finally:
+        model.train(was_training)
+
+
+def sample_video(model: nn.Module, pipeline: SamplingConfig, labels: torch.Tensor, *, frames: int,
+                 mode: str = "sequential", **kwargs) -> torch.Tensor:
+    """Clips ``(B, frames, C, H, W)`` in the data range (float32 on the CPU) for ``labels: (B,)``;
+    keyword arguments as for :func:`iter_video_frames`."""
+    if not isinstance(labels, torch.Tensor):
+        labels = torch.as_tensor(labels, dtype=torch.int64)
+    out = [f.float().cpu() for f in iter_video_frames(model, pipeline, labels, frames=frames, mode=mode, **kwargs)]
+    lo, hi = pipeline.data_range
+    return torch.cat(out, dim=1).clamp(lo, hi)

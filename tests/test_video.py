@@ -1,0 +1,189 @@
+"""Video DiT: frame causality, streaming equals the parallel forward, sequential sampling
+equals joint sampling (shared noise), continuation (per-frame noise), bad input."""
+
+import pytest
+import torch
+
+from polymixer.models import VideoDiT, VideoDiTConfig
+from polymixer.pipeline import SamplingConfig
+from polymixer.video import sample_video
+
+
+def tiny_video(mixer="pom", noise_levels="clip", dtype=torch.float32, **kw):
+    base = dict(image_size=8, in_channels=1, patch_size=2, width=32, depth=2, heads=2, mlp_ratio=2.0, frames=4,
+                mixer=mixer, noise_levels=noise_levels, n_classes=10)
+    base.update(kw)
+    torch.manual_seed(0)
+    model = VideoDiT(VideoDiTConfig(**base))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # random weights everywhere: the zero adaLN init would hide most bugs
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model.to(dtype).eval()
+
+
+def clip_inputs(B=2, F=5, dtype=torch.float32, per_frame=False):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, F, 1, 8, 8, generator=g).to(dtype)
+    t = torch.rand((B, F) if per_frame else (B,), generator=g).to(dtype)
+    return x, t, torch.tensor([1, 3, 5, 7][:B])
+
+
+@pytest.mark.parametrize("mixer", ["pom", "attention"])
+@pytest.mark.parametrize("noise_levels", ["clip", "frame"])
+def test_frames_never_see_later_frames(mixer, noise_levels):
+    model = tiny_video(mixer, noise_levels)
+    x, t, y = clip_inputs(per_frame=noise_levels == "frame")
+    out = model(x, t, y)
+    assert out.shape == x.shape
+    x2 = x.clone()
+    x2[:, 3] += 1.0
+    out2 = model(x2, t, y)
+    assert torch.equal(out2[:, :3], out[:, :3])
+    assert (out2[:, 3:] - out[:, 3:]).abs().max() > 1e-3  # and the change does reach frames >= 3
+
+
+def test_temporal_patch_and_other_sizes():
+    model = tiny_video(temporal_patch=2, frames=4)
+    x = torch.randn(2, 6, 1, 6, 10)
+    out = model(x, torch.rand(2), torch.tensor([0, 1]))
+    assert out.shape == x.shape
+    x2 = x.clone()
+    x2[:, 4] += 1  # group 2 (frames 4, 5) changes; groups 0 and 1 do not see it
+    assert torch.equal(model(x2, torch.rand(2).fill_(0.5), torch.tensor([0, 1]))[:, :4],
+                       model(x, torch.rand(2).fill_(0.5), torch.tensor([0, 1]))[:, :4])
+
+
+@pytest.mark.parametrize("noise_levels", ["clip", "frame"])
+def test_streaming_frames_equals_the_parallel_forward_float64(noise_levels):
+    model = tiny_video(noise_levels=noise_levels, dtype=torch.float64)
+    x, t, y = clip_inputs(F=7, dtype=torch.float64, per_frame=noise_levels == "frame")
+    joint = model(x, t, y)
+    states = model.init_states(2, dtype=torch.float64)
+    outs = []
+    for f in range(7):
+        tf = t[:, f:f + 1] if t.dim() == 2 else t
+        outs.append(model(x[:, f:f + 1], tf, y, frame_offset=f, states=states, update_states=True))
+    assert (torch.cat(outs, 1) - joint).abs().max() < 1e-12
+    assert states[0].total.dtype == torch.float64 and torch.equal(states[0].count, torch.full((2,), 7 * 16.0,
+                                                                                              dtype=torch.float64))
+    # several frames at once, read-only, after a prefix of 3 frames: the block-causal rest
+    states = model.init_states(2, dtype=torch.float64)
+    model(x[:, :3], t[:, :3] if t.dim() == 2 else t, y, states=states, update_states=True)
+    rest = model(x[:, 3:], t[:, 3:] if t.dim() == 2 else t, y, frame_offset=3, states=states)
+    assert (rest - joint[:, 3:]).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("frames", [1, 2, 7])
+@pytest.mark.parametrize("sampler,objective", [("euler", "flow"), ("heun", "flow"), ("ddim", "ddpm")])
+@pytest.mark.parametrize("cfg", [1.0, 2.5])
+def test_sequential_sampling_equals_joint_sampling_float64(frames, sampler, objective, cfg):
+    model = tiny_video(dtype=torch.float64)
+    pipe = SamplingConfig(objective=objective)
+    y = torch.tensor([2, 9])
+    kw = dict(frames=frames, steps=3, cfg_scale=cfg, sampler=sampler, seed=5)
+    joint = sample_video(model, pipe, y, mode="joint", **kw)
+    seq = sample_video(model, pipe, y, mode="sequential", **kw)
+    assert joint.shape == (2, frames, 1, 8, 8)
+    assert (seq - joint).abs().max() < 1e-10
+    # and the result depends on the seed (not a trivial equality)
+    other = sample_video(model, pipe, y, mode="sequential", **{**kw, "seed": 6})
+    assert (other - seq).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("frames", [1, 7])
+def test_sequential_sampling_equals_joint_sampling_float32(frames):
+    model = tiny_video(temporal_patch=1)
+    pipe = SamplingConfig()
+    kw = dict(frames=frames, steps=4, cfg_scale=2.0, seed=0)
+    joint = sample_video(model, pipe, torch.tensor([0, 4]), mode="joint", **kw)
+    seq = sample_video(model, pipe, torch.tensor([0, 4]), mode="sequential", **kw)
+    assert (seq - joint).abs().max() < 1e-4
+
+
+def test_sequential_sampling_with_temporal_patches_equals_joint():
+    model = tiny_video(dtype=torch.float64, temporal_patch=2)
+    kw = dict(frames=6, steps=3, cfg_scale=1.5, seed=1)
+    joint = sample_video(model, SamplingConfig(), torch.tensor([1, 2]), mode="joint", **kw)
+    seq = sample_video(model, SamplingConfig(), torch.tensor([1, 2]), mode="sequential", **kw)
+    assert (seq - joint).abs().max() < 1e-10
+
+
+def test_sequential_sampling_makes_more_frames_than_trained_and_keeps_the_state_size():
+    model = tiny_video()  # trained length 4
+    clip = sample_video(model, SamplingConfig(), torch.tensor([3]), frames=12, steps=2, seed=0)
+    assert clip.shape == (1, 12, 1, 8, 8) and torch.isfinite(clip).all()
+    assert clip.min() >= -1 and clip.max() <= 1
+
+
+@pytest.mark.parametrize("cfg", [1.0, 2.0])
+def test_per_frame_model_continues_a_clip(cfg):
+    model = tiny_video(noise_levels="frame", dtype=torch.float64)
+    y = torch.tensor([4, 6])
+    given = torch.rand(2, 3, 1, 8, 8, dtype=torch.float64) * 2 - 1
+    kw = dict(frames=6, steps=3, cfg_scale=cfg, seed=2)
+    out = sample_video(model, SamplingConfig(), y, context=given, **kw)
+    assert out.shape == (2, 6, 1, 8, 8)
+    assert torch.equal(out[:, :3], given.float())
+    # the generated frames depend on the given ones ...
+    other = sample_video(model, SamplingConfig(), y, context=given.flip(1), **kw)
+    assert (other[:, 3:] - out[:, 3:]).abs().max() > 1e-4
+    # ... exactly as a generation whose first frames came out as the given ones: frame 3
+    # denoised by hand against a parallel forward over [given, frame 3] at t = (0, 0, 0, t)
+    from polymixer.diffusion import euler
+    from polymixer.video import video_noise
+
+    noise = video_noise(2, 6, (1, 8, 8), seed=2).double()[:, 3:4]
+
+    def frame3(x, t, labels):
+        ts = torch.cat([torch.zeros(x.shape[0], 3, dtype=t.dtype), t[:, None]], dim=1)
+        ctx = given if x.shape[0] == 2 else torch.cat([given, given])
+        return model(torch.cat([ctx, x], dim=1), ts, labels)[:, 3:]
+
+    from polymixer.diffusion import classifier_free_guidance
+
+    ref = euler(classifier_free_guidance(frame3, 10, cfg), noise, y, steps=3).clamp(-1, 1)
+    assert (ref.float() - out[:, 3:4]).abs().max() < 1e-6
+
+
+def test_video_bad_input():
+    model = tiny_video()
+    pipe = SamplingConfig()
+    with pytest.raises(ValueError, match="frames: expected a positive int"):
+        sample_video(model, pipe, torch.tensor([1]), frames=0)
+    with pytest.raises(ValueError, match="noise level per clip"):
+        sample_video(model, pipe, torch.tensor([1]), frames=4, context=torch.zeros(1, 2, 1, 8, 8))
+    with pytest.raises(ValueError, match="mode"):
+        sample_video(model, pipe, torch.tensor([1]), frames=2, mode="parallel")
+    with pytest.raises(ValueError, match="channels"):
+        model(torch.zeros(1, 2, 3, 8, 8), torch.rand(1), torch.tensor([1]))
+    with pytest.raises(ValueError, match="patch size"):
+        model(torch.zeros(1, 2, 1, 7, 8), torch.rand(1), torch.tensor([1]))
+    with pytest.raises(ValueError, match="temporal patch"):
+        tiny_video(temporal_patch=2)(torch.zeros(1, 3, 1, 8, 8), torch.rand(1), torch.tensor([1]))
+    with pytest.raises(ValueError, match="t:"):
+        tiny_video(noise_levels="frame")(torch.zeros(2, 3, 1, 8, 8), torch.rand(2, 2), torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="PoM"):
+        tiny_video("attention").init_states(1)
+    with pytest.raises(ValueError, match="noise_levels"):
+        VideoDiTConfig(noise_levels="frame", temporal_patch=2, frames=4)
+    per_frame = tiny_video(noise_levels="frame")
+    with pytest.raises(ValueError, match="already has"):
+        sample_video(per_frame, pipe, torch.tensor([1]), frames=2, context=torch.zeros(1, 2, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"context: expected clean frames"):
+        sample_video(per_frame, pipe, torch.tensor([1, 2]), frames=4, context=torch.zeros(1, 2, 1, 8, 8))
+
+
+def test_video_save_load_round_trip(tmp_path):
+    from polymixer.models import DiT, load_pretrained
+
+    model = tiny_video(noise_levels="frame")
+    folder = model.save_pretrained(tmp_path / "v")
+    loaded = load_pretrained(folder)
+    assert isinstance(loaded, VideoDiT) and loaded.config == model.config
+    x, t, y = clip_inputs(per_frame=True)
+    assert torch.equal(loaded(x, t, y), model(x, t, y))
+    from polymixer.io import CheckpointError
+
+    with pytest.raises(CheckpointError, match="not a DiT config"):
+        DiT.from_pretrained(folder)
