@@ -132,7 +132,7 @@ def _run_sampling(checkpoint, classes, per_class, cfg, steps, sampler, seed, out
         raise ValueError(f"--shift: expected a positive number, got {shift}")
     model, pipeline = load_for_sampling(checkpoint, device=device)
     if shift is not None:
-        pipeline["shift"] = shift
+        pipeline = pipeline.replace(shift=shift)
     class_list = parse_classes(classes, model.config.n_classes)
     if image_size is not None:
         model.check_image_size(image_size, image_size)
@@ -169,12 +169,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     import torch
 
-    from .io import write_json
     from .sample import load_for_sampling
 
     model, pipeline = load_for_sampling(args.checkpoint)
     out = model.save_pretrained(args.out, dtype=getattr(torch, args.dtype))
-    write_json(Path(out) / "pipeline.json", pipeline)
+    pipeline.save(out)
     size = sum(p.stat().st_size for p in Path(out).iterdir())
     print(f"exported {model.num_parameters() / 1e6:.2f}M parameters ({args.dtype}) to {Path(out).resolve()} "
           f"({size / 1e6:.1f} MB)")
