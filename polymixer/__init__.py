@@ -6,6 +6,7 @@ from .nn import (
     PolynomialMixer,
     PolynomialMultiheadAttention,
     StateCache,
+    replace_multihead_attention,
     to_reference,
 )
 
@@ -15,6 +16,7 @@ __all__ = [
     "PolynomialMixer",
     "MultiHeadAttention",
     "PolynomialMultiheadAttention",
+    "replace_multihead_attention",
     "MixerState",
     "StateCache",
     "to_reference",
