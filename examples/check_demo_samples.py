@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from polymixer.cli import DEMO_CHECKPOINT
+from polymixer import bundled_checkpoint
 from polymixer.data import mnist_digits
 from polymixer.sample import generate, load_for_sampling
 
@@ -19,7 +19,7 @@ order = np.random.default_rng(0).permutation(len(data))
 clf = LogisticRegression(max_iter=300, C=0.05).fit(X[order[:4000]], y[order[:4000]])
 print(f"held-out real digits: {clf.score(X[order[4000:]], y[order[4000:]]):.3f} accuracy")
 
-model, pipeline = load_for_sampling(sys.argv[1] if len(sys.argv) > 1 else DEMO_CHECKPOINT)
+model, pipeline = load_for_sampling(sys.argv[1] if len(sys.argv) > 1 else bundled_checkpoint("demo"))
 samples, labels = generate(model, pipeline, list(range(10)), per_class=10, steps=20, cfg_scale=2.0, seed=1)
 pred = clf.predict(samples.reshape(len(samples), -1).numpy())
 print(f"generated digits:     {(pred == labels.numpy()).mean():.3f} accuracy")

@@ -2,11 +2,11 @@
 
 import torch
 
-from polymixer.cli import DEMO_CHECKPOINT
+from polymixer import bundled_checkpoint
 from polymixer.sample import generate, load_for_sampling, save_array, save_samples_grid
 
 torch.set_num_threads(2)
-model, pipeline = load_for_sampling(DEMO_CHECKPOINT)
+model, pipeline = load_for_sampling(bundled_checkpoint("demo"))
 print(f"{model.config.mixer} DiT, {model.num_parameters() / 1e6:.2f}M parameters")
 
 # four 7s and four 3s, 30 Euler steps, guidance 2

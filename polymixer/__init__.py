@@ -10,6 +10,8 @@ from .nn import (
     to_reference,
 )
 
+from .bundled import bundled_checkpoint
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -20,5 +22,6 @@ __all__ = [
     "MixerState",
     "StateCache",
     "to_reference",
+    "bundled_checkpoint",
     "__version__",
 ]

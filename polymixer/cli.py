@@ -5,6 +5,9 @@
     polymixer sample --checkpoint runs/mnist/ema_model --classes 0-9 --per-class 8 \
         --cfg 2 --steps 30 --sampler euler --seed 0 --out grid.png --save-array samples.npz
     polymixer demo        # the bundled MNIST PoM-DiT: a grid of the ten digits
+
+A missing optional dependency stops a command with one line naming the extra to install
+(exit code 2), e.g. ``pip install 'polymixer[train]'`` for ``--data mnist``.
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ import time
 import typing
 from pathlib import Path
 
+from ._optional import MissingDependencyError
+
 __all__ = ["main", "build_parser", "DEMO_CHECKPOINT"]
 
-DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "demo"
+# The checkpoint shipped in the package (polymixer/bundled/demo); prefer polymixer.bundled_checkpoint("demo").
+DEMO_CHECKPOINT = Path(__file__).resolve().parent / "bundled" / "demo"
 
 
 def _bool(text: str) -> bool:
@@ -82,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="print every size preset with its parameter counts for PoM and attention")
 
     d = sub.add_parser("demo", help="sample the ten digits from the bundled PoM-DiT checkpoint")
-    d.add_argument("--checkpoint", default=str(DEMO_CHECKPOINT))
+    d.add_argument("--checkpoint", default="demo",
+                   help="the name of a checkpoint bundled with the package, or a folder (default: demo)")
     d.add_argument("--out", default="outputs/demo_grid.png")
     d.add_argument("--per-class", type=int, default=8)
     d.add_argument("--steps", type=int, default=20, help="Euler steps (default 20: 99%% of the samples are "
@@ -156,10 +163,16 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    ckpt = Path(args.checkpoint)
-    if not (ckpt / "model.safetensors").is_file():
-        raise FileNotFoundError(f"demo: no bundled checkpoint at {ckpt} (expected config.json + model.safetensors)")
-    print(f"demo: sampling the ten digits from the bundled PoM-DiT in {ckpt}")
+    from .bundled import bundled_checkpoint, bundled_checkpoints
+
+    if args.checkpoint in bundled_checkpoints():
+        ckpt = bundled_checkpoint(args.checkpoint)
+    else:
+        ckpt = Path(args.checkpoint)
+        if not (ckpt / "model.safetensors").is_file():
+            raise FileNotFoundError(f"--checkpoint: {args.checkpoint!r} is neither a bundled checkpoint "
+                                    f"{bundled_checkpoints()} nor a folder with config.json + model.safetensors")
+    print(f"demo: sampling the ten digits from the PoM-DiT in {ckpt}")
     _run_sampling(ckpt, "all", args.per_class, args.cfg, args.steps, args.sampler, args.seed, args.out,
                   threads=args.threads)
     print("one row per digit, 0 (top) to 9 (bottom)")
@@ -211,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "presets":
             return _cmd_presets(args)
         return _cmd_demo(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, MissingDependencyError) as exc:
         print(f"polymixer {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

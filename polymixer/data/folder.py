@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .._optional import require
 from .dataset import ImageDataset
 
 __all__ = ["image_folder", "IMAGE_EXTENSIONS", "load_image"]
@@ -17,7 +18,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 
 def load_image(path: Path, image_size: int, channels: int) -> np.ndarray:
     """Decode ``path``, resize its short side to ``image_size`` and centre-crop: (C, S, S) uint8."""
-    from PIL import Image
+    Image = require("PIL.Image", None, "data: reading image files")
 
     with Image.open(path) as im:
         im.load()
@@ -55,6 +56,7 @@ def image_folder(
         raise ValueError(f"image_size: expected a positive int, got {image_size!r}")
     if channels not in (1, 3):
         raise ValueError(f"channels: expected 1 or 3, got {channels!r}")
+    require("PIL.Image", None, "data: reading image files")  # before the loop that turns errors into bad files
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"data: folder {str(root)!r} does not exist")

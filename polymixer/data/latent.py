@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .._optional import require
 from .dataset import ImageDataset
 
 __all__ = ["load_vae", "encode_dataset", "decode_latents"]
@@ -22,10 +23,7 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu"):
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"vae: {str(path)!r} is not a local AutoencoderKL folder (no config.json)")
-    try:
-        from diffusers import AutoencoderKL
-    except ImportError as exc:
-        raise ImportError("vae: latent diffusion needs diffusers: pip install 'polymixer[latent]'") from exc
+    AutoencoderKL = require("diffusers", "latent", "vae: latent diffusion").AutoencoderKL
     vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
     return vae.to(device).eval().requires_grad_(False)
 
