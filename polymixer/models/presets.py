@@ -9,8 +9,16 @@ pass ``pom_heads=1`` for a full-width gate (about +35% parameters at S, see READ
 
 from __future__ import annotations
 
+import dataclasses
+
 from .blocks import MIXERS
 from .dit import DiTConfig
+from .video_dit import VideoDiTConfig
+
+# Fields of the video config that an image config does not have (besides ``frames``,
+# which comes from the data).
+VIDEO_ONLY = {f.name for f in dataclasses.fields(VideoDiTConfig)} - {f.name for f in dataclasses.fields(DiTConfig)} \
+    - {"frames"}
 
 __all__ = ["SIZES", "PRESETS", "dit_config", "preset_names", "config_for_data"]
 
@@ -61,11 +69,22 @@ def dit_config(name: str, mixer: str = "pom", **overrides) -> DiTConfig:
 
 def config_for_data(preset: str, mixer: str, sample_shape: tuple[int, ...], n_classes: int, **overrides):
     """The model config for samples of ``sample_shape``: ``(C, H, W)`` images give a
-    :class:`DiTConfig` of ``preset`` for ``mixer`` (square images only); ``overrides``
-    replace preset values. Raises ValueError for shapes no model takes."""
+    :class:`DiTConfig` of ``preset`` for ``mixer``, ``(F, C, H, W)`` clips a
+    :class:`VideoDiTConfig` of the same size (square frames only); ``overrides`` replace
+    preset values. Raises ValueError for shapes no model takes."""
     if len(sample_shape) == 3:
         C, H, W = sample_shape
-        if H != W:
-            raise ValueError(f"image_size: the DiT trains on square images, the data has {H}x{W}")
-        return dit_config(preset, mixer=mixer, image_size=H, in_channels=C, n_classes=n_classes, **overrides)
-    raise ValueError(f"data: no model takes samples of shape {tuple(sample_shape)}")
+        video_only = sorted(set(overrides) & VIDEO_ONLY)
+        if video_only:
+            raise ValueError(f"{video_only[0]}: only for video data; the data are images {tuple(sample_shape)}")
+    elif len(sample_shape) == 4:
+        frames, C, H, W = sample_shape
+    else:
+        raise ValueError(f"data: no model takes samples of shape {tuple(sample_shape)}")
+    if H != W:
+        raise ValueError(f"image_size: the models train on square images or frames, the data has {H}x{W}")
+    config = dit_config(preset, mixer=mixer, image_size=H, in_channels=C, n_classes=n_classes,
+                        **{k: v for k, v in overrides.items() if k not in VIDEO_ONLY})
+    if len(sample_shape) == 3:
+        return config
+    return VideoDiTConfig(**{**dataclasses.asdict(config), "frames": frames, **overrides})

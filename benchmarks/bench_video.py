@@ -1,0 +1,307 @@
+"""Video generation against the number of frames: PoM frame by frame versus the rivals.
+
+Four ways to generate a clip of F frames with the same video DiT size, measured in one
+run, each (rival, F) in a fresh subprocess (time, and peak resident memory added by the
+generation, Linux VmHWM after a reset):
+
+* ``pom-sequential``: PoM, one frame at a time, with per-evaluation block states
+  (``polymixer.video``, spec section 4): memory and time per frame should not grow.
+* ``pom-joint``: PoM, every frame denoised together (the whole clip in every call).
+* ``attention-joint``: the same model with attention and the same frame-causal mask.
+* ``attention-kv-cache``: attention generating frame by frame with a key-value cache per
+  evaluation and block (what autoregressive video diffusion with attention does): the
+  cache, and the work per frame, grow with every frame.
+
+Before timing, the script checks that attention with the KV cache gives the joint
+attention video, and PoM sequential the joint PoM video (same seed, float64, 3 frames).
+Weights are random (time and memory do not depend on training). The output (table, JSON,
+plot) goes to ``benchmarks/results/`` with the command, date and machine.
+
+    python benchmarks/bench_video.py                    # frames 8..128, the demo model's size
+    python benchmarks/bench_video.py --frames 8,16 --steps 2 --out /tmp/quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from polymixer.models import VideoDiT, VideoDiTConfig
+from polymixer.pipeline import SamplingConfig
+from polymixer.video import iter_video_frames
+
+RIVALS = ("pom-sequential", "pom-joint", "attention-joint", "attention-kv-cache")
+
+
+def make_model(mixer: str, args, dtype=torch.float32) -> VideoDiT:
+    torch.manual_seed(0)
+    config = VideoDiTConfig(image_size=args.image_size, in_channels=1, patch_size=args.patch_size, width=args.width,
+                            depth=args.depth, heads=args.heads, mlp_ratio=3.0 if mixer == "pom" else 4.0,
+                            mixer=mixer, pom_heads=1, frames=8, n_classes=10)
+    model = VideoDiT(config)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # non-zero adaLN so every block really works
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    return model.to(dtype).eval()
+
+
+# ---------------------------------------------------------------- attention with a KV cache
+class _KVCachedModel:
+    """The attention video DiT on one frame at a time: evaluation k of the sampler attends
+    to the keys and values of every finished frame at evaluation k (per block), plus its own."""
+
+    def __init__(self, model: VideoDiT):
+        self.model = model
+        self.caches: list[list] = []  # [evaluation][block] -> (K, V) of the finished frames
+        self.frame, self.k = 0, 0
+
+    def start_frame(self, frame: int) -> None:
+        self.frame, self.k = frame, 0
+
+    def _attend(self, attn, h, cache, slot):
+        B, M, D = h.shape
+        H, hd = attn.heads, attn.head_dim
+        q = attn.q_proj(h).view(B, M, H, hd).transpose(1, 2)
+        k, v = attn.kv_proj(h).view(B, M, 2, H, hd).permute(2, 0, 3, 1, 4)
+        if attn.qk_norm:
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        if cache[slot] is not None:
+            k = torch.cat([cache[slot][0], k], dim=2)
+            v = torch.cat([cache[slot][1], v], dim=2)
+        cache[slot] = (k, v)  # the frame's own keys join the cache for the next frames
+        out = F.scaled_dot_product_attention(q, k, v)  # the frame sees all cached frames and itself
+        return attn.out_proj(out.transpose(1, 2).reshape(B, M, D))
+
+    @torch.no_grad()
+    def __call__(self, x, t, y):
+        m = self.model
+        if self.k == len(self.caches):
+            self.caches.append([None] * len(m.blocks))
+        cache = self.caches[self.k]
+        self.k += 1
+        B, Fr, C, Hh, Ww = x.shape
+        p = m.config.patch_size
+        gh, gw = Hh // p, Ww // p
+        tokens = m.patch_embed(x.reshape(B * Fr, C, Hh, Ww)).flatten(2).transpose(1, 2).reshape(B, Fr * gh * gw, -1)
+        tokens = tokens + m.positions(gh, gw, Fr, self.frame, tokens.device, tokens.dtype)
+        c = m.time_embed(t) + m.class_embed(y)
+        for i, block in enumerate(m.blocks):
+            tokens = block._residuals(tokens, c, lambda h, blk=block, i=i: self._attend(blk.mixer, h, cache, i))
+        out = m.final(tokens, c).view(B, Fr, gh, gw, 1, C, p, p).permute(0, 1, 4, 5, 2, 6, 3, 7)
+        return out.reshape(B, Fr, C, Hh, Ww)
+
+
+def kv_cache_frames(model: VideoDiT, labels, frames: int, steps: int, seed: int):
+    """Yield frames generated with the KV-cached attention model (same noise as polymixer.video)."""
+    from polymixer.diffusion import sample
+
+    cached = _KVCachedModel(model)
+    shape = (model.config.in_channels, model.config.image_size, model.config.image_size)
+    gen = torch.Generator().manual_seed(seed)
+    dtype = next(model.parameters()).dtype
+    for f in range(frames):
+        cached.start_frame(f)
+        noise = torch.randn(labels.shape[0], 1, *shape, generator=gen).to(dtype)
+        yield sample(cached, noise, labels, objective=SamplingConfig().make_objective(), steps=steps,
+                     cfg_scale=1.0, clip=1.0)
+
+
+def generate(rival: str, model: VideoDiT, frames: int, steps: int, batch: int):
+    """An iterator over the frames of one generation by ``rival``."""
+    labels = torch.arange(batch) % 10
+    if rival == "attention-kv-cache":
+        return kv_cache_frames(model, labels, frames, steps, seed=0)
+    mode = "sequential" if rival == "pom-sequential" else "joint"
+    return iter_video_frames(model, SamplingConfig(), labels, frames=frames, mode=mode, steps=steps, cfg_scale=1.0,
+                             seed=0)
+
+
+def check_equivalences(args) -> None:
+    """KV-cached attention == joint attention, PoM sequential == PoM joint (float64)."""
+    small = argparse.Namespace(**{**vars(args), "depth": 2})
+    for mixer, rival in (("attention", "attention-kv-cache"), ("pom", "pom-sequential")):
+        model = make_model(mixer, small, torch.float64)
+        joint = torch.cat(list(generate("pom-joint" if mixer == "pom" else "attention-joint", model, 3, 2, 2)), 1)
+        seq = torch.cat(list(generate(rival, model, 3, 2, 2)), 1)
+        err = (seq.clamp(-1, 1) - joint.clamp(-1, 1)).abs().max().item()
+        if err > 1e-9:
+            raise SystemExit(f"{rival} differs from joint generation by {err:.2e}")
+        print(f"check: {rival} == joint generation (max difference {err:.1e})", flush=True)
+
+
+# ---------------------------------------------------------------- measurement
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def child(args) -> None:
+    """In a fresh process: one generation of ``args.frames_one`` frames by ``args.rival``."""
+    torch.set_num_threads(args.threads)
+    model = make_model("pom" if args.rival.startswith("pom") else "attention", args)
+    with torch.no_grad():
+        for _ in generate(args.rival, model, args.temporal_warmup, 1, args.batch):  # thread pools, first allocations
+            pass
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _status_kb("VmRSS")
+    times, t0 = [], time.perf_counter()
+    with torch.no_grad():
+        for frame in generate(args.rival, model, args.frames_one, args.steps, args.batch):
+            now = time.perf_counter()
+            times.append(now - t0)
+            t0 = now
+            del frame  # streamed out: nothing keeps the finished frames
+    peak = _status_kb("VmHWM")
+    print(json.dumps({"peak_mb": (peak - base) / 1024, "seconds": sum(times), "frame_seconds": times}))
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rivals", default=",".join(RIVALS))
+    p.add_argument("--frames", default="8,16,32,64,128")
+    p.add_argument("--steps", type=int, default=10, help="Euler steps per frame (no guidance)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--patch-size", type=int, default=4)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--depth", type=int, default=6)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--max-joint-frames", type=int, default=128, help="skip joint rivals above this many frames")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "video_frames_cpu"))
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--rival", help=argparse.SUPPRESS)
+    p.add_argument("--frames-one", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--temporal-warmup", type=int, default=2, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        return child(args)
+    torch.set_num_threads(args.threads)
+    rivals = [r for r in args.rivals.split(",") if r]
+    for r in rivals:
+        if r not in RIVALS:
+            raise SystemExit(f"--rivals: unknown {r!r}; expected some of {RIVALS}")
+    frame_counts = [int(f) for f in args.frames.split(",")]
+    check_equivalences(args)
+    rows = []
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MALLOC_MMAP_THRESHOLD_": "65536"}
+    for n in frame_counts:
+        for r in rivals:
+            if r.endswith("joint") and n > args.max_joint_frames:
+                continue
+            cmd = [sys.executable, __file__, "--child", "--rival", r, "--frames-one", str(n)] + [
+                f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                if k in ("steps", "batch", "image_size", "patch_size", "width", "depth", "heads", "threads")]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(out.stderr[-2000:], file=sys.stderr)
+                raise SystemExit(f"{r} at {n} frames failed")
+            row = {"rival": r, "frames": n, **json.loads(out.stdout.strip().splitlines()[-1])}
+            rows.append(row)
+            print(f"{r:>20} {n:>4} frames: {row['seconds'] / n * 1000:8.1f} ms/frame, "
+                  f"peak +{row['peak_mb']:7.1f} MB", flush=True)
+    report(args, rows, rivals, frame_counts, " ".join([Path(sys.argv[0]).name] + sys.argv[1:]))
+
+
+def report(args, rows, rivals, frame_counts, command) -> None:
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    by = {(r["rival"], r["frames"]): r for r in rows}
+    tokens = (args.image_size // args.patch_size) ** 2
+    lines = [
+        "# Video generation against the number of frames (CPU)",
+        "",
+        f"- command: `python benchmarks/{command}`",
+        f"- date: {datetime.date.today().isoformat()}; machine: {machine()}, {args.threads} thread(s)",
+        f"- model: video DiT depth {args.depth}, width {args.width}, {args.heads} heads, patch {args.patch_size} on "
+        f"{args.image_size}x{args.image_size} frames ({tokens} tokens per frame), batch {args.batch}, "
+        f"{args.steps} Euler steps per frame, no guidance, float32, random weights",
+        "- ms/frame = the whole generation's time / frames; last-8 ms/frame = mean of the last 8 frames; "
+        "peak = resident memory added by the generation (fresh process per cell, finished frames not kept)",
+        "- checked first: attention-kv-cache == attention-joint and pom-sequential == pom-joint (float64)",
+        "",
+        "| frames | " + " | ".join(f"{r} ms/frame (last 8) | {r} peak MB" for r in rivals) + " |",
+        "|---:|" + "---:|---:|" * len(rivals),
+    ]
+    for n in frame_counts:
+        cells = []
+        for r in rivals:
+            row = by.get((r, n))
+            if row is None:
+                cells += ["(not run)", ""]
+                continue
+            last = row["frame_seconds"][-8:]
+            cells += [f"{row['seconds'] / n * 1000:.0f} ({sum(last) / len(last) * 1000:.0f})", f"{row['peak_mb']:.1f}"]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    seq = [by[("pom-sequential", n)] for n in frame_counts if ("pom-sequential", n) in by]
+    if len(seq) >= 2:
+        ratio = seq[-1]["peak_mb"] / max(seq[0]["peak_mb"], 1e-9)
+        lines += ["", f"PoM sequential: peak at {seq[-1]['frames']} frames / at {seq[0]['frames']} frames = "
+                  f"{ratio:.3f}; ms/frame {seq[0]['seconds'] / seq[0]['frames'] * 1000:.0f} -> "
+                  f"{seq[-1]['seconds'] / seq[-1]['frames'] * 1000:.0f}"]
+    largest = frame_counts[-1]
+    if ("pom-sequential", largest) in by:
+        base = by[("pom-sequential", largest)]
+        for r in rivals[1:]:
+            if (r, largest) in by:
+                o = by[(r, largest)]
+                lines.append(f"At {largest} frames, {r} / pom-sequential: time {o['seconds'] / base['seconds']:.1f}x, "
+                             f"peak memory {o['peak_mb'] / max(base['peak_mb'], 1e-9):.1f}x")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}, indent=1) + "\n")
+    print("\n".join(lines))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'polymixer[bench]')")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for r in rivals:
+        pts = [by[(r, n)] for n in frame_counts if (r, n) in by]
+        xs = [q["frames"] for q in pts]
+        axes[0].plot(xs, [q["seconds"] / q["frames"] * 1000 for q in pts], marker="o", label=r)
+        axes[1].plot(xs, [max(q["peak_mb"], 0.1) for q in pts], marker="o", label=r)
+    for ax, title in zip(axes, ["time per frame (ms)", "peak memory added (MB)"]):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("frames")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=110)
+
+
+if __name__ == "__main__":
+    main()

