@@ -27,7 +27,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -35,6 +34,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from _common import machine, reset_peak_rss, status_kb  # benchmarks/_common.py
 
 from polymixer.models import VideoDiT, VideoDiTConfig
 from polymixer.pipeline import SamplingConfig
@@ -141,14 +142,6 @@ def check_equivalences(args) -> None:
 
 
 # ---------------------------------------------------------------- measurement
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def child(args) -> None:
     """In a fresh process: one generation of ``args.frames_one`` frames by ``args.rival``."""
     torch.set_num_threads(args.threads)
@@ -156,9 +149,7 @@ def child(args) -> None:
     with torch.no_grad():
         for _ in generate(args.rival, model, args.temporal_warmup, 1, args.batch):  # thread pools, first allocations
             pass
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = _status_kb("VmRSS")
+    base = reset_peak_rss()
     times, t0 = [], time.perf_counter()
     with torch.no_grad():
         for frame in generate(args.rival, model, args.frames_one, args.steps, args.batch):
@@ -166,21 +157,8 @@ def child(args) -> None:
             times.append(now - t0)
             t0 = now
             del frame  # streamed out: nothing keeps the finished frames
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     print(json.dumps({"peak_mb": (peak - base) / 1024, "seconds": sum(times), "frame_seconds": times}))
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}"
 
 
 def main(argv=None) -> None:

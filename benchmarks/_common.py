@@ -1,0 +1,40 @@
+"""Helpers shared by the benchmark scripts: the machine's description and peak-memory probes."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+__all__ = ["machine", "status_kb", "reset_peak_rss"]
+
+
+def machine() -> str:
+    """CPU model, logical cores and torch version (the threads are the caller's to add)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}"
+
+
+def status_kb(field: str) -> int:
+    """A field of /proc/self/status in kB (``VmRSS``, ``VmHWM``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> int:
+    """Reset the process's peak RSS (Linux clear_refs 5); returns the current RSS in kB."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return status_kb("VmRSS")
