@@ -108,3 +108,16 @@ def test_demo_samples_the_bundled_checkpoint(tmp_path, monkeypatch, capsys):
     assert cli_main(["demo", "--checkpoint", "nope", "--out", "x.png"]) == 2
     one_line_error(capsys, "neither a bundled checkpoint ['demo']")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_missing_tensorboard_is_a_notice(tmp_path, monkeypatch, capsys):
+    from polymixer.train import TrainConfig, train
+
+    block(monkeypatch, "torch.utils.tensorboard", "tensorboard")
+    config = TrainConfig(data="digits", image_size=8, preset="DiT-T/2", depth=1, width=32, heads=2, steps=1,
+                         batch_size=8, warmup_steps=0, sample_every=0, checkpoint_every=1, keep_last=0,
+                         progress=False, tensorboard=True, num_threads=1, out=str(tmp_path / "run"))
+    train(config)
+    out = capsys.readouterr().out
+    assert "tensorboard is not installed: no TensorBoard scalars (pip install 'polymixer[train]')" in out
+    assert not (tmp_path / "run" / "tensorboard").exists()

@@ -119,6 +119,25 @@ def test_train_without_the_extra_is_one_line(plain_env, data):
         "pip install 'polymixer[train]'"]
 
 
+def test_train_on_an_image_folder_works_without_extras(plain_env):
+    """Pillow is a dependency: a folder of PNGs trains; missing TensorBoard is a one-line notice."""
+    probe = ("import numpy as np; from PIL import Image\n"
+             "from pathlib import Path\n"
+             "for c in ('a', 'b'):\n"
+             "    Path('images', c).mkdir(parents=True)\n"
+             "    for i in range(2):\n"
+             "        Image.fromarray(np.full((8, 8), 60 * i + (100 if c == 'a' else 0), np.uint8))"
+             ".save(Path('images', c, f'{i}.png'))\n")
+    _run([plain_env["python"], "-c", probe], cwd=plain_env["work"], env=plain_env["env"])
+    result = _cli(plain_env, "train", "--data", "images", "--channels", "1", "--image-size", "8", "--preset",
+                  "DiT-T/2", "--depth", "1", "--width", "32", "--heads", "2", "--steps", "1", "--batch-size", "4",
+                  "--warmup-steps", "0", "--sample-every", "0", "--checkpoint-every", "1", "--num-threads", "1",
+                  "--progress", "false", "--out", "run")
+    assert "Traceback" not in result.stderr
+    assert "tensorboard is not installed" in result.stdout + result.stderr
+    assert (plain_env["work"] / "run" / "ema_model" / "model.safetensors").is_file()
+
+
 def test_help_and_presets(plain_env):
     assert "demo" in _cli(plain_env, "--help").stdout
     assert "DiT-XL/2" in _cli(plain_env, "presets").stdout
