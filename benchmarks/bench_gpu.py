@@ -12,7 +12,7 @@ only the token mixing differs. Rivals, all at width D (``--dim``), bf16 autocast
   sdpa           MultiHeadAttention: F.scaled_dot_product_attention (flash on GPU)
   agg-triton     the aggregation alone on (B, N, F) bf16 features (F = 4 D), Triton kernels
   agg-torch      the same through the PyTorch forms (cumsum, index_add)
-  NAME@torch     any pom rival with the Triton aggregation switched off
+  NAME@torch     any pom rival with the Triton aggregation switched off (MixerSettings(triton="off"))
 
 Per (rival, mode, N): median milliseconds of the forward (no grad) and of forward +
 backward over ``--repeats`` runs after ``--warmup`` runs, timed with CUDA events; the peak
@@ -31,7 +31,6 @@ writes <out>.md (command, date, device, table) and <out>.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
@@ -46,6 +45,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from polymixer import MultiHeadAttention, PolynomialMixer  # noqa: E402
+from polymixer.ops import MixerSettings  # noqa: E402
 from polymixer.ops import triton as pom_triton  # noqa: E402
 from polymixer.ops.context import aggregate, resolve_context  # noqa: E402
 
@@ -53,20 +53,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_mixer import GemmFloor  # noqa: E402
 
 PAPER_POM_S, PAPER_ATTENTION_S, PAPER_N = 0.012, 0.23, 2 ** 16
-
-
-@contextlib.contextmanager
-def triton_aggregation(enabled: bool):
-    """Switch the Triton dispatch of ``aggregate`` off (it is looked up at every call)."""
-    if enabled:
-        yield
-        return
-    saved = pom_triton.triton_available
-    pom_triton.triton_available = lambda t: False
-    try:
-        yield
-    finally:
-        pom_triton.triton_available = saved
 
 
 class AggregationOnly(nn.Module):
@@ -80,9 +66,8 @@ class AggregationOnly(nn.Module):
         B, N = h.shape[:2]
         mode = resolve_context(B, N, N, device=h.device, **kwargs)
         if self.use_triton and pom_triton.triton_available(h):
-            return pom_triton.triton_aggregate(h, mode)  # also interpreted CPU tensors
-        with triton_aggregation(False):
-            return aggregate(h, mode)
+            return aggregate(h, mode, backend="triton")  # also interpreted CPU tensors
+        return aggregate(h, mode, backend="torch")
 
 
 class Rival:
@@ -93,7 +78,8 @@ class Rival:
         self.use_triton = suffix != "torch"
         self.width = dim
         if base in ("pom-product", "pom-power"):
-            self.module = PolynomialMixer(dim, degree=2, expand=2, variant=base.split("-")[1])
+            settings = MixerSettings.from_env(**({} if self.use_triton else {"triton": "off"}))
+            self.module = PolynomialMixer(dim, degree=2, expand=2, variant=base.split("-")[1], settings=settings)
             if impl == "compiled":  # inductor on the plain autograd form
                 self.module.implementation = "autograd"
                 self.module = torch.compile(self.module, dynamic=False)
@@ -111,8 +97,7 @@ class Rival:
         self.module.to(device)
 
     def __call__(self, x, kwargs):
-        with triton_aggregation(self.use_triton):
-            return self.module(x, **kwargs)
+        return self.module(x, **kwargs)
 
 
 def check_agreement(device, modes, width: int, block_size: int) -> list[str]:

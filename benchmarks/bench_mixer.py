@@ -37,7 +37,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from polymixer import MultiHeadAttention, PolynomialMixer
-from polymixer.ops.elementwise import CPU_COMPILE_MIN_ROWS  # noqa: E402
+from polymixer.ops import MixerSettings  # noqa: E402
 
 
 class GemmFloor(nn.Module):
@@ -234,7 +234,8 @@ def _floor_of(rival: str) -> str | None:
 
 def report(args, rows, rivals, ns) -> None:
     by = {(r["rival"], r["n"]): r for r in rows}
-    compile_setting = os.environ.get("POLYMIXER_COMPILE", "auto")
+    settings = MixerSettings.from_env()
+    compile_setting = settings.compile
     lines = [
         f"# Mixer benchmark ({args.mode} mode)",
         "",
@@ -247,7 +248,7 @@ def report(args, rows, rivals, ns) -> None:
         f"- element-wise work of the fused/lean chunks: POLYMIXER_COMPILE={compile_setting} ("
         + {"always": "compiled", "never": "eager"}.get(
             compile_setting, "auto: eager below "
-            + os.environ.get("POLYMIXER_COMPILE_MIN_ROWS", str(CPU_COMPILE_MIN_ROWS)) + " token rows, compiled from there")
+            + str(settings.compile_min_rows) + " token rows, compiled from there")
         + ")",
         "- / floor = time over the GEMM floor of the same variant (floor-product or floor-power), same run",
         "- peak = resident memory added by one forward+backward in a fresh process; "

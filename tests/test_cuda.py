@@ -74,6 +74,12 @@ def test_autograd_path_uses_the_triton_kernels():
 
     out = aggregate(h, resolve_context(2, 100, 100, causal=True, device=DEV))
     assert "TritonAggregate" in type(out.grad_fn).__name__
+    plan = mixer.execution_plan(x, causal=True)
+    assert plan.form == "autograd" and plan.aggregation_backend == "triton", plan
+    mixer.implementation = "fused"  # on CUDA the causal mode runs the autograd form (Triton scan)
+    plan = mixer.execution_plan(x, causal=True)
+    assert plan.form == "autograd" and plan.aggregation_backend == "triton", plan
+    assert mixer.execution_plan(x).form == "fused" and mixer.execution_plan(x).compiled
 
 
 @pytest.mark.parametrize("variant", ["product", "power"])

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from polymixer import PolynomialMixer
-from polymixer.ops import product_features, power_features, power_activation
+from polymixer.ops import MixerSettings, product_features, power_features, power_activation
+from polymixer.ops.elementwise import clear_compile_cache, compile_failures
+from polymixer.ops.plan import CPU_COMPILE_MIN_ROWS, compile_decision
 
 VARIANTS = [("product", 1), ("power", 1), ("power", 4), ("product", 3)]
 
@@ -217,18 +219,16 @@ def test_dit_implementations_give_the_same_outputs_and_gradients():
 
 @pytest.mark.parametrize("rows", [1, 7, 64])
 @pytest.mark.parametrize("variant,heads", [("product", 1), ("power", 4), ("product", 3)])
-def test_chunked_modes_across_chunk_and_batch_boundaries(monkeypatch, rows, variant, heads):
+def test_chunked_modes_across_chunk_and_batch_boundaries(rows, variant, heads):
     """The token-chunked segment modes with chunks inside one batch row and across rows."""
-    import polymixer.ops.chunked as chunked
-
-    monkeypatch.setattr(chunked, "chunk_rows", lambda width, device=None: rows)
     gen = torch.Generator().manual_seed(rows)
     x = torch.randn(3, 40, 24, dtype=torch.float64, generator=gen, requires_grad=True)
     c = torch.randn(3, 29, 24, dtype=torch.float64, generator=gen, requires_grad=True)
     pad = torch.rand(3, 29, generator=gen) > 0.4
     pad[1] = False
     for impl in ("fused", "lean"):
-        mixer = PolynomialMixer(24, degree=3, variant=variant, heads=heads, implementation=impl).double()
+        mixer = PolynomialMixer(24, degree=3, variant=variant, heads=heads, implementation=impl,
+                                settings=MixerSettings(chunk_rows=rows)).double()
         params = list(mixer.parameters())
         self_pad = pad[:, :1].expand(3, 40).contiguous()
         self_pad[2, ::3] = False
@@ -236,7 +236,9 @@ def test_chunked_modes_across_chunk_and_batch_boundaries(monkeypatch, rows, vari
                              ((x, c), {}), ((x, c), {"context_mask": pad}),
                              ((x,), {"causal": True}), ((x,), {"causal": True, "context_mask": self_pad}),
                              ((x,), {"block_size": 6}), ((x,), {"block_lengths": [1, 20, 19]}),
-                             ((x,), {"block_size": 5, "context_mask": self_pad})):
+                             ((x,), {"block_size": 5, "context_mask": self_pad}),
+                             ((x,), {"cu_seqlens": torch.tensor([0, 13, 40])}), ((x, c), {"mask": pad[:, None].expand(3, 40, 29)})):
+            assert mixer.execution_plan(*args, **kwargs).chunk_rows == rows
             fast = mixer(*args, **kwargs)
             mixer.implementation = "autograd"
             ref = mixer(*args, **kwargs)
@@ -325,30 +327,26 @@ def test_autocast_fused_and_lean_match_autograd(device, dtype, variant, heads):
 
 
 @pytest.fixture
-def compiled_chunks(monkeypatch):
-    """POLYMIXER_COMPILE=always with fresh compile caches (restored afterwards)."""
-    import polymixer.ops.elementwise as ew
-
-    monkeypatch.setenv("POLYMIXER_COMPILE", "always")
-    monkeypatch.setattr(ew, "_COMPILED", None)
-    monkeypatch.setattr(ew, "_COMPILE_BROKEN", False)
-    return ew
+def compiled_chunks():
+    """Fresh compile caches (no compiled chunk function, no remembered failure), before and after."""
+    clear_compile_cache()
+    yield MixerSettings(compile="always")
+    clear_compile_cache()
 
 
 @pytest.mark.parametrize("variant,heads", [("product", 1), ("power", 4)])
-def test_compiled_chunk_functions_match_autograd(compiled_chunks, monkeypatch, variant, heads):
+def test_compiled_chunk_functions_match_autograd(compiled_chunks, variant, heads):
     """The per-chunk element-wise functions compiled (the default on CUDA), here on CPU:
     same values and gradients as plain autograd, chunks inside and across batch rows."""
-    import polymixer.ops.chunked as chunked
-
-    monkeypatch.setattr(chunked, "chunk_rows", lambda width, device=None: 48)
     gen = torch.Generator().manual_seed(11)
     x = torch.randn(3, 40, 24, generator=gen, requires_grad=True)
     pad = torch.rand(3, 40, generator=gen) > 0.3
-    mixer = PolynomialMixer(24, degree=3, variant=variant, heads=heads)
+    settings = MixerSettings(compile="always", chunk_rows=48)
+    mixer = PolynomialMixer(24, degree=3, variant=variant, heads=heads, settings=settings)
     params = list(mixer.parameters())
     for kwargs in ({}, {"context_mask": pad}, {"causal": True}, {"block_size": 7}):
         mixer.implementation = "fused"
+        assert mixer.execution_plan(x, **kwargs).compiled
         fast = mixer(x, **kwargs)
         mixer.implementation = "autograd"
         ref = mixer(x, **kwargs)
@@ -356,7 +354,7 @@ def test_compiled_chunk_functions_match_autograd(compiled_chunks, monkeypatch, v
         up = torch.randn(fast.shape, generator=gen)
         for a, b in zip(_grads(fast, [x] + params, up), _grads(ref, [x] + params, up)):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    assert compiled_chunks._COMPILED is not None and not compiled_chunks._COMPILE_BROKEN
+    assert not compile_failures((variant, 3, heads, "cpu", torch.float32))
 
 
 def test_failed_compile_falls_back_to_eager_with_a_warning(compiled_chunks, monkeypatch):
@@ -365,14 +363,49 @@ def test_failed_compile_falls_back_to_eager_with_a_warning(compiled_chunks, monk
             raise RuntimeError("no compiler here")
         return run
 
-    monkeypatch.setattr(torch, "compile", broken_compile)
-    mixer = PolynomialMixer(16)
+    monkeypatch.setattr(torch, "compile", broken_compile)  # a broken compiler, not a polymixer global
+    mixer = PolynomialMixer(16, settings=compiled_chunks)
     x = torch.randn(2, 9, 16)
     with pytest.warns(RuntimeWarning, match="no compiler here"):
         y = mixer(x)
     torch.testing.assert_close(y, mixer.forward_reference(x))
-    assert compiled_chunks._COMPILE_BROKEN
-    mixer(x)  # no second warning needed: eager from now on
+    assert compile_failures(("product", 2, 1, "cpu", torch.float32))
+    assert "after a failed compile" in mixer.execution_plan(x).reason
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mixer(x)  # no second warning: eager for this configuration from now on
+
+
+def test_failed_compile_of_one_configuration_leaves_the_others(compiled_chunks, monkeypatch):
+    """A compile that fails for one configuration (here: power, degree 3, float64) does not
+    switch another to eager, nor does it change any process-wide setting."""
+    real_compile = torch.compile
+
+    def compile_failing_in_float64(fn, **kwargs):
+        compiled = real_compile(fn, **kwargs)
+
+        def run(*args):
+            if any(isinstance(a, torch.Tensor) and a.dtype == torch.float64 for a in args):
+                raise RuntimeError("no float64 here")
+            return compiled(*args)
+        return run
+
+    monkeypatch.setattr(torch, "compile", compile_failing_in_float64)
+    gen = torch.Generator().manual_seed(2)
+    broken = PolynomialMixer(24, degree=3, variant="power", settings=compiled_chunks).double()
+    xd = torch.randn(2, 20, 24, dtype=torch.float64, generator=gen)
+    with pytest.warns(RuntimeWarning, match="no float64 here"):
+        torch.testing.assert_close(broken(xd), broken.forward_reference(xd))
+    assert compile_failures(("power", 3, 1, "cpu", torch.float64))
+    fine = PolynomialMixer(24, degree=3, variant="power", settings=compiled_chunks)
+    xf = torch.randn(2, 20, 24, generator=gen)
+    plan = fine.execution_plan(xf)
+    assert plan.compiled and "failed" not in plan.reason
+    torch.testing.assert_close(fine(xf), fine.forward_reference(xf), rtol=1e-4, atol=1e-5)
+    assert not compile_failures(("power", 3, 1, "cpu", torch.float32))
+    assert PolynomialMixer(24).settings == MixerSettings.from_env()
 
 
 def test_out_of_memory_in_a_compiled_chunk_is_not_a_compiler_failure(compiled_chunks, monkeypatch):
@@ -383,27 +416,83 @@ def test_out_of_memory_in_a_compiled_chunk_is_not_a_compiler_failure(compiled_ch
 
     monkeypatch.setattr(torch, "compile", oom_compile)
     with pytest.raises(RuntimeError, match="out of memory"):
-        PolynomialMixer(16)(torch.randn(2, 9, 16))
-    assert not compiled_chunks._COMPILE_BROKEN
+        PolynomialMixer(16, settings=compiled_chunks)(torch.randn(2, 9, 16))
+    assert not compile_failures(("product", 2, 1, "cpu", torch.float32))
 
 
 def test_compile_setting_is_checked(monkeypatch):
     monkeypatch.setenv("POLYMIXER_COMPILE", "sometimes")
     with pytest.raises(ValueError, match="POLYMIXER_COMPILE"):
         PolynomialMixer(8)(torch.randn(1, 3, 8))
+    with pytest.raises(ValueError, match="compile"):
+        MixerSettings(compile="sometimes")
+    with pytest.raises(ValueError, match="triton"):
+        MixerSettings(triton="maybe")
+    monkeypatch.setenv("POLYMIXER_COMPILE", "never")
+    assert PolynomialMixer(8).settings.compile == "never"  # the environment is the default ...
+    assert PolynomialMixer(8, settings=MixerSettings(compile="always")).settings.compile == "always"  # ... only
 
 
-def test_auto_compiles_on_cpu_only_for_long_inputs(compiled_chunks, monkeypatch):
-    import polymixer.ops.elementwise as ew
-
-    monkeypatch.setenv("POLYMIXER_COMPILE", "auto")
-    monkeypatch.setenv("POLYMIXER_COMPILE_MIN_ROWS", "100")
-    assert ew.chunk_ops("cpu", 99) is ew._EAGER
-    assert ew.chunk_ops("cpu", 100).compiled
-    monkeypatch.setenv("POLYMIXER_COMPILE_MIN_ROWS", "many")
+def test_auto_compiles_on_cpu_only_for_long_inputs():
+    settings = MixerSettings.from_env({"POLYMIXER_COMPILE": "auto", "POLYMIXER_COMPILE_MIN_ROWS": "100"})
+    assert not compile_decision(settings, "cpu", 99)[0]
+    assert compile_decision(settings, "cpu", 100)[0]
     with pytest.raises(ValueError, match="POLYMIXER_COMPILE_MIN_ROWS"):
-        ew.chunk_ops("cpu", 100)
-    monkeypatch.delenv("POLYMIXER_COMPILE_MIN_ROWS")
-    assert ew.chunk_ops("cpu", ew.CPU_COMPILE_MIN_ROWS - 1) is ew._EAGER
-    assert ew.chunk_ops("cpu", ew.CPU_COMPILE_MIN_ROWS).compiled
-    assert ew.chunk_ops(torch.device("cuda"), 1).compiled  # decided from the device alone
+        MixerSettings.from_env({"POLYMIXER_COMPILE_MIN_ROWS": "many"})
+    default = MixerSettings.from_env({})
+    assert not compile_decision(default, "cpu", CPU_COMPILE_MIN_ROWS - 1)[0]
+    assert compile_decision(default, "cpu", CPU_COMPILE_MIN_ROWS)[0]
+    assert compile_decision(default, "cuda", 1)[0]  # decided from the device alone
+    # and the mixer's plan follows: B * N token rows
+    mixer = PolynomialMixer(8, settings=settings)
+    assert not mixer.execution_plan(torch.randn(1, 99, 8)).compiled
+    assert mixer.execution_plan(torch.randn(2, 50, 8)).compiled
+
+
+# ----------------------------------------------------------------------------- execution plan
+def test_execution_plan_follows_implementation_and_inputs():
+    x = torch.randn(2, 30, 16)
+    never = MixerSettings(compile="never")
+    for impl in ("fused", "lean"):
+        mixer = PolynomialMixer(16, implementation=impl, settings=never)
+        for kwargs, chunked in (({}, True), ({"causal": True}, True), ({"block_size": 7}, True),
+                                ({"cu_seqlens": torch.tensor([0, 10, 30])}, False),
+                                ({"mask": torch.rand(2, 30, 30) > 0.5}, False)):
+            plan = mixer.execution_plan(x, **kwargs)
+            assert (plan.form, plan.chunked, plan.compiled, plan.aggregation_backend) == (impl, chunked, False, "torch")
+        state = mixer.init_state(2)
+        plan = mixer.execution_plan(x, state=state)
+        assert plan.form == "autograd" and "streaming state" in plan.reason
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert mixer.execution_plan(x).dtype == torch.bfloat16
+        assert mixer.execution_plan(x).dtype is None
+    auto = PolynomialMixer(16, implementation="autograd")
+    plan = auto.execution_plan(x, causal=True)
+    assert plan.form == "autograd" and plan.aggregation_backend == "torch"  # CPU: no Triton by default
+
+
+def test_lean_inside_torch_compile_reports_the_autograd_form():
+    """"lean" is a request: inside torch.compile the plain autograd form runs, and says so."""
+    mixer = PolynomialMixer(16, implementation="lean")
+    plans = []
+
+    def run(x):
+        plans.append(mixer.execution_plan(x))
+        return mixer(x)
+
+    x = torch.randn(2, 9, 16)
+    torch.testing.assert_close(torch.compile(run, fullgraph=True)(x), mixer(x), rtol=1e-4, atol=1e-5)
+    assert plans and plans[0].form == "autograd"
+    assert "torch.compile" in plans[0].reason and "'lean'" in plans[0].reason
+
+
+def test_fused_degree_one_product_backward():
+    """Degree 1 of the product variant through the fused pass (one feature part)."""
+    mixer = PolynomialMixer(12, degree=1).double()
+    x = torch.randn(2, 11, 12, dtype=torch.float64, requires_grad=True)
+    for kwargs in ({}, {"causal": True}, {"mask": torch.rand(2, 11, 11) > 0.3}):
+        fast, ref = mixer(x, **kwargs), mixer.forward_reference(x, **kwargs)
+        torch.testing.assert_close(fast, ref)
+        params = [x] + list(mixer.parameters())
+        for a, b in zip(torch.autograd.grad(fast.sum(), params), torch.autograd.grad(ref.sum(), params)):
+            torch.testing.assert_close(a, b)

@@ -32,7 +32,36 @@ def test_streaming_equals_parallel_for_random_splits(variant, heads, trial):
         outs.append(y)
     torch.testing.assert_close(torch.cat(outs, 1), mixer(x, block_lengths=sizes))
     assert state.count.tolist() == [63.0, 63.0]
-    torch.testing.assert_close(state.total, mixer.features(x).sum(1).float(), rtol=1e-5, atol=1e-4)
+    assert state.total.dtype == torch.float64  # a float64 mixer streams in float64 (spec section 3)
+    torch.testing.assert_close(state.total, mixer.features(x).sum(1), rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("variant,heads", [("product", 1), ("power", 6)])
+def test_float64_stream_equals_float64_parallel_to_1e12(variant, heads):
+    """Spec section 3: a float64 stream keeps float64 sums and equals the float64 parallel
+    block-causal form to ~1e-12 (a float32 state would leave about 1e-7)."""
+    gen = torch.Generator().manual_seed(7)
+    mixer = PolynomialMixer(60, degree=3, variant=variant, heads=heads).double()
+    x = torch.randn(2, 97, 60, dtype=torch.float64, generator=gen)
+    sizes = _random_split(97, gen)
+    state = mixer.init_state(2)
+    assert state.total.dtype == torch.float64 and state.count.dtype == torch.float64
+    outs = []
+    for block in x.split(sizes, dim=1):
+        y, state = mixer.step(block, state)
+        outs.append(y)
+    assert state.total.dtype == torch.float64
+    parallel = mixer(x, block_lengths=sizes)
+    torch.testing.assert_close(torch.cat(outs, 1), parallel, rtol=1e-12, atol=1e-12)
+    # reading a state through forward(state=...) too
+    _, head = mixer.step(x[:, :40], mixer.init_state(2))
+    torch.testing.assert_close(mixer(x[:, 40:], causal=True, state=head),
+                               mixer(x, block_lengths=[40] + [1] * 57)[:, 40:], rtol=1e-12, atol=1e-12)
+    # float32 is the floor, and an explicit dtype wins
+    assert mixer.float().init_state(2).total.dtype == torch.float32
+    assert mixer.to(torch.bfloat16).init_state(2).total.dtype == torch.float32
+    assert mixer.init_state(2, dtype=torch.float64).total.dtype == torch.float64
+    assert StateCache.for_model(nn.Sequential(mixer.double()), 2)["0"].total.dtype == torch.float64
 
 
 def test_single_token_blocks_equal_causal():

@@ -107,3 +107,60 @@ def test_o_n_modes_build_no_quadratic_tensor():
             out = aggregate(h, resolve_context(1, n, n, **kwargs))
         out.sum().backward()
         assert max(sizes + [out.numel()]) <= 4 * n * width, kwargs
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"causal": True}, {"block_size": 3}, {"block_lengths": [1, 6, 2, 4]}],
+                         ids=["full", "causal", "block", "lengths"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_segment_means_adjoint_is_the_adjoint(kwargs, masked):
+    """<segment_means(t), d> = <t, segment_means_adjoint(d)>: the fused pass's adjoint of
+    the segment mean against autograd of the forward."""
+    from polymixer.ops.aggregation import segment_counts, segment_means, segment_means_adjoint
+
+    gen = torch.Generator().manual_seed(3)
+    n, width = 13, 5
+    weights = (torch.rand(2, n, generator=gen) > 0.3).double() if masked else None
+    mode = resolve_context(2, n, n, **kwargs)
+    seg = mode.segments(n)
+    count = segment_counts(seg, weights, n, torch.float64, "cpu")
+    total = torch.randn(2, seg.count, width, dtype=torch.float64, generator=gen, requires_grad=True)
+    d = torch.randn(2, seg.count, width, dtype=torch.float64, generator=gen)
+    (expected,) = torch.autograd.grad(segment_means(seg, total, count), total, d)
+    torch.testing.assert_close(segment_means_adjoint(seg, d.clone(), count), expected)
+
+
+def test_a_new_mode_is_one_class():
+    """A mode defined outside the package (anti-causal: query i reads j >= i) runs through
+    the fused pass and the reference with nothing else to write."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from polymixer import PolynomialMixer
+    from polymixer.ops import ContextMode, choose_path, mean_dense
+    from polymixer.ops.fused import fused_mix
+
+    @dataclass(frozen=True, kw_only=True, eq=False)
+    class AntiCausal(ContextMode):
+        kind: ClassVar[str] = "anti-causal"
+
+        def aggregate(self, h, stream=None):
+            acc = h.to(torch.float64 if h.dtype == torch.float64 else torch.float32)
+            total = acc.flip(1).cumsum(1).flip(1)
+            count = torch.arange(h.shape[1], 0, -1, dtype=acc.dtype, device=h.device)
+            return total / count.view(1, -1, 1)
+
+        def allowed(self, num_queries, num_context, device=None):
+            i = torch.arange(num_queries, device=device).view(-1, 1)
+            return torch.arange(num_context, device=device).view(1, -1) >= i
+
+    mode = AntiCausal()
+    mixer = PolynomialMixer(12, variant="power", heads=2).double()
+    x = torch.randn(2, 10, 12, dtype=torch.float64, requires_grad=True)
+    plan = choose_path(mixer.settings, "lean", mixer.spec, mixer.state_width, x, x, mode)
+    assert plan.form == "lean" and not plan.chunked
+    y = fused_mix(x, None, mixer.weights(), mixer.spec, mode, plan)
+    ref = mixer.select(x, mean_dense(mixer.features(x), mode.dense_mask(2, 10, 10)))
+    torch.testing.assert_close(y, ref)
+    params = [x] + list(mixer.parameters())
+    for a, b in zip(torch.autograd.grad(y.sum(), params), torch.autograd.grad(ref.sum(), params)):
+        torch.testing.assert_close(a, b)

@@ -26,8 +26,9 @@ triton = pytest.importorskip("triton")
 
 from polymixer.ops.context import aggregate, resolve_context  # noqa: E402
 from polymixer.ops.reference import reference_aggregate  # noqa: E402
-from polymixer.ops.fused import aggregate_adjoint  # noqa: E402
-from polymixer.ops.triton import triton_aggregate, triton_aggregate_adjoint, triton_available  # noqa: E402
+from polymixer import PolynomialMixer  # noqa: E402
+from polymixer.ops import MixerSettings  # noqa: E402
+from polymixer.ops.triton import triton_aggregate, triton_available  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 B, F = 2, 60
@@ -131,20 +132,6 @@ def test_low_precision_input_fp32_state(device, name, kw, dtype):
     _check(h, mode, atol=1e-5, rtol=1e-5, grad_atol=1e-2, grad_rtol=1e-2)
 
 
-@pytest.mark.parametrize("chunk_size", [None, 16])
-@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
-@pytest.mark.parametrize("name,kw", [MODES[0], MODES[1], MODES[3]], ids=["full", "causal", "block7"])
-def test_adjoint_matches_fused_adjoint(device, name, kw, masked, chunk_size):
-    """triton_aggregate_adjoint is a drop-in for ops.fused.aggregate_adjoint."""
-    n = 63
-    mode = resolve_context(B, n, n, context_mask=_mask(n, device) if masked else None, device=device, **kw)
-    d = torch.randn(B, 1 if mode.kind == "full" else n, F, device=device)
-    got = triton_aggregate_adjoint(d, mode, n, torch.bfloat16, chunk_size=chunk_size)
-    want = aggregate_adjoint(d, mode, n, torch.bfloat16).to(torch.bfloat16)
-    assert got.dtype == torch.bfloat16 and got.shape == want.shape
-    torch.testing.assert_close(got, want, atol=1e-2, rtol=1e-2)
-
-
 def test_float64_and_strided_input(device):
     n = 63
     base = torch.randn(B, F, 2 * n, dtype=torch.float64, device=device)
@@ -174,17 +161,43 @@ def test_aggregate_dispatches_on_cuda():
     torch.testing.assert_close(out, reference_aggregate(h.detach(), mode, 130), atol=1e-5, rtol=1e-5)
 
 
-def test_aggregate_does_not_dispatch_on_cpu(monkeypatch):
+def test_aggregate_does_not_dispatch_on_cpu():
     """Even with the interpreter on, aggregate() keeps the PyTorch forms for CPU tensors."""
-    import polymixer.ops.triton as pom_triton
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("aggregate() dispatched a CPU tensor to the Triton kernels")
-
-    monkeypatch.setattr(pom_triton, "triton_aggregate", refuse)
-    h = torch.randn(B, 9, F)
+    h = torch.randn(B, 9, F, requires_grad=True)
     for kw in ({}, {"causal": True}, {"block_size": 4}):
-        aggregate(h, resolve_context(B, 9, 9, **kw))
+        out = aggregate(h, resolve_context(B, 9, 9, **kw))
+        assert "TritonAggregate" not in type(out.grad_fn).__name__, type(out.grad_fn).__name__
+    mixer = PolynomialMixer(16, implementation="autograd")
+    assert mixer.execution_plan(torch.randn(2, 9, 16), causal=True).aggregation_backend == "torch"
+
+
+@pytest.mark.parametrize("variant,heads", [("product", 1), ("power", 4)])
+def test_mixer_with_triton_on_and_off(device, variant, heads):
+    """The settings choose the backend, no patching: triton="on" runs the mixer's autograd
+    form through the kernels (interpreted on CPU), "off" through PyTorch; same function."""
+    n = 37
+    x = torch.randn(B, n, 32, device=device, dtype=torch.float64, requires_grad=True)
+    pad = _mask(n, device)
+    for kw in ({}, {"context_mask": pad}, {"causal": True}, {"block_size": 5, "context_mask": pad}):
+        outs = {}
+        for setting in ("on", "off"):
+            mixer = PolynomialMixer(32, variant=variant, heads=heads, implementation="autograd",
+                                    settings=MixerSettings(triton=setting)).to(device, torch.float64)
+            torch.manual_seed(0)
+            for p in mixer.parameters():
+                torch.nn.init.normal_(p, std=0.2)
+            plan = mixer.execution_plan(x, **kw)
+            assert plan.aggregation_backend == ("triton" if setting == "on" else "torch"), plan
+            y = mixer(x, **kw)
+            outs[setting] = (y, torch.autograd.grad(y.square().sum(), [x] + list(mixer.parameters())))
+        torch.testing.assert_close(outs["on"][0], outs["off"][0], rtol=1e-10, atol=1e-10)
+        for a, b in zip(outs["on"][1], outs["off"][1]):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    # modes without a segment form, and streaming, stay on PyTorch whatever the setting
+    mixer = PolynomialMixer(32, implementation="autograd", settings=MixerSettings(triton="on")).to(device)
+    xf = x.detach().float()
+    assert mixer.execution_plan(xf, cu_seqlens=torch.tensor([0, 5, n])).aggregation_backend == "torch"
+    assert mixer.execution_plan(xf, state=mixer.init_state(B)).aggregation_backend == "torch"
 
 
 def test_package_works_without_triton():

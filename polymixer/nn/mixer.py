@@ -6,34 +6,22 @@ import math
 from typing import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..ops.aggregation import stream_block
 from ..ops.context import ContextMode, aggregate, resolve_context
-from ..ops.features import power_activation, power_features, product_features
-from ..ops.fused import fused_mix, gate_activation
+from ..ops.features import apply_gate, features, gate
+from ..ops.fused import fused_mix
+from ..ops.plan import FORMS, ExecutionPlan, MixerSettings, choose_path
 from ..ops.reference import reference_aggregate
+from ..ops.spec import MixerSpec, MixerWeights
 from ._checks import check_positive_int, check_tokens
 from .state import MixerState
 
 __all__ = ["PolynomialMixer"]
 
-
-def _autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The autocast dtype for ``device_type`` when autocast is on there, else None."""
-    try:
-        enabled = torch.is_autocast_enabled(device_type)
-    except TypeError:  # pragma: no cover - torch < 2.4 takes no device type
-        enabled = torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
-    if not enabled:
-        return None
-    try:
-        return torch.get_autocast_dtype(device_type)
-    except AttributeError:  # pragma: no cover - torch < 2.4
-        return torch.get_autocast_gpu_dtype() if device_type == "cuda" else torch.get_autocast_cpu_dtype()
-
 VARIANTS = ("product", "power")
-IMPLEMENTATIONS = ("fused", "lean", "autograd")
+IMPLEMENTATIONS = FORMS
 
 
 class PolynomialMixer(nn.Module):
@@ -59,11 +47,17 @@ class PolynomialMixer(nn.Module):
             element-wise work; ``"lean"`` keeps only the inputs and (B, F) states and
             recomputes the projections too; ``"autograd"`` is plain PyTorch autograd
             (about six F-wide tensors). Under autocast the fused and lean passes run in
-            the autocast dtype (states and sums stay float32). With a streaming
-            ``state``, inside ``torch.compile``, and for "fused" in the causal mode on
-            CUDA (where it is faster and keeps less) the plain autograd form is used.
-            The fused and lean backward passes are not differentiable again: use
-            "autograd" for double backward (gradient penalties).
+            the autocast dtype (states and sums stay float32). It is a request: with a
+            streaming ``state``, inside ``torch.compile``, and for "fused" in the causal
+            mode on CUDA (where it is faster and keeps less) the plain autograd form
+            runs; :meth:`execution_plan` says which form a call runs, and why. The fused
+            and lean backward passes are not differentiable again: use "autograd" for
+            double backward (gradient penalties).
+        settings: a :class:`~polymixer.ops.plan.MixerSettings` (compiling the fused
+            passes' element-wise work, the Triton aggregation, the chunk size); default
+            ``MixerSettings.from_env()``, the environment variables ``POLYMIXER_COMPILE``,
+            ``POLYMIXER_COMPILE_MIN_ROWS``, ``POLYMIXER_TRITON`` read once, here. The
+            attribute ``settings`` can be replaced at any time.
 
     Shapes: ``x: (B, M, D)`` queries; ``context: (B, N, D)`` (default: x itself);
     output ``(B, M, D)``. Context modes are keyword arguments, see :meth:`forward`.
@@ -80,11 +74,16 @@ class PolynomialMixer(nn.Module):
         implementation: str = "fused",
         device=None,
         dtype: torch.dtype | None = None,
+        *,
+        settings: MixerSettings | None = None,
     ):
         super().__init__()
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation: expected one of {IMPLEMENTATIONS}, got {implementation!r}")
         self.implementation = implementation
+        if settings is not None and not isinstance(settings, MixerSettings):
+            raise TypeError(f"settings: expected a MixerSettings, got {type(settings).__name__}")
+        self.settings = settings if settings is not None else MixerSettings.from_env()
         check_positive_int("dim", dim)
         check_positive_int("degree", degree, 1, 8)
         check_positive_int("expand", expand)
@@ -123,30 +122,28 @@ class PolynomialMixer(nn.Module):
         )
 
     # ---------------------------------------------------------------- parts
+    @property
+    def spec(self) -> MixerSpec:
+        """The static description the tensor functions of :mod:`polymixer.ops` take."""
+        return MixerSpec(self.variant, self.degree, self.heads)
+
+    def weights(self) -> MixerWeights:
+        """The parameters as the named structure the tensor functions take."""
+        return MixerWeights(self.feature_proj.weight, self.feature_proj.bias, self.coeff,
+                            self.gate_proj.weight, self.gate_proj.bias, self.out_proj.weight, self.out_proj.bias)
+
     def features(self, context: torch.Tensor) -> torch.Tensor:
         """Polynomial features ``h: (B, N, F)`` of context tokens ``(B, N, D)``."""
-        u = self.feature_proj(context)
-        if u.dtype == torch.float16:
-            u = u.float()  # products of degree k overflow fp16's range first
-        if self.variant == "product":
-            return product_features(u, self.degree)
-        return power_features(power_activation(u), self.coeff)
+        return features(self.spec, self.feature_proj(context), self.coeff)
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """Gate ``s: (B, M, F)`` or ``(B, M, heads)`` of the queries ``(B, M, D)``."""
-        z = self.gate_proj(x)
-        return gate_activation(self.variant, z)
+        return gate(self.variant, self.gate_proj(x))
 
     def select(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """``W_o (s(x) * H) + b_o`` for queries ``x: (B, M, D)`` and states ``(B, 1 or M, F)``."""
         s = self.gate(x)
-        state = state.to(s.dtype)
-        if self.heads == 1:
-            z = s * state
-        else:
-            B, M = s.shape[:2]
-            z = (s.unsqueeze(-1) * state.unflatten(-1, (self.heads, -1))).reshape(B, M, self.state_width)
-        return self.out_proj(z)
+        return self.out_proj(apply_gate(s, state.to(s.dtype)))
 
     # ---------------------------------------------------------------- checks
     def _resolve(self, x, context, state, kwargs) -> tuple[torch.Tensor, ContextMode, tuple | None]:
@@ -159,7 +156,7 @@ class PolynomialMixer(nn.Module):
         prefix = None
         if state is not None:
             self._check_state(state, x.shape[0])
-            if mode.kind not in ("full", "causal", "block"):
+            if not mode.streamable:
                 raise ValueError(
                     f"state: a streaming state cannot be combined with the {mode.kind} context mode "
                     "(use it with the full, causal or block-causal modes)"
@@ -174,6 +171,10 @@ class PolynomialMixer(nn.Module):
             raise ValueError(f"state: width {state.width} does not match this mixer's state width {self.state_width}")
         if state.batch_size != batch:
             raise ValueError(f"state: batch size {state.batch_size} does not match the input's batch size {batch}")
+
+    def _plan(self, x, context, mode, streaming: bool) -> ExecutionPlan:
+        return choose_path(self.settings, self.implementation, self.spec, self.state_width, x, context, mode,
+                           streaming)
 
     # ---------------------------------------------------------------- forward
     def forward(
@@ -201,6 +202,8 @@ class PolynomialMixer(nn.Module):
             mask: dense ``(B, M, N)`` bool mask, the general O(M*N) form.
             state: a :class:`MixerState` of tokens seen before x; every query also reads
                 them (full, causal and block modes). Use :meth:`step` to also update it.
+
+        Runs the plan :meth:`execution_plan` returns for the same arguments.
         """
         context, mode, prefix = self._resolve(
             x,
@@ -209,31 +212,18 @@ class PolynomialMixer(nn.Module):
             dict(context_mask=context_mask, causal=causal, block_size=block_size,
                  block_lengths=block_lengths, cu_seqlens=cu_seqlens, mask=mask),
         )
-        if self._use_fused(prefix, mode, x):
-            cross = None if context is x else context
-            lean = self.implementation == "lean"
-            dtype = _autocast_dtype(x.device.type)
-            if dtype is None:
-                return fused_mix(x, cross, self, mode, lean=lean)
-            # Autocast: run the fused pass in the autocast dtype, as autocast would run the
-            # projections (the casts are differentiable, so fp32 weights get fp32 gradients).
-            with torch.autocast(x.device.type, enabled=False):
-                return fused_mix(x, cross, self, mode, lean=lean, dtype=dtype)
-        return self.select(x, aggregate(self.features(context), mode, prefix))
+        plan = self._plan(x, context, mode, prefix is not None)
+        if plan.form != "autograd":
+            return fused_mix(x, None if context is x else context, self.weights(), self.spec, mode, plan)
+        return self.select(x, aggregate(self.features(context), mode, prefix, backend=plan.aggregation_backend))
 
-    def _use_fused(self, prefix, mode: ContextMode, x: torch.Tensor) -> bool:
-        if self.implementation == "autograd" or prefix is not None:
-            return False
-        if self.implementation == "fused" and mode.kind == "causal" and x.is_cuda:
-            # On a GPU the autograd form with the Triton scan is faster and keeps less than
-            # the fused form's per-token (B, N, F) float32 states (H200, bench_gpu.py).
-            return False
-        try:
-            if torch.compiler.is_compiling():
-                return False
-        except AttributeError:  # pragma: no cover
-            pass
-        return True
+    def execution_plan(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
+                       state: MixerState | None = None, **context_kwargs) -> ExecutionPlan:
+        """The :class:`~polymixer.ops.plan.ExecutionPlan` that ``self(x, context, state=state,
+        **context_kwargs)`` runs now (with the current autocast state): its form, whether
+        it runs chunked and compiled, its aggregation backend, and why."""
+        context, mode, prefix = self._resolve(x, context, state, context_kwargs)
+        return self._plan(x, context, mode, prefix is not None)
 
     def forward_reference(self, x: torch.Tensor, context: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """The same function as :meth:`forward` through the slow dense-mask loop (test oracle)."""
@@ -241,11 +231,19 @@ class PolynomialMixer(nn.Module):
         return self.select(x, reference_aggregate(self.features(context), mode, x.shape[1]))
 
     # ---------------------------------------------------------------- streaming
-    def init_state(self, batch_size: int, device=None) -> MixerState:
-        """A zero state (float32 sum ``(B, F)`` and count ``(B,)``) for ``batch_size`` sequences."""
+    def init_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> MixerState:
+        """A zero state (sum ``(B, F)`` and count ``(B,)``) for ``batch_size`` sequences.
+
+        dtype: that of the sums; default float64 for a float64 mixer (a float64 stream
+        equals the float64 parallel form to ~1e-12), float32 otherwise (also for bf16/fp16
+        mixers: float32 is the floor). device: default the mixer's.
+        """
+        weight = self.out_proj.weight
         if device is None:
-            device = self.out_proj.weight.device
-        return MixerState.zeros(batch_size, self.state_width, device=device)
+            device = weight.device
+        if dtype is None:
+            dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        return MixerState.zeros(batch_size, self.state_width, device=device, dtype=dtype)
 
     def step(
         self,
@@ -258,24 +256,15 @@ class PolynomialMixer(nn.Module):
 
         Every token of the block reads the state of all earlier tokens plus the whole
         block (spec section 3), so feeding a sequence block by block equals the parallel
-        block-causal forward. ``state`` is not modified. ``context_mask: (B, t)`` leaves
-        padded tokens of the block out of the state.
+        block-causal forward. ``state`` is not modified; the new state keeps its dtype.
+        ``context_mask: (B, t)`` leaves padded tokens of the block out of the state.
+        Plain autograd (the form a streaming state runs).
         """
         if not isinstance(state, MixerState):
             raise TypeError(f"state: expected a MixerState, got {type(state).__name__}")
-        context, mode, prefix = self._resolve(x, None, state, dict(context_mask=context_mask))
-        h = self.features(x)
-        y = self.select(x, aggregate(h, mode, prefix))
-        acc = state.total.dtype
-        hw = h.to(acc)
-        if context_mask is None:
-            added_total = hw.sum(dim=1)
-            added_count = torch.full_like(state.count, float(x.shape[1]))
-        else:
-            w = context_mask.to(acc)
-            added_total = torch.einsum("bn,bnf->bf", w, hw)
-            added_count = w.sum(dim=1)
-        return y, MixerState(state.total + added_total, state.count + added_count)
+        _, mode, _ = self._resolve(x, None, state, dict(context_mask=context_mask))
+        H, total, count = stream_block(self.features(x), mode.context_mask, state.total, state.count)
+        return self.select(x, H), MixerState(total, count)
 
     # ---------------------------------------------------------------- interop
     @classmethod

@@ -15,8 +15,9 @@ __all__ = ["MixerState", "StateCache"]
 class MixerState:
     """The state of one mixer after it has seen some tokens of B sequences.
 
-    ``total: (B, F)`` float32 sum of the features of every token seen, and
-    ``count: (B,)`` float32 number of tokens seen. The state read by new tokens is
+    ``total: (B, F)`` sum of the features of every token seen, and ``count: (B,)``
+    number of tokens seen, both float32 (float64 for a float64 mixer, see
+    :meth:`PolynomialMixer.init_state`). The state read by new tokens is
     ``total / count``; its size does not depend on how many tokens were seen.
     """
 
@@ -49,7 +50,7 @@ class MixerState:
         return self.total / self.count.clamp_min(1).unsqueeze(-1)
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "MixerState":
-        """A copy on another device (the dtype stays float32 unless given)."""
+        """A copy on another device (the dtype stays unless given)."""
         return MixerState(self.total.to(device=device, dtype=dtype), self.count.to(device=device, dtype=dtype))
 
     def clone(self) -> "MixerState":
@@ -92,18 +93,21 @@ class StateCache:
     """One :class:`MixerState` per mixer of a network, keyed by the mixer's module name.
 
     ``StateCache.for_model(model, batch_size)`` makes zero states for every mixer of
-    ``model`` that has an ``init_state`` method (every :class:`PolynomialMixer`).
+    ``model`` that has an ``init_state`` method (every :class:`PolynomialMixer`), each in
+    the dtype its mixer chooses (float64 for a float64 mixer, else float32) unless
+    ``dtype`` is given.
     """
 
     def __init__(self, states: dict[str, MixerState] | None = None):
         self.states: dict[str, MixerState] = dict(states or {})
 
     @classmethod
-    def for_model(cls, model: nn.Module, batch_size: int, device=None) -> "StateCache":
+    def for_model(cls, model: nn.Module, batch_size: int, device=None, dtype: torch.dtype | None = None) -> "StateCache":
         states = {}
         for name, module in model.named_modules():
             if hasattr(module, "init_state") and hasattr(module, "step"):
-                states[name] = module.init_state(batch_size, device=device)
+                kwargs = {} if dtype is None else {"dtype": dtype}
+                states[name] = module.init_state(batch_size, device=device, **kwargs)
         if not states:
             raise ValueError(f"model: {type(model).__name__} has no mixer with a streaming state")
         return cls(states)

@@ -1,31 +1,57 @@
-"""Pure tensor functions of the Polynomial Mixer: features, aggregation modes, references."""
+"""Pure tensor functions of the Polynomial Mixer: features, context modes and their
+aggregations, the fused passes, the execution plan, the dense references."""
 
 from .aggregation import (
+    Segments,
     accumulation_dtype,
-    mean_block_causal,
-    mean_causal,
     mean_dense,
-    mean_full,
     mean_packed,
+    segment_aggregate,
 )
-from .context import ContextMode, aggregate, dense_context_mask, resolve_context
-from .features import power_activation, power_features, product_features
+from .context import (
+    BlockCausal,
+    Causal,
+    ContextMode,
+    Dense,
+    Full,
+    Packed,
+    SegmentMode,
+    aggregate,
+    dense_context_mask,
+    resolve_context,
+)
+from .features import apply_gate, features, gate, power_activation, power_features, product_features
+from .plan import ExecutionPlan, MixerSettings, choose_path
 from .reference import reference_aggregate, reference_mean
+from .spec import MixerSpec, MixerWeights
 
 __all__ = [
     "accumulation_dtype",
-    "mean_full",
-    "mean_causal",
-    "mean_block_causal",
+    "Segments",
+    "segment_aggregate",
     "mean_packed",
     "mean_dense",
     "ContextMode",
+    "SegmentMode",
+    "Full",
+    "Causal",
+    "BlockCausal",
+    "Packed",
+    "Dense",
     "resolve_context",
     "aggregate",
     "dense_context_mask",
+    "MixerSpec",
+    "MixerWeights",
+    "features",
+    "gate",
+    "apply_gate",
     "product_features",
     "power_activation",
     "power_features",
+    "MixerSettings",
+    "ExecutionPlan",
+    "choose_path",
     "reference_mean",
     "reference_aggregate",
 ]

@@ -1,74 +1,46 @@
-"""Token-chunked forward and backward of the mixer in the full, causal and block modes.
+"""The fused/lean passes of the mixer, token-chunked: forward and hand-written backward.
 
-All three modes are *segment* modes: the context tokens of a batch row fall in
-consecutive segments (one segment for the full mode, one per block for the block-causal
-mode, one per token for the causal mode), and query i reads the mean of the features of
-its own segment (full) or of every segment up to its own (causal, block). So the mixer
-is token-local apart from a (B, segments, F) reduction:
-
-* forward: segment sums of the features (chunk by chunk), a prefix over segments, then
-  the gated output chunk by chunk;
-* backward: phase A over query chunks (output projection, gate, the gradient reaching the
-  states, summed per segment), phase B the adjoint of the mean over segments (a reversed
-  prefix), phase C over context chunks (feature derivatives and input projection).
-
+``y = W_o (s(W_s x + b_s) * A(h(W_h c + b_h))) + b_o`` where A is the mode's aggregation.
 Working through the flattened ``B*N`` token rows in chunks keeps every F-wide temporary
-at ``chunk x F`` (in cache on a CPU, and a low peak), and the projections run as chunk
-GEMMs written into their buffers, accumulating the weight gradients (in float32 for low
-precision inputs). The element-wise work of a chunk is one call of
-:class:`polymixer.ops.elementwise.ChunkOps` per phase (compiled on CUDA). Only the
-causal mode has an F-wide segment tensor (one segment per token). Used by
-:class:`polymixer.ops.fused.FusedPolynomialMix`.
+at ``chunk x F`` (in cache on a CPU, and a low peak); the projections run as chunk GEMMs
+written into their buffers, accumulating the weight gradients (in float32 for low
+precision inputs); each chunk's element-wise work is one call of
+:class:`~polymixer.ops.elementwise.ChunkOps` per phase (compiled or not, as planned).
+
+The aggregation comes in two shapes, one per kind of mode:
+
+* **segment modes** (full, causal, block-causal: :class:`~polymixer.ops.aggregation.Segments`):
+  the features are summed per segment chunk by chunk into a (B * segments, F) table, made
+  into the segment states by :func:`~polymixer.ops.aggregation.segment_means`; a query
+  reads its segment's row. Backward: phase A over query chunks (output projection, gate,
+  the gradient reaching the states, summed per segment), phase B the adjoint of the mean
+  (:func:`~polymixer.ops.aggregation.segment_means_adjoint`), phase C over context chunks
+  (feature derivatives and input projection). Only the causal mode has an F-wide table
+  (one segment per token).
+* **other modes** (packed, dense): the features of the whole context, the mode's own
+  aggregation (:meth:`~polymixer.ops.context.ContextMode.aggregate`) to a (B * M, F) table
+  of per-query states, and its autograd as the adjoint in phase B; phases A and C and the
+  output are chunked as above, with one table row per token.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from .elementwise import chunk_ops
+from .aggregation import Segments, segment_counts, segment_means, segment_means_adjoint
+from .elementwise import ChunkOps
+from .spec import MixerSpec, MixerWeights
 
-__all__ = ["chunk_rows", "Segments", "segments_of", "segment_forward", "segment_backward"]
-
-
-def chunk_rows(width: int, device=None) -> int:
-    """Token rows per chunk: one F-wide float32 chunk of about 4 MB on CPU (it stays in
-    cache), 256 MB on a GPU (few large kernels; launches, not caches, are the cost)."""
-    if device is not None and torch.device(device).type == "cuda":
-        return max(4096, min(1 << 16, (256 << 20) // (4 * max(width, 1))))
-    return max(256, min(8192, (4 << 20) // (4 * max(width, 1))))
+__all__ = ["mix_forward", "mix_backward"]
 
 
-@dataclass
-class Segments:
-    """Segment of every token of a row: ``ids (N,)`` long, ``count`` segments, ``prefix``
-    True when a query reads every segment up to its own (causal, block), False when it
-    reads its own only (full: one segment)."""
-
-    ids: torch.Tensor | None  # None: segment = token index (causal)
-    count: int
-    prefix: bool
-
-
-def segments_of(mode, num_tokens: int, device) -> Segments:
-    """The :class:`Segments` of a full, causal or block ``ContextMode``."""
-    if mode.kind == "full":
-        return Segments(torch.zeros(num_tokens, dtype=torch.long, device=device), 1, False)
-    if mode.kind == "causal":
-        return Segments(None, num_tokens, True)
-    if mode.kind == "block":
-        return Segments(mode.block_ids.to(device), mode.num_blocks, True)
-    raise ValueError(f"no segment form for the {mode.kind} context mode")
-
-
-def _chunks(seg: Segments, batch: int, tokens: int, step: int):
+def _chunks(seg: Segments | None, batch: int, tokens: int, step: int):
     """``(start, stop)`` ranges of at most ``step`` flattened token rows. In the full mode
     a chunk never crosses a batch row unless it holds whole rows (so its states are one
     row of the table per batch row, see :class:`_Rows`)."""
     total = batch * tokens
-    if seg.ids is None or seg.count != 1 or tokens == 0:
+    if seg is None or not seg.shared or tokens == 0:
         return [(a, min(a + step, total)) for a in range(0, total, step)]
     if tokens <= step:  # whole batch rows per chunk
         rows = (step // tokens) * tokens
@@ -79,10 +51,9 @@ def _chunks(seg: Segments, batch: int, tokens: int, step: int):
 
 
 class _Rows:
-    """How the token rows ``start:stop`` of a chunk map to a flattened (B * segments, F)
-    table of states.
+    """How the token rows ``start:stop`` of a chunk map to a flattened (B * rows, F) table.
 
-    * causal: one segment per token, the table rows are the token rows (``slice``);
+    * one table row per token (causal, and the whole-tensor modes: ``seg`` None): ``slice``;
     * full: the chunk covers whole batch rows or part of one (see :func:`_chunks`); its
       element-wise work runs on ``(nb, t / nb, .)`` views and reads ``table[b0:b1]`` as
       ``(nb, 1, F)`` (``group``): no per-token copy of the states, sums without atomics;
@@ -90,11 +61,11 @@ class _Rows:
       or a segmented reduction over the consecutive ids (GPU: no atomics).
     """
 
-    def __init__(self, seg: Segments, tokens: int, start: int, stop: int, device):
+    def __init__(self, seg: Segments | None, tokens: int, start: int, stop: int, device):
         self.slice = self.group = self.ids = None
-        if seg.ids is None:
+        if seg is None or seg.per_token:
             self.slice = slice(start, stop)
-        elif seg.count == 1:
+        elif seg.shared:
             b0, b1 = start // tokens, (stop - 1) // tokens + 1
             self.group = (b0, b1)
         else:
@@ -125,7 +96,7 @@ class _Rows:
         return self.group is not None
 
     def add(self, table: torch.Tensor, values: torch.Tensor) -> None:
-        """``table[segment of token] += values``; values already summed per batch row for
+        """``table[row of token] += values``; values already summed per batch row for
         group chunks (``(nb, F)``), per token otherwise (``(t, F)``)."""
         if self.slice is not None:
             table[self.slice] += values
@@ -138,16 +109,6 @@ class _Rows:
             table.index_add_(0, self.ids, values.to(table.dtype))
 
 
-def _segment_counts(seg: Segments, batch: int, tokens: int, weights, acc, device) -> torch.Tensor:
-    """(B, segments) number of context tokens each query's set holds (prefix when seg.prefix)."""
-    w = torch.ones(batch, tokens, dtype=acc, device=device) if weights is None else weights.view(batch, tokens)
-    if seg.ids is None:
-        counts = w
-    else:
-        counts = w.new_zeros(batch, seg.count).index_add_(1, seg.ids, w)
-    return counts.cumsum(dim=1) if seg.prefix else counts
-
-
 def _project(inp, weight, bias, out=None):
     """``inp @ weight.T + bias``, written into ``out`` (a contiguous row slice) if given."""
     if out is None:
@@ -157,96 +118,152 @@ def _project(inp, weight, bias, out=None):
     return torch.addmm(bias, inp, weight.t(), out=out)
 
 
-def segment_forward(variant: str, degree: int, seg: Segments, x, c, w_h, b_h, coeff, w_s, b_s, w_o, b_o,
-                    context_mask, keep_projections: bool):
-    """Forward pass. Returns ``(y, state, u, z)``: state ``(B * segments, F)`` (float32),
-    u and z the two projections as rows when ``keep_projections`` (else None)."""
-    ctx_in = x if c is None else c
-    B, N, _ = ctx_in.shape
-    M = x.shape[1]
-    c2, x2 = ctx_in.reshape(B * N, -1), x.reshape(B * M, -1)
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    w2 = None if context_mask is None else context_mask.reshape(B * N).to(acc)
-    ops = chunk_ops(x.device, B * max(N, M))
-    u_all = torch.empty(B * N, w_h.shape[0], dtype=x.dtype, device=x.device) if keep_projections else None
-    state = _state_table(ops, variant, degree, seg, c2, B, N, w_h, b_h, coeff, None, u_all, w2, acc)
-    width = state.shape[-1]
-    y = torch.empty(B * M, w_o.shape[0], dtype=x.dtype, device=x.device)
-    z_all = torch.empty(B * M, w_s.shape[0], dtype=x.dtype, device=x.device) if keep_projections else None
-    for start, stop in _chunks(seg, B, M, chunk_rows(width, x.device)):
-        rows = _Rows(seg, M, start, stop, x.device)
-        z_c = _project(x2[start:stop], w_s, b_s, None if z_all is None else z_all[start:stop])
-        gated = rows.flat(ops.gated(variant, rows.view(z_c), rows.read(state), width))
-        _project(gated, w_o, b_o, y[start:stop])
-    return y.view(B, M, -1), state, u_all, z_all
+def _add_mm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``out += a @ b``: in place when the dtypes agree, else through a product in a/b's dtype."""
+    if out.dtype == a.dtype:
+        out.addmm_(a, b)
+    else:
+        out += a @ b
 
 
-def segment_backward(variant: str, degree: int, seg: Segments, dy, x, c, w_h, b_h, coeff, w_s, b_s, w_o, has_b_o,
-                     state, u_all, z_all, context_mask):
-    """Backward pass; ``state`` is the forward's (B * segments, F) table or None (recomputed
-    from the features); u_all/z_all the kept projections or None (lean: recomputed).
+class _Call:
+    """The shapes and flattened views of one call, shared by the forward and backward."""
 
-    Returns ``(d_x, d_c, d_w_h, d_b_h, d_coeff, d_w_s, d_b_s, d_w_o, d_b_o)``.
+    def __init__(self, mode, x, c, chunk_rows: int):
+        self.ctx_in = x if c is None else c
+        self.B, self.N, _ = self.ctx_in.shape
+        self.M = x.shape[1]
+        self.c2 = self.ctx_in.reshape(self.B * self.N, -1)
+        self.x2 = x.reshape(self.B * self.M, -1)
+        self.acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        self.mode, self.chunk = mode, chunk_rows
+        self.seg = mode.segments(self.N)
+        # Segment modes apply the padding weights themselves; the others' aggregation does.
+        mask = mode.context_mask if self.seg is not None else None
+        self.w2 = None if mask is None else mask.reshape(self.B * self.N).to(self.acc)
+
+    def rows(self, tokens: int):
+        for start, stop in _chunks(self.seg, self.B, tokens, self.chunk):
+            yield start, stop, _Rows(self.seg, tokens, start, stop, self.x2.device)
+
+    def counts(self) -> torch.Tensor:
+        w = None if self.w2 is None else self.w2.view(self.B, self.N)
+        return segment_counts(self.seg, w, self.N, self.acc, self.x2.device)
+
+    def state_table(self, ops: ChunkOps, weights: MixerWeights, u_in, u_out) -> torch.Tensor:
+        """The states the queries read, as a table: ``(B * segments, F)`` (segment modes)
+        or ``(B * M, F)`` (one row per query). ``u_in``: the kept projection rows to reuse,
+        or None (computed); ``u_out``: a buffer to keep them in."""
+        w_h, b_h, coeff = weights.w_h, weights.b_h, weights.coeff
+        width = w_h.shape[0]  # F for both variants (product: k parts of e*D; power: e*D)
+        if self.seg is None:
+            u = u_in if u_in is not None else _project(self.c2, w_h, b_h, u_out)
+            h = ops.features(u, coeff, None).view(self.B, self.N, -1)
+            return self.mode.aggregate(h).reshape(self.B * self.M, -1)
+        seg = self.seg
+        total = torch.zeros(self.B * seg.count, width, dtype=self.acc, device=self.c2.device)
+        for start, stop, rows in self.rows(self.N):
+            if u_in is not None:
+                u_c = u_in[start:stop]
+            else:
+                u_c = _project(self.c2[start:stop], w_h, b_h, None if u_out is None else u_out[start:stop])
+            w_c = None if self.w2 is None else rows.view(self.w2[start:stop])
+            if rows.sums_rows:
+                rows.add(total, ops.feature_sum(rows.view(u_c), coeff, w_c, self.acc))
+            else:
+                rows.add(total, ops.features(u_c, coeff, w_c).to(self.acc))
+        state = segment_means(seg, total.view(self.B, seg.count, width), self.counts(), inplace=True)
+        return state.view(self.B * seg.count, width)
+
+
+def mix_forward(spec: MixerSpec, mode, x: torch.Tensor, c: torch.Tensor | None, weights: MixerWeights,
+                ops: ChunkOps, chunk_rows: int, keep_projections: bool):
+    """Forward pass: x (B, M, D) queries, c (B, N, D) context or None (self-mixing).
+
+    Returns ``(y, state, u, z)``: y (B, M, D); the state table when it is worth keeping
+    for the backward pass (segment modes with fewer than N/4 segments), else None; u and
+    z the two projections' rows when ``keep_projections`` (else None).
     """
-    ctx_in = x if c is None else c
-    B, N, _ = ctx_in.shape
-    M = x.shape[1]
-    c2, x2, dy2 = ctx_in.reshape(B * N, -1), x.reshape(B * M, -1), dy.reshape(B * M, -1)
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    w2 = None if context_mask is None else context_mask.reshape(B * N).to(acc)
-    ops = chunk_ops(x.device, B * max(N, M))
-    if state is None:  # recompute the per-segment states from the (kept or recomputed) projections
-        state = _state_table(ops, variant, degree, seg, c2, B, N, w_h, b_h, coeff, u_all, None, w2, acc)
+    call = _Call(mode, x, c, chunk_rows)
+    w_s, b_s, w_o, b_o = weights.w_s, weights.b_s, weights.w_o, weights.b_o
+    u_all = torch.empty(call.B * call.N, weights.w_h.shape[0], dtype=x.dtype, device=x.device) if keep_projections else None
+    state = call.state_table(ops, weights, None, u_all)
+    y = torch.empty(call.B * call.M, w_o.shape[0], dtype=x.dtype, device=x.device)
+    z_all = torch.empty(call.B * call.M, w_s.shape[0], dtype=x.dtype, device=x.device) if keep_projections else None
+    for start, stop, rows in call.rows(call.M):
+        z_c = _project(call.x2[start:stop], w_s, b_s, None if z_all is None else z_all[start:stop])
+        gated = rows.flat(ops.gated(rows.view(z_c), rows.read(state)))
+        _project(gated, w_o, b_o, y[start:stop])
+    # Keep the segment states unless there is about one per token (causal): then they
+    # are F-wide and the backward pass recomputes them (as it does the per-query states).
+    if call.seg is None or 4 * call.seg.count > call.N:
+        state = None
+    return y.view(call.B, call.M, -1), state, u_all, z_all
+
+
+def mix_backward(spec: MixerSpec, mode, dy: torch.Tensor, x: torch.Tensor, c: torch.Tensor | None,
+                 weights: MixerWeights, ops: ChunkOps, chunk_rows: int, state, u_all, z_all):
+    """Backward pass; ``state``, ``u_all``, ``z_all`` as returned by :func:`mix_forward`
+    (None: recomputed). Returns the gradients ``(d_x, d_c, *d_weights)`` in the order of
+    :class:`~polymixer.ops.spec.MixerWeights`.
+    """
+    call = _Call(mode, x, c, chunk_rows)
+    w_h, b_h, coeff, w_s, b_s, w_o, b_o = weights
+    B, N, M, acc, x2 = call.B, call.N, call.M, call.acc, call.x2
+    dy2 = dy.reshape(B * M, -1)
+    if state is None:  # recompute the states from the (kept or recomputed) projections
+        state = call.state_table(ops, weights, u_all, None)
     width = state.shape[-1]
     # Weight gradients accumulate over chunks in float32 (float64) whatever the compute dtype.
     d_w_o = torch.zeros(w_o.shape, dtype=acc, device=x.device)
-    d_b_o = dy2.sum(dim=0, dtype=acc) if has_b_o else None
+    d_b_o = dy2.sum(dim=0, dtype=acc) if b_o is not None else None
     d_w_s = torch.zeros(w_s.shape, dtype=acc, device=x.device)
     d_b_s = torch.zeros(b_s.shape, dtype=acc, device=x.device) if b_s is not None else None
-    d_seg = torch.zeros(B * seg.count, width, dtype=acc, device=x.device)
+    d_table = torch.zeros(state.shape, dtype=acc, device=x.device)
     d_x2 = torch.empty_like(x2)
     # Phase A: the gate side, over query rows.
-    for start, stop in _chunks(seg, B, M, chunk_rows(width, x.device)):
-        rows = _Rows(seg, M, start, stop, x.device)
+    for start, stop, rows in call.rows(M):
         x_c = x2[start:stop]
         z_c = z_all[start:stop] if z_all is not None else F.linear(x_c, w_s, b_s)
         dy_c = dy2[start:stop]
         d_gated = dy_c @ w_o  # (t, F)
-        gated, d_state, d_z = ops.gate_backward(variant, rows.view(z_c), rows.read(state), rows.view(d_gated),
-                                                width, rows.sums_rows, acc)
+        gated, d_state, d_z = ops.gate_backward(rows.view(z_c), rows.read(state), rows.view(d_gated),
+                                                rows.sums_rows, acc)
         del d_gated
         _add_mm(d_w_o, dy_c.t(), rows.flat(gated))
         del gated
-        rows.add(d_seg, d_state)
+        rows.add(d_table, d_state)
         d_z = rows.flat(d_z)
         torch.mm(d_z, w_s, out=d_x2[start:stop])
         _add_mm(d_w_s, d_z.t(), x_c)
         if d_b_s is not None:
             d_b_s += d_z.sum(dim=0, dtype=acc)
-    # Phase B: adjoint of the mean: divide by the counts, reversed prefix over segments.
-    # (The states are not needed any more: with one segment per token (causal) they and
-    # d_seg are F-wide, so at most two such tensors are alive at once from here.)
+    # Phase B: the adjoint of the aggregation. (The states are not needed any more: with
+    # one table row per token they and d_table are F-wide, so at most two such tensors
+    # are alive at once from here.)
     state = None
-    counts = _segment_counts(seg, B, N, w2, acc, x.device)
-    g = d_seg.view(B, seg.count, width).div_(counts.clamp_min(1).unsqueeze(-1))
-    del d_seg
-    if seg.prefix:
-        g = g.flip(1)
-        g = g.cumsum_(dim=1).flip(1)
-    g = g.reshape(B * seg.count, width)
+    dh_dtype = torch.float32 if x.dtype == torch.float16 else x.dtype  # (fp16 features: float32)
+    if call.seg is not None:
+        g = segment_means_adjoint(call.seg, d_table.view(B, call.seg.count, width), call.counts())
+        g = g.reshape(B * call.seg.count, width)
+    else:  # the mode's own aggregation is linear in h: its autograd is the adjoint
+        with torch.enable_grad():
+            h = torch.zeros(B, N, width, dtype=dh_dtype, device=x.device, requires_grad=True)
+            out = mode.aggregate(h)
+            (g,) = torch.autograd.grad(out, h, d_table.view(out.shape).to(out.dtype))
+        g = g.reshape(B * N, width)
+    del d_table
     # Phase C: the feature side, over context rows.
     d_w_h = torch.zeros(w_h.shape, dtype=acc, device=x.device)
     d_b_h = torch.zeros(b_h.shape, dtype=acc, device=x.device) if b_h is not None else None
     d_coeff = torch.zeros(coeff.shape, dtype=acc, device=x.device) if coeff is not None else None
-    d_c2 = d_x2 if c is None else torch.empty_like(c2)
-    for start, stop in _chunks(seg, B, N, chunk_rows(w_h.shape[0], x.device)):
-        rows = _Rows(seg, N, start, stop, x.device)
-        c_c = c2[start:stop]
+    d_c2 = d_x2 if c is None else torch.empty_like(call.c2)
+    for start, stop, rows in call.rows(N):
+        c_c = call.c2[start:stop]
         u_c = u_all[start:stop] if u_all is not None else F.linear(c_c, w_h, b_h)
-        # (float16 keeps float32: the feature derivatives are taken in float32 there)
-        dh = rows.read(g).to(torch.float32 if u_c.dtype == torch.float16 else u_c.dtype)
-        w_c = None if w2 is None else rows.view(w2[start:stop])
-        du_parts, d_coeff_c = ops.feature_backward(variant, degree, rows.view(u_c), coeff, dh, w_c)
+        dh = rows.read(g).to(dh_dtype)
+        w_c = None if call.w2 is None else rows.view(call.w2[start:stop])
+        du_parts, d_coeff_c = ops.feature_backward(rows.view(u_c), coeff, dh, w_c)
         if d_coeff_c is not None:
             d_coeff += d_coeff_c.to(acc)
         row, d_out = 0, d_c2[start:stop]
@@ -263,42 +280,9 @@ def segment_backward(variant: str, degree: int, seg: Segments, dy, x, c, w_h, b_
             row += part.shape[-1]
     d_x = d_x2.view_as(x)
     d_c = None if c is None else d_c2.view_as(c)
-    if d_coeff is not None:
-        d_coeff = d_coeff.to(coeff.dtype)
-    d_w_h, d_w_s, d_w_o = d_w_h.to(w_h.dtype), d_w_s.to(w_s.dtype), d_w_o.to(w_o.dtype)
-    d_b_h = None if d_b_h is None else d_b_h.to(b_h.dtype)
-    d_b_s = None if d_b_s is None else d_b_s.to(b_s.dtype)
-    d_b_o = None if d_b_o is None else d_b_o.to(w_o.dtype)
-    return d_x, d_c, d_w_h, d_b_h, d_coeff, d_w_s, d_b_s, d_w_o, d_b_o
 
+    def back(g, like):
+        return None if g is None else g.to(like.dtype)
 
-def _add_mm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """``out += a @ b``: in place when the dtypes agree, else through a product in a/b's dtype."""
-    if out.dtype == a.dtype:
-        out.addmm_(a, b)
-    else:
-        out += a @ b
-
-
-def _state_table(ops, variant, degree, seg, c2, batch, tokens, w_h, b_h, coeff, u_in, u_out, w2, acc):
-    """``(B * segments, F)`` mean state of every segment (prefix over segments when
-    ``seg.prefix``), from the context rows ``c2`` chunk by chunk. ``u_in``: the kept
-    projection rows to reuse, or None (computed); ``u_out``: a buffer to keep them in."""
-    width = w_h.shape[0]  # F for both variants (product: k parts of e*D; power: e*D)
-    total = torch.zeros(batch * seg.count, width, dtype=acc, device=c2.device)
-    for start, stop in _chunks(seg, batch, tokens, chunk_rows(width, c2.device)):
-        rows = _Rows(seg, tokens, start, stop, c2.device)
-        if u_in is not None:
-            u_c = u_in[start:stop]
-        else:
-            u_c = _project(c2[start:stop], w_h, b_h, None if u_out is None else u_out[start:stop])
-        w_c = None if w2 is None else rows.view(w2[start:stop])
-        if rows.sums_rows:
-            rows.add(total, ops.feature_sum(variant, degree, rows.view(u_c), coeff, w_c, acc))
-        else:
-            rows.add(total, ops.features(variant, degree, u_c, coeff, w_c).to(acc))
-    state = total.view(batch, seg.count, width)
-    if seg.prefix:
-        state.cumsum_(dim=1)
-    counts = _segment_counts(seg, batch, tokens, w2, acc, c2.device)
-    return state.div_(counts.clamp_min(1).unsqueeze(-1)).view(batch * seg.count, width)
+    return (d_x, d_c, back(d_w_h, w_h), back(d_b_h, b_h), back(d_coeff, coeff), back(d_w_s, w_s),
+            back(d_b_s, b_s), back(d_w_o, w_o), back(d_b_o, w_o))

@@ -1,8 +1,17 @@
-"""Context modes: argument checking, dispatch to the O(N) aggregations, dense masks.
+"""Context modes: which context tokens ``C_i`` each query i reads (spec section 2).
 
-A *context mode* says which context tokens ``C_i`` each query i reads (spec section 2).
-The same keyword arguments are accepted by every mixer of the package
-(:class:`polymixer.PolynomialMixer`, :class:`polymixer.MultiHeadAttention`):
+A context mode is a small frozen object, one class per mode, that owns its aggregation
+(the PyTorch form, :meth:`ContextMode.aggregate`) and its dense (B, M, N) mask (the test
+oracle, :meth:`ContextMode.dense_mask`). The modes whose context sets are prefixes of
+*segments* (:class:`Full`, :class:`Causal`, :class:`BlockCausal`, all subclasses of
+:class:`SegmentMode`) also give their :class:`~polymixer.ops.aggregation.Segments`: from
+them the token-chunked fused pass, the Triton kernels and the streaming state work with no
+further code per mode. A new mode is a new class here (and its test): a segment mode gets
+every path; any other mode runs the fused pass with its aggregation on whole tensors.
+
+The keyword arguments accepted by every mixer of the package
+(:class:`polymixer.PolynomialMixer`, :class:`polymixer.MultiHeadAttention`) are turned into
+a mode by :func:`resolve_context`:
 
 ``context_mask``  (B, N) bool, True where a context token is real (padding mask).
 ``causal``        query i reads tokens j <= i (with ``cu_seqlens``: inside its sequence).
@@ -15,32 +24,154 @@ The same keyword arguments are accepted by every mixer of the package
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 
 from . import aggregation as agg
-from .aggregation import _compiling
+from .aggregation import Segments, _compiling
 
-__all__ = ["ContextMode", "resolve_context", "aggregate", "dense_context_mask"]
+__all__ = [
+    "ContextMode", "SegmentMode", "Full", "Causal", "BlockCausal", "Packed", "Dense",
+    "resolve_context", "aggregate", "dense_context_mask",
+]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ContextMode:
-    """A validated context mode (see the module docstring)."""
+    """Base of the context modes. ``context_mask: (B, N)`` bool padding mask or None.
 
-    kind: str  # "full", "causal", "block", "packed", "dense"
+    ``kind`` names the mode (in messages); ``streamable`` says whether a streaming state
+    (tokens seen before, read by every query) can be combined with it.
+    """
+
+    kind: ClassVar[str] = "mode"
+    streamable: ClassVar[bool] = False
     context_mask: torch.Tensor | None = None
-    block_ids: torch.Tensor | None = None
-    num_blocks: int = 0
-    cu_seqlens: torch.Tensor | None = None
-    causal: bool = False
-    mask: torch.Tensor | None = None
 
     @property
     def shared_state(self) -> bool:
-        """True when every query reads the same state (output rows of aggregate: 1)."""
-        return self.kind == "full"
+        """True when every query reads the same state (aggregate returns (B, 1, F))."""
+        return False
+
+    def segments(self, num_context: int) -> Segments | None:
+        """The segment form of the mode (see :mod:`polymixer.ops.aggregation`), or None."""
+        return None
+
+    def aggregate(self, h: torch.Tensor, stream=None) -> torch.Tensor:
+        """The PyTorch form: h (B, N, F) -> (B, 1 or M, F) in the accumulation dtype."""
+        raise NotImplementedError
+
+    def allowed(self, num_queries: int, num_context: int, device=None) -> torch.Tensor:
+        """(M, N) bool: ``j in C_i`` before padding, written from the spec's definition."""
+        raise NotImplementedError
+
+    def dense_mask(self, batch: int, num_queries: int, num_context: int, device=None) -> torch.Tensor:
+        """The (B, M, N) bool mask ``M[b, i, j] = (j in C_i)``, O(M*N): the test oracle."""
+        m = self.allowed(num_queries, num_context, device).unsqueeze(0).expand(batch, -1, -1)
+        if self.context_mask is not None:
+            m = m & self.context_mask.to(device).unsqueeze(1)
+        return m
+
+
+def _token_index(num_queries: int, num_context: int, device):
+    return torch.arange(num_queries, device=device).view(-1, 1), torch.arange(num_context, device=device).view(1, -1)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class SegmentMode(ContextMode):
+    """A mode whose context sets are built from segments: O(N), streamable."""
+
+    streamable: ClassVar[bool] = True
+
+    def aggregate(self, h: torch.Tensor, stream=None) -> torch.Tensor:
+        """stream: optional ``(total (B, F), count (B,))`` of tokens seen before."""
+        return agg.segment_aggregate(h, self.segments(h.shape[1]), self.context_mask, stream)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Full(SegmentMode):
+    """Every query reads every (unpadded) context token."""
+
+    kind: ClassVar[str] = "full"
+
+    @property
+    def shared_state(self) -> bool:
+        return True
+
+    def segments(self, num_context: int) -> Segments:
+        return Segments(None, 1, prefix=False)
+
+    def allowed(self, num_queries, num_context, device=None):
+        return torch.ones(num_queries, num_context, dtype=torch.bool, device=device)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Causal(SegmentMode):
+    """Query i reads the tokens j <= i."""
+
+    kind: ClassVar[str] = "causal"
+
+    def segments(self, num_context: int) -> Segments:
+        return Segments(None, num_context, prefix=True)
+
+    def allowed(self, num_queries, num_context, device=None):
+        i, j = _token_index(num_queries, num_context, device)
+        return j <= i
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class BlockCausal(SegmentMode):
+    """Query i reads the tokens of its own block and of every earlier block.
+
+    block_ids: (N,) non-decreasing block of every token; num_blocks: their number.
+    """
+
+    kind: ClassVar[str] = "block"
+    block_ids: torch.Tensor
+    num_blocks: int
+
+    def segments(self, num_context: int) -> Segments:
+        return Segments(self.block_ids, self.num_blocks, prefix=True)
+
+    def allowed(self, num_queries, num_context, device=None):
+        ids = self.block_ids.to(device)
+        return ids.view(1, -1) <= ids.view(-1, 1)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Packed(ContextMode):
+    """Packed sequences ``cu_seqlens: (S + 1,)``: query i reads the tokens of its own
+    sequence (those j <= i when ``causal``)."""
+
+    kind: ClassVar[str] = "packed"
+    cu_seqlens: torch.Tensor
+    causal: bool = False
+
+    def aggregate(self, h: torch.Tensor, stream=None) -> torch.Tensor:
+        return agg.mean_packed(h, self.cu_seqlens, self.causal, self.context_mask)
+
+    def allowed(self, num_queries, num_context, device=None):
+        seq = agg.segment_ids_from_cu_seqlens(self.cu_seqlens.to(device))
+        m = seq.view(1, -1) == seq.view(-1, 1)
+        if self.causal:
+            i, j = _token_index(num_queries, num_context, device)
+            m = m & (j <= i)
+        return m
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Dense(ContextMode):
+    """Query i reads the tokens j with ``mask[b, i, j]``: (B, M, N) bool, O(M*N)."""
+
+    kind: ClassVar[str] = "dense"
+    mask: torch.Tensor
+
+    def aggregate(self, h: torch.Tensor, stream=None) -> torch.Tensor:
+        return agg.mean_dense(h, self.mask)
+
+    def dense_mask(self, batch, num_queries, num_context, device=None):
+        return self.mask.to(device)
 
 
 def _check_bool_like(name: str, t: torch.Tensor) -> None:
@@ -66,7 +197,7 @@ def resolve_context(
     mask: torch.Tensor | None = None,
     device: torch.device | None = None,
 ) -> ContextMode:
-    """Validate the context-mode arguments and return a :class:`ContextMode`.
+    """Validate the context-mode keyword arguments and return the typed :class:`ContextMode`.
 
     batch, num_queries (M), num_context (N): the sizes of the call. Raises ValueError or
     TypeError naming the argument before any heavy work.
@@ -115,7 +246,7 @@ def resolve_context(
                 f"mask: expected shape (B, M, N) = ({batch}, {num_queries}, {num_context}) "
                 f"or (M, N), got {tuple(mask.shape)}"
             )
-        return ContextMode("dense", mask=mask.bool())
+        return Dense(mask=mask.bool())
 
     if block_size is not None:
         if isinstance(block_size, bool) or not isinstance(block_size, int):
@@ -124,7 +255,7 @@ def resolve_context(
             raise ValueError(f"block_size: expected >= 1, got {block_size}")
         ids = agg.block_ids_from_size(num_context, block_size, device=device)
         num_blocks = -(-num_context // block_size)
-        return ContextMode("block", context_mask=context_mask, block_ids=ids, num_blocks=num_blocks)
+        return BlockCausal(block_ids=ids, num_blocks=num_blocks, context_mask=context_mask)
 
     if block_lengths is not None:
         lengths = torch.as_tensor(block_lengths)
@@ -138,7 +269,7 @@ def resolve_context(
                     f"got {values}"
                 )
         ids = agg.block_ids_from_lengths(lengths, device=device)
-        return ContextMode("block", context_mask=context_mask, block_ids=ids, num_blocks=lengths.numel())
+        return BlockCausal(block_ids=ids, num_blocks=lengths.numel(), context_mask=context_mask)
 
     if cu_seqlens is not None:
         if not isinstance(cu_seqlens, torch.Tensor):
@@ -158,67 +289,44 @@ def resolve_context(
                 )
             if any(b < a for a, b in zip(values[:-1], values[1:])):
                 raise ValueError(f"cu_seqlens: expected non-decreasing values, got {values}")
-        return ContextMode(
-            "packed", context_mask=context_mask, cu_seqlens=cu_seqlens.to(device=device, dtype=torch.long), causal=causal
-        )
+        return Packed(cu_seqlens=cu_seqlens.to(device=device, dtype=torch.long), causal=causal,
+                      context_mask=context_mask)
 
     if causal:
-        return ContextMode("causal", context_mask=context_mask)
-    if context_mask is not None:
-        return ContextMode("full", context_mask=context_mask)
-    return ContextMode("full")
+        return Causal(context_mask=context_mask)
+    return Full(context_mask=context_mask)
 
 
-def aggregate(h: torch.Tensor, mode: ContextMode, prefix=None) -> torch.Tensor:
+def aggregate(h: torch.Tensor, mode: ContextMode, prefix=None, backend: str = "auto") -> torch.Tensor:
     """The state each query reads: ``(B, 1, F)`` for the full mode, ``(B, M, F)`` otherwise.
 
     h: (B, N, F) context features; prefix: optional ``(total (B, F), count (B,))`` of
-    tokens seen before, read by every query (full, causal and block modes only).
-    Float32 (float64 for float64 input).
+    tokens seen before, read by every query (streamable modes only). Float32 (float64 for
+    float64 input). backend: ``"torch"`` (:meth:`ContextMode.aggregate`), ``"triton"``
+    (:func:`polymixer.ops.triton.triton_aggregate`, segment modes), or ``"auto"``:
+    as :func:`polymixer.ops.plan.aggregation_backend` decides with the default settings
+    (Triton for CUDA tensors of the segment modes when Triton is installed).
     """
-    if prefix is not None and mode.kind not in ("full", "causal", "block"):
+    if prefix is not None and not mode.streamable:
         raise ValueError(f"a streaming state cannot be combined with the {mode.kind} context mode")
-    if prefix is None and h.is_cuda and mode.kind in ("full", "causal", "block") and not _compiling():
-        from .triton import triton_aggregate, triton_available  # optional: Triton may be absent
-        if triton_available(h) and h.dtype in (torch.float32, torch.bfloat16, torch.float16):
-            return triton_aggregate(h, mode)
-    if mode.kind == "full":
-        return agg.mean_full(h, mode.context_mask, prefix)
-    if mode.kind == "causal":
-        return agg.mean_causal(h, mode.context_mask, prefix)
-    if mode.kind == "block":
-        return agg.mean_block_causal(h, mode.block_ids, mode.num_blocks, mode.context_mask, prefix)
-    if mode.kind == "packed":
-        return agg.mean_packed(h, mode.cu_seqlens, mode.causal, mode.context_mask)
-    if mode.kind == "dense":
-        return agg.mean_dense(h, mode.mask)
-    raise ValueError(f"unknown context mode {mode.kind!r}")  # pragma: no cover
+    if backend == "auto":
+        from .plan import aggregation_backend
+
+        backend = aggregation_backend("auto", h, mode, streaming=prefix is not None)[0]
+    if backend == "triton":
+        if prefix is not None:
+            raise ValueError("backend: the Triton kernels take no streaming state")
+        from .triton import triton_aggregate
+
+        return triton_aggregate(h, mode)
+    if backend != "torch":
+        raise ValueError(f"backend: expected 'auto', 'torch' or 'triton', got {backend!r}")
+    return mode.aggregate(h, prefix)
 
 
 def dense_context_mask(mode: ContextMode, batch: int, num_queries: int, num_context: int, device=None) -> torch.Tensor:
-    """The (B, M, N) bool mask ``M[b, i, j] = (j in C_i)`` of any mode, built from indices.
+    """The (B, M, N) bool mask ``M[b, i, j] = (j in C_i)`` of any mode (:meth:`ContextMode.dense_mask`).
 
     O(M*N): used by the attention module and as the test oracle of the O(N) forms.
     """
-    i = torch.arange(num_queries, device=device).view(-1, 1)
-    j = torch.arange(num_context, device=device).view(1, -1)
-    if mode.kind == "dense":
-        return mode.mask.to(device)
-    if mode.kind == "full":
-        m = torch.ones(num_queries, num_context, dtype=torch.bool, device=device)
-    elif mode.kind == "causal":
-        m = j <= i
-    elif mode.kind == "block":
-        ids = mode.block_ids.to(device)
-        m = ids.view(1, -1) <= ids.view(-1, 1)
-    elif mode.kind == "packed":
-        seg = agg.segment_ids_from_cu_seqlens(mode.cu_seqlens.to(device))
-        m = seg.view(1, -1) == seg.view(-1, 1)
-        if mode.causal:
-            m = m & (j <= i)
-    else:  # pragma: no cover
-        raise ValueError(f"unknown context mode {mode.kind!r}")
-    m = m.unsqueeze(0).expand(batch, -1, -1)
-    if mode.context_mask is not None:
-        m = m & mode.context_mask.to(device).unsqueeze(1)
-    return m
+    return mode.dense_mask(batch, num_queries, num_context, device)

@@ -3,22 +3,20 @@
 Nothing here imports Triton until it is needed: the package works without Triton, and
 :func:`triton_available` is cheap on tensors that are neither on a GPU nor interpreted.
 
-``triton_aggregate(h, mode)`` computes the same state as
-:func:`polymixer.ops.context.aggregate` for the full (optionally padded), causal and
-block-causal modes, with float32 accumulation whatever the dtype of ``h``.
-:func:`polymixer.ops.context.aggregate` dispatches to it on CUDA tensors. On CPU the
-kernels run only under Triton's interpreter (``TRITON_INTERPRET=1``), far too slowly for
-anything but tests, which call :func:`triton_aggregate` directly.
+``triton_aggregate(h, mode)`` computes the same state as the PyTorch form
+(:meth:`polymixer.ops.context.ContextMode.aggregate`) for every segment mode (full,
+optionally padded, causal and block-causal), with float32 accumulation whatever the dtype
+of ``h``; its backward pass is the adjoint written with the same kernels. Whether it runs
+is decided by :func:`polymixer.ops.plan.aggregation_backend` (by default on CUDA
+tensors). On CPU the kernels run only under Triton's interpreter (``TRITON_INTERPRET=1``),
+far too slowly for anything but tests (``MixerSettings(triton="on")``).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["triton_available", "triton_interpreting", "triton_aggregate", "triton_aggregate_adjoint", "TRITON_KINDS"]
-
-#: Context-mode kinds the kernels implement.
-TRITON_KINDS = ("full", "causal", "block")
+__all__ = ["triton_available", "triton_interpreting", "triton_aggregate"]
 
 _IMPORTABLE: bool | None = None
 
@@ -86,24 +84,11 @@ def triton_aggregate(h: torch.Tensor, mode, *, chunk_size: int | None = None) ->
     """``aggregate(h, mode)`` through the Triton kernels (differentiable).
 
     h: (B, N, F) float32/bfloat16/float16 (or float64) context features; mode: a
-    :class:`~polymixer.ops.context.ContextMode` of kind full, causal or block (with an
-    optional ``context_mask``). Returns (B, 1, F) for full and (B, N, F) otherwise, in
+    segment :class:`~polymixer.ops.context.ContextMode` (full, causal or block-causal,
+    with an optional ``context_mask``). Returns (B, 1, F) for full and (B, N, F) otherwise, in
     float32 (float64 for float64 input). chunk_size: tokens walked by one program along
     N (rounded up to the tile height); None picks one that fills the device.
     """
     from .aggregation import triton_aggregate as _impl
 
     return _impl(h, mode, chunk_size=chunk_size)
-
-
-def triton_aggregate_adjoint(d_state: torch.Tensor, mode, num_context: int, h_dtype: torch.dtype, *,
-                             chunk_size: int | None = None) -> torch.Tensor:
-    """The backward of :func:`triton_aggregate`, shaped like ``ops.fused.aggregate_adjoint``.
-
-    d_state: gradient of the state, (B, 1, F) in the full mode or (B, N, F). Returns the
-    gradient of the features ``h: (B, N, F)`` in ``h_dtype`` (computed in float32), or
-    (B, 1, F) (the same for every token) in the full mode without a padding mask.
-    """
-    from .aggregation import triton_aggregate_adjoint as _impl
-
-    return _impl(d_state, mode, num_context, h_dtype, chunk_size=chunk_size)

@@ -47,9 +47,9 @@ import triton
 import triton.language as tl
 
 from .. import aggregation as agg
-from ..context import ContextMode
+from ..aggregation import Segments
 
-__all__ = ["triton_aggregate", "triton_aggregate_adjoint"]
+__all__ = ["triton_aggregate"]
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -314,20 +314,11 @@ def _weights(mask: torch.Tensor | None, acc: torch.dtype) -> torch.Tensor | None
     return None if mask is None else mask.to(acc)
 
 
-def _token_inverse_counts(w, num_tokens, acc, device):
-    """(B or 1, N): 1 / max(count_i, 1), count_i = context tokens of query i (causal)."""
-    if w is None:
-        count = torch.arange(1, num_tokens + 1, dtype=acc, device=device).view(1, -1)
-    else:
-        count = w.cumsum(dim=1)
-    return count.clamp_min(1).reciprocal()
-
-
-def _block_inverse_counts(w, ids, num_blocks, num_tokens, acc, device):
-    """(B or 1, N): 1 / max(count, 1) of each token's block (tokens of all blocks <= it)."""
-    ones = torch.ones(1, num_tokens, dtype=acc, device=device) if w is None else w
-    count = ones.new_zeros((ones.shape[0], num_blocks)).index_add(1, ids, ones).cumsum(dim=1)
-    return count.clamp_min(1).reciprocal().index_select(1, ids)
+def _inverse_counts(seg: Segments, w, num_tokens, acc, device):
+    """(B or 1, N): 1 / max(count, 1) of each token's set (tokens of all segments <= its own):
+    the counts of the PyTorch form, :func:`polymixer.ops.aggregation.segment_counts`."""
+    count = agg.segment_counts(seg, w, num_tokens, acc, device).cumsum(dim=1)
+    return seg.read(count.clamp_min(1).reciprocal().unsqueeze(-1)).squeeze(-1)
 
 
 def _block_edges(ids: torch.Tensor, last: bool) -> torch.Tensor:
@@ -342,136 +333,101 @@ def _block_edges(ids: torch.Tensor, last: bool) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- forward / backward
-def _accumulation(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _forward(h, kind, mask, ids, num_blocks, chunk_size):
+def _forward(h, seg: Segments, mask, chunk_size):
     B, N, F = h.shape
-    acc = _accumulation(h.dtype)
+    acc = agg.accumulation_dtype(h.dtype)
     k = _kernels()
     plan = _Plan(h, B, N, F, chunk_size)
     w = _weights(mask, acc)
-    if kind == "full":
-        count = torch.full((B,), float(N), dtype=acc, device=h.device) if w is None else w.sum(dim=1)
+    if seg.shared:
+        count = agg.segment_counts(seg, w, N, acc, h.device)  # (B or 1, 1)
         total = _chunk_sums(k, plan, h, w, acc).sum(dim=1, keepdim=True)  # (B, 1, F)
-        return total / count.clamp_min(1).view(B, 1, 1)
+        return total / count.clamp_min(1).unsqueeze(-1)
+    inv = _inverse_counts(seg, w, N, acc, h.device)
     out = torch.empty(B, N, F, dtype=acc, device=h.device)
-    if kind == "causal":
-        _scan(k, plan, h, w, _token_inverse_counts(w, N, acc, h.device), out, acc, reverse=False)
+    if seg.per_token:
+        _scan(k, plan, h, w, inv, out, acc, reverse=False)
         return out
     # block: prefix sums read at the last token of each block, then broadcast to its tokens
-    inv = _block_inverse_counts(w, ids, num_blocks, N, acc, h.device)
-    block_state = torch.zeros(B, num_blocks, F, dtype=acc, device=h.device)
-    _scan(k, plan, h, w, inv, block_state, acc, reverse=False, ids=ids, edge=_block_edges(ids, last=True))
-    _gather(k, plan, block_state, ids, None, out)
+    block_state = torch.zeros(B, seg.count, F, dtype=acc, device=h.device)
+    _scan(k, plan, h, w, inv, block_state, acc, reverse=False, ids=seg.ids, edge=_block_edges(seg.ids, last=True))
+    _gather(k, plan, block_state, seg.ids, None, out)
     return out
 
 
-def _backward(d_state, kind, mask, ids, num_blocks, num_tokens, h_dtype, chunk_size):
+def _backward(d_state, seg: Segments, mask, num_tokens, h_dtype, chunk_size):
     B, F = d_state.shape[0], d_state.shape[-1]
     N = num_tokens
-    acc = _accumulation(h_dtype)
+    acc = agg.accumulation_dtype(h_dtype)
     k = _kernels()
     plan = _Plan(d_state, B, N, F, chunk_size)
     w = _weights(mask, acc)
-    if kind == "full":
-        count = torch.full((B,), float(N), dtype=acc, device=d_state.device) if w is None else w.sum(dim=1)
-        g = d_state.to(acc).sum(dim=1, keepdim=True) / count.clamp_min(1).view(B, 1, 1)  # (B, 1, F)
+    if seg.shared:
+        count = agg.segment_counts(seg, w, N, acc, d_state.device)
+        g = d_state.to(acc).sum(dim=1, keepdim=True) / count.clamp_min(1).unsqueeze(-1)  # (B, 1, F)
         if w is None:  # the same gradient for every token: a broadcast view, as PyTorch's sum gives
             return g.to(h_dtype).expand(B, N, F)
         dh = torch.empty(B, N, F, dtype=h_dtype, device=d_state.device)
         _gather(k, plan, g, None, w, dh)
         return dh
+    inv = _inverse_counts(seg, w, N, acc, d_state.device)
     dh = torch.empty(B, N, F, dtype=h_dtype, device=d_state.device)
-    if kind == "causal":
+    if seg.per_token:
         # dh_j = w_j * sum_{i >= j} d_i / count_i: a reversed scan.
-        _scan(k, plan, d_state, _token_inverse_counts(w, N, acc, d_state.device), w, dh, acc, reverse=True)
+        _scan(k, plan, d_state, inv, w, dh, acc, reverse=True)
         return dh
     # block: dh_j = w_j * sum over blocks >= block(j) of (sum of d in the block) / count_block,
     # a reversed scan read at the first token of each block, then broadcast.
-    inv = _block_inverse_counts(w, ids, num_blocks, N, acc, d_state.device)
-    block_grad = torch.zeros(B, num_blocks, F, dtype=acc, device=d_state.device)
-    _scan(k, plan, d_state, inv, None, block_grad, acc, reverse=True, ids=ids, edge=_block_edges(ids, last=False))
-    _gather(k, plan, block_grad, ids, w, dh)
+    block_grad = torch.zeros(B, seg.count, F, dtype=acc, device=d_state.device)
+    _scan(k, plan, d_state, inv, None, block_grad, acc, reverse=True, ids=seg.ids,
+          edge=_block_edges(seg.ids, last=False))
+    _gather(k, plan, block_grad, seg.ids, w, dh)
     return dh
 
 
 class _TritonAggregate(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, kind, mask, ids, num_blocks, chunk_size):
-        ctx.save_for_backward(mask, ids)
-        ctx.kind, ctx.num_blocks, ctx.chunk_size = kind, num_blocks, chunk_size
+    def forward(ctx, h, seg, mask, chunk_size):
+        ctx.save_for_backward(mask)
+        ctx.seg, ctx.chunk_size = seg, chunk_size
         ctx.num_tokens, ctx.h_dtype = h.shape[1], h.dtype
-        return _forward(h, kind, mask, ids, num_blocks, chunk_size)
+        return _forward(h, seg, mask, chunk_size)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_state):
-        mask, ids = ctx.saved_tensors
+        (mask,) = ctx.saved_tensors
         dh = None
         if ctx.needs_input_grad[0]:
-            dh = _backward(d_state, ctx.kind, mask, ids, ctx.num_blocks, ctx.num_tokens, ctx.h_dtype, ctx.chunk_size)
-        return dh, None, None, None, None, None
+            dh = _backward(d_state, ctx.seg, mask, ctx.num_tokens, ctx.h_dtype, ctx.chunk_size)
+        return dh, None, None, None
 
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
-def triton_aggregate(h: torch.Tensor, mode: ContextMode, *, chunk_size: int | None = None) -> torch.Tensor:
+def triton_aggregate(h: torch.Tensor, mode, *, chunk_size: int | None = None) -> torch.Tensor:
     """See :func:`polymixer.ops.triton.triton_aggregate`."""
     if not isinstance(h, torch.Tensor) or h.dim() != 3:
         raise ValueError(f"h: expected a (B, N, F) tensor, got {getattr(h, 'shape', type(h).__name__)}")
     if h.dtype not in _DTYPES:
         raise TypeError(f"h: expected one of {_DTYPES}, got dtype {h.dtype}")
-    if mode.kind not in ("full", "causal", "block"):
-        raise ValueError(f"mode: the Triton kernels implement full, causal and block, got {mode.kind!r}")
+    B, N, F = h.shape
+    seg = mode.segments(N)
+    if seg is None:
+        raise ValueError(f"mode: the Triton kernels implement the segment modes (full, causal, block), "
+                         f"got {mode.kind!r}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size: expected a positive int or None, got {chunk_size!r}")
-    B, N, F = h.shape
     mask = mode.context_mask
     if mask is not None:
         if tuple(mask.shape) != (B, N):
             raise ValueError(f"mode.context_mask: expected shape ({B}, {N}), got {tuple(mask.shape)}")
         mask = mask.to(device=h.device, dtype=torch.bool).contiguous()
-    ids = None
-    if mode.kind == "block":
-        ids = mode.block_ids.to(device=h.device, dtype=torch.int64).contiguous()
-        if ids.shape != (N,):
-            raise ValueError(f"mode.block_ids: expected shape ({N},), got {tuple(ids.shape)}")
-    if B == 0 or F == 0 or N == 0:  # nothing to launch: the PyTorch forms have the right shapes
-        if mode.kind == "full":
-            return agg.mean_full(h, mode.context_mask)
-        if mode.kind == "causal":
-            return agg.mean_causal(h, mode.context_mask)
-        return agg.mean_block_causal(h, mode.block_ids, mode.num_blocks, mode.context_mask)
-    return _TritonAggregate.apply(h, mode.kind, mask, ids, mode.num_blocks, chunk_size)
-
-
-def triton_aggregate_adjoint(
-    d_state: torch.Tensor, mode: ContextMode, num_context: int, h_dtype: torch.dtype, *, chunk_size: int | None = None
-) -> torch.Tensor:
-    """See :func:`polymixer.ops.triton.triton_aggregate_adjoint`."""
-    if not isinstance(d_state, torch.Tensor) or d_state.dim() != 3:
-        raise ValueError(f"d_state: expected a (B, M, F) tensor, got {getattr(d_state, 'shape', type(d_state).__name__)}")
-    if mode.kind not in ("full", "causal", "block"):
-        raise ValueError(f"mode: the Triton kernels implement full, causal and block, got {mode.kind!r}")
-    if h_dtype not in _DTYPES:
-        raise TypeError(f"h_dtype: expected one of {_DTYPES}, got {h_dtype}")
-    B, F = d_state.shape[0], d_state.shape[-1]
-    rows = 1 if mode.kind == "full" else num_context
-    if d_state.shape[1] != rows:
-        raise ValueError(f"d_state: expected {rows} rows for the {mode.kind} mode, got shape {tuple(d_state.shape)}")
-    mask = mode.context_mask
-    if mode.kind == "full" and mask is None:
-        # Every token gets the same gradient: return it unexpanded, (B, 1, F).
-        acc = _accumulation(h_dtype)
-        return (d_state.to(acc) / max(num_context, 1)).to(h_dtype)
-    if mask is not None:
-        mask = mask.to(device=d_state.device, dtype=torch.bool).contiguous()
-    ids = None
-    if mode.kind == "block":
-        ids = mode.block_ids.to(device=d_state.device, dtype=torch.int64).contiguous()
-    if B == 0 or F == 0 or num_context == 0:
-        return torch.zeros(B, num_context, F, dtype=h_dtype, device=d_state.device)
-    return _backward(d_state, mode.kind, mask, ids, mode.num_blocks, num_context, h_dtype, chunk_size)
+    if seg.ids is not None:
+        if seg.ids.shape != (N,):
+            raise ValueError(f"mode: expected block ids of shape ({N},), got {tuple(seg.ids.shape)}")
+        seg = Segments(seg.ids.to(device=h.device, dtype=torch.int64).contiguous(), seg.count, seg.prefix)
+    if B == 0 or F == 0 or N == 0:  # nothing to launch: the PyTorch form has the right shapes
+        return mode.aggregate(h)
+    return _TritonAggregate.apply(h, seg, mask, chunk_size)

@@ -1,0 +1,250 @@
+"""How a mixer call runs, decided in one place: :func:`choose_path`.
+
+From the mixer's :class:`MixerSettings` and implementation, and the call's inputs (device,
+dtype, autocast, whether it is being compiled, the context mode, a streaming state),
+:func:`choose_path` returns an :class:`ExecutionPlan`: which form runs (``"fused"``,
+``"lean"`` or ``"autograd"``), whether the aggregation runs token-chunked on segments,
+whether the chunks' element-wise work is compiled, which backend aggregates (PyTorch or
+Triton), and why. :meth:`polymixer.PolynomialMixer.execution_plan` returns the plan of a
+call; its forward runs exactly that plan.
+
+Settings are explicit: the environment variables ``POLYMIXER_COMPILE``,
+``POLYMIXER_COMPILE_MIN_ROWS`` and ``POLYMIXER_TRITON`` are only the defaults, read when
+the settings are made (:meth:`MixerSettings.from_env`, once per mixer), never during a call.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+from .spec import MixerSpec
+
+__all__ = [
+    "CPU_COMPILE_MIN_ROWS", "MixerSettings", "ExecutionPlan", "choose_path", "compile_decision",
+    "aggregation_backend", "default_chunk_rows", "autocast_dtype", "compiling",
+]
+
+#: ``compile="auto"`` compiles on CPU from this many token rows per call (B * N).
+CPU_COMPILE_MIN_ROWS = 8192
+COMPILE_CHOICES = ("auto", "always", "never")
+TRITON_CHOICES = ("auto", "on", "off")
+FORMS = ("fused", "lean", "autograd")
+
+
+@dataclass(frozen=True)
+class MixerSettings:
+    """How a mixer may run; the outputs do not depend on them.
+
+    compile: the fused/lean passes' per-chunk element-wise work through ``torch.compile``:
+        ``"auto"`` on CUDA, and on CPU for calls of at least ``compile_min_rows`` token
+        rows (a one-time compile of 10-20 s is soon paid back there); ``"always"``;
+        ``"never"``.
+    compile_min_rows: the CPU threshold of ``"auto"`` (rows = batch x tokens).
+    triton: the Triton aggregation kernels in the plain autograd form: ``"auto"`` on CUDA
+        when Triton is installed; ``"on"`` wherever they can run (CUDA, or CPU under
+        ``TRITON_INTERPRET=1``, slowly); ``"off"``.
+    chunk_rows: token rows per chunk of the fused/lean passes; None picks one from the
+        device and the state width (:func:`default_chunk_rows`).
+    """
+
+    compile: str = "auto"
+    compile_min_rows: int = CPU_COMPILE_MIN_ROWS
+    triton: str = "auto"
+    chunk_rows: int | None = None
+
+    def __post_init__(self):
+        if self.compile not in COMPILE_CHOICES:
+            raise ValueError(f"compile: expected one of {COMPILE_CHOICES}, got {self.compile!r}")
+        if self.triton not in TRITON_CHOICES:
+            raise ValueError(f"triton: expected one of {TRITON_CHOICES}, got {self.triton!r}")
+        for name in ("compile_min_rows", "chunk_rows"):
+            value = getattr(self, name)
+            if value is None and name == "chunk_rows":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "chunk_rows" else 0):
+                raise ValueError(f"{name}: expected a {'positive' if name == 'chunk_rows' else 'non-negative'} int, "
+                                 f"got {value!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "MixerSettings":
+        """Settings with the defaults from ``POLYMIXER_COMPILE`` (auto|always|never),
+        ``POLYMIXER_COMPILE_MIN_ROWS`` (an int) and ``POLYMIXER_TRITON`` (auto|on|off);
+        ``overrides`` (keyword arguments of the fields) win over them."""
+        env = os.environ if environ is None else environ
+        values = {}
+        compile_ = env.get("POLYMIXER_COMPILE")
+        if compile_ is not None:
+            if compile_.lower() not in COMPILE_CHOICES:
+                raise ValueError(f"POLYMIXER_COMPILE: expected auto, always or never, got {compile_!r}")
+            values["compile"] = compile_.lower()
+        rows = env.get("POLYMIXER_COMPILE_MIN_ROWS")
+        if rows is not None:
+            try:
+                values["compile_min_rows"] = int(rows)
+            except ValueError:
+                raise ValueError(f"POLYMIXER_COMPILE_MIN_ROWS: expected an integer, got {rows!r}") from None
+        triton = env.get("POLYMIXER_TRITON")
+        if triton is not None:
+            if triton.lower() not in TRITON_CHOICES:
+                raise ValueError(f"POLYMIXER_TRITON: expected auto, on or off, got {triton!r}")
+            values["triton"] = triton.lower()
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """How one mixer call runs (see the module docstring).
+
+    form: ``"fused"`` or ``"lean"`` (:class:`polymixer.ops.fused.FusedPolynomialMix`:
+        hand-written backward keeping two F-wide tensors, or none), or ``"autograd"``
+        (plain PyTorch autograd of features, aggregation and gate).
+    chunked: fused/lean only: the mode has a segment form, so the features are summed
+        per segment chunk by chunk (no F-wide tensor but the chunks, and the per-token
+        states of the causal mode); False: the features and the mode's aggregation run on
+        whole tensors (packed, dense). The gate side is chunked in both.
+    compiled: fused/lean only: each chunk's element-wise work runs through
+        ``torch.compile`` (a function whose compile failed for this configuration runs
+        eagerly; ``reason`` names it).
+    aggregation_backend: ``"torch"`` or ``"triton"``: who computes the aggregation.
+    dtype: the compute dtype of the fused/lean passes under autocast (None: the inputs').
+    chunk_rows: fused/lean only: token rows per chunk.
+    reason: why, in words.
+    """
+
+    form: str
+    chunked: bool = False
+    compiled: bool = False
+    aggregation_backend: str = "torch"
+    dtype: torch.dtype | None = None
+    chunk_rows: int | None = None
+    reason: str = ""
+
+
+def compiling() -> bool:
+    """True while torch.compile traces the caller."""
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # pragma: no cover - torch < 2.3
+        return False
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype for ``device_type`` when autocast is on there, else None."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # pragma: no cover - torch < 2.4 takes no device type
+        enabled = torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+    if not enabled:
+        return None
+    try:
+        return torch.get_autocast_dtype(device_type)
+    except AttributeError:  # pragma: no cover - torch < 2.4
+        return torch.get_autocast_gpu_dtype() if device_type == "cuda" else torch.get_autocast_cpu_dtype()
+
+
+def default_chunk_rows(width: int, device_type: str) -> int:
+    """Token rows per chunk: one F-wide float32 chunk of about 4 MB on CPU (it stays in
+    cache), 256 MB on a GPU (few large kernels; launches, not caches, are the cost)."""
+    if device_type == "cuda":
+        return max(4096, min(1 << 16, (256 << 20) // (4 * max(width, 1))))
+    return max(256, min(8192, (4 << 20) // (4 * max(width, 1))))
+
+
+def compile_decision(settings: MixerSettings, device_type: str, rows: int) -> tuple[bool, str]:
+    """Whether the chunks' element-wise work is compiled for a call of ``rows`` token rows."""
+    if settings.compile != "auto":
+        return settings.compile == "always", f"compile={settings.compile!r}"
+    if device_type == "cuda":
+        return True, "compile='auto': compiled on CUDA"
+    use = rows >= settings.compile_min_rows
+    return use, (f"compile='auto': {'compiled' if use else 'eager'} on {device_type} for {rows} token rows "
+                 f"(compiled from {settings.compile_min_rows})")
+
+
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def aggregation_backend(setting: str, t: torch.Tensor, mode, streaming: bool = False,
+                        dtype: torch.dtype | None = None) -> tuple[str, str]:
+    """``("torch" | "triton", reason)``: who aggregates features of ``dtype`` (default
+    ``t.dtype``) on ``t``'s device in ``mode``. setting: :attr:`MixerSettings.triton`."""
+    if setting == "off":
+        return "torch", "triton='off'"
+    if not mode.streamable:
+        return "torch", f"the Triton kernels implement the segment modes, not {mode.kind}"
+    if streaming:
+        return "torch", "the Triton kernels take no streaming state"
+    if compiling():
+        return "torch", "inside torch.compile"
+    dtype = t.dtype if dtype is None else dtype
+    if setting == "auto" and not t.is_cuda:
+        return "torch", "triton='auto': Triton on CUDA only"
+    if setting == "auto" and dtype not in _TRITON_DTYPES:
+        return "torch", f"triton='auto': not for {dtype}"
+    from .triton import triton_available  # cheap: imports Triton only to check it
+
+    if not triton_available(t):
+        return "torch", f"the Triton kernels cannot run on {t.device.type} here"
+    return "triton", f"triton={setting!r}: Triton kernels"
+
+
+def _compiling_plan(implementation: str) -> ExecutionPlan:
+    note = "" if implementation == "autograd" else f" (implementation={implementation!r} is not traced)"
+    return ExecutionPlan("autograd", reason=f"inside torch.compile: the plain autograd form, which the compiler "
+                                            f"fuses{note}; PyTorch aggregation")
+
+
+_COMPILING_PLANS = {impl: _compiling_plan(impl) for impl in FORMS}
+
+
+def choose_path(settings: MixerSettings, implementation: str, spec: MixerSpec, width: int, x: torch.Tensor,
+                context: torch.Tensor, mode, streaming: bool = False) -> ExecutionPlan:
+    """The :class:`ExecutionPlan` of a mixer call.
+
+    settings, implementation (``"fused"``, ``"lean"``, ``"autograd"``), spec and width
+    (the state width F): the mixer's; x: (B, M, D) queries, context: (B, N, D) (x itself when self-mixing); mode:
+    the call's :class:`~polymixer.ops.context.ContextMode`; streaming: a state of earlier
+    tokens is read. The implementation is a request: the plain autograd form runs with a
+    streaming state, inside torch.compile (which cannot trace the hand-written backward,
+    and fuses the autograd form itself), and for ``"fused"`` in modes with one segment
+    per token (causal) on CUDA, where autograd with the Triton scan is faster and keeps
+    less than the fused form's per-token float32 states (H200, bench_gpu.py).
+    """
+    if compiling():
+        return _COMPILING_PLANS[implementation]
+    device_type = x.device.type
+    amp = autocast_dtype(device_type)
+    dtype = amp or x.dtype
+    num_context = context.shape[1]
+    seg = mode.segments(num_context)
+    why = None
+    if implementation == "autograd":
+        why = "implementation='autograd'"
+    elif streaming:
+        why = f"implementation={implementation!r}, but a streaming state runs the plain autograd form"
+    elif implementation == "fused" and device_type == "cuda" and seg is not None and seg.per_token:
+        why = ("implementation='fused', but in the causal mode on CUDA the autograd form (Triton scan) is "
+               "faster and keeps less")
+    if why is not None:
+        backend, why_backend = aggregation_backend(settings.triton, x, mode, streaming, dtype)
+        return ExecutionPlan("autograd", aggregation_backend=backend, reason=f"{why}; aggregation: {why_backend}")
+    from .elementwise import compile_failures
+
+    rows = x.shape[0] * max(num_context, x.shape[1])
+    compiled, why_compile = compile_decision(settings, device_type, rows)
+    if compiled:
+        failed = compile_failures((spec.variant, spec.degree, spec.heads, device_type, dtype))
+        if failed:
+            why_compile += f"; eager for {', '.join(failed)} after a failed compile"
+    chunk = settings.chunk_rows if settings.chunk_rows is not None else default_chunk_rows(width, device_type)
+    shape = (f"{mode.kind} mode: features summed per segment, chunk by chunk" if seg is not None
+             else f"{mode.kind} mode: features and aggregation on whole tensors")
+    return ExecutionPlan(implementation, chunked=seg is not None, compiled=compiled, aggregation_backend="torch",
+                         dtype=amp, chunk_rows=chunk,
+                         reason=f"implementation={implementation!r}; {shape}; {why_compile}; "
+                                f"chunks of {chunk} rows; PyTorch aggregation")
