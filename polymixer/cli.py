@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--threads", type=int, default=2)
 
-    d = sub.add_parser("demo", help="sample the ten digits from the bundled PoM-DiT checkpoint")
+    d = sub.add_parser("demo", help="sample the ten digits from the bundled PoM-DiT checkpoint, and a GIF of "
+                                    "moving digits generated frame by frame by the bundled PoM video DiT")
     d.add_argument("--checkpoint", default="demo",
                    help="the name of a checkpoint bundled with the package, or a folder (default: demo)")
     d.add_argument("--out", default="outputs/demo_grid.png")
@@ -139,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--sampler", default=None)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=2)
+    d.add_argument("--video-checkpoint", default=None,
+                   help="bundled checkpoint name or folder of the video model (default: the bundled video_demo; "
+                        "'none' skips the GIF)")
+    d.add_argument("--video-out", default="outputs/demo_video.gif")
+    d.add_argument("--frames", type=int, default=16, help="frames per clip of the GIF (default 16: twice the "
+                   "training length, generated frame by frame at constant memory)")
     return parser
 
 
@@ -294,18 +301,51 @@ def _cmd_sample_video(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .bundled import bundled_checkpoint, bundled_checkpoints
 
-    if args.checkpoint in bundled_checkpoints():
-        ckpt = bundled_checkpoint(args.checkpoint)
-    else:
-        ckpt = Path(args.checkpoint)
-        if not (ckpt / "model.safetensors").is_file():
-            raise FileNotFoundError(f"--checkpoint: {args.checkpoint!r} is neither a bundled checkpoint "
-                                    f"{bundled_checkpoints()} nor a folder with config.json + model.safetensors")
+    def resolve(name: str, flag: str) -> Path:
+        path = bundled_checkpoint(name) if name in bundled_checkpoints() else Path(name)
+        if not (path / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{flag}: {name!r} is neither a bundled checkpoint {bundled_checkpoints()} "
+                                    "nor a folder with config.json + model.safetensors")
+        return path
+
+    ckpt = resolve(args.checkpoint, "--checkpoint")
+    video, name = None, args.video_checkpoint
+    if name is None:
+        name = "video_demo" if "video_demo" in bundled_checkpoints() else "none"
+        if name == "none":
+            print("demo: this installation ships no video checkpoint (video_demo): no GIF")
+    if name != "none":
+        video = resolve(name, "--video-checkpoint")
+        if args.frames < 1:
+            raise ValueError(f"--frames: expected a positive int, got {args.frames}")
     print(f"demo: sampling the ten digits from the PoM-DiT in {ckpt}")
     _run_sampling(ckpt, "all", args.per_class, args.cfg, args.steps, args.sampler, args.seed, args.out,
                   threads=args.threads)
     print("one row per digit, 0 (top) to 9 (bottom)")
+    if video is not None:
+        _demo_video(video, args)
     return 0
+
+
+def _demo_video(checkpoint: Path, args: argparse.Namespace) -> None:
+    """The ten digits moving, each clip generated frame by frame (PoM states, constant memory)."""
+    import torch
+
+    from .media import save_clip, save_filmstrip
+    from .sample import load_for_sampling
+    from .video import sample_video
+
+    model, pipeline = load_for_sampling(checkpoint, kind="video")
+    mode = "sequential" if model.config.mixer == "pom" else "joint"
+    print(f"demo: generating ten clips of {args.frames} frames ({mode}) from the video DiT in {checkpoint}")
+    t0 = time.time()
+    clips = sample_video(model, pipeline, torch.arange(min(10, model.config.n_classes)), frames=args.frames,
+                         mode=mode, steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler, seed=args.seed,
+                         progress=True)
+    out = save_clip(clips, args.video_out, fps=pipeline.frames_per_second, data_range=pipeline.data_range, scale=2)
+    strip = save_filmstrip(clips, Path(args.video_out).with_suffix(".png"), data_range=pipeline.data_range)
+    print(f"generated in {time.time() - t0:.1f} s; GIF written to {Path(out).resolve()}, filmstrip (one row per "
+          f"digit, one column per frame) to {Path(strip).resolve()}")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -352,9 +392,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             a = per_frame["conditional_accuracy"]
             print(f"{f:>6} {fd:>10.3f} {a[f]:>9.3f}" if a else f"{f:>6} {fd:>10.3f} {'-':>9}")
         print(f"{'mean':>6} {result['frechet_distance']:>10.3f} " + (f"{acc:>9.3f}" if acc is not None else f"{'-':>9}"))
+        print(f"real frames, same N: FD {result['frechet_distance_real']:.3f}")
     else:
-        print(f"Fréchet distance (digit-classifier features): {result['frechet_distance']:.3f}")
+        print(f"Fréchet distance (digit-classifier features): {result['frechet_distance']:.3f} "
+              f"(real digits, same N: {result['frechet_distance_real']:.3f})")
         print("conditional accuracy: " + (f"{acc:.3f}" if acc is not None else "- (not ten digit classes)"))
+    if "warning" in result:
+        print(f"warning: {result['warning']}")
     out = write_json(args.out, result)
     print(f"results written to {Path(out).resolve()}")
     return 0
