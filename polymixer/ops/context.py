@@ -30,6 +30,7 @@ import torch
 
 from . import aggregation as agg
 from .aggregation import Segments, _compiling
+from .plan import aggregation_backend
 
 __all__ = [
     "ContextMode", "SegmentMode", "Full", "Causal", "BlockCausal", "Packed", "Dense",
@@ -310,8 +311,6 @@ def aggregate(h: torch.Tensor, mode: ContextMode, prefix=None, backend: str = "a
     if prefix is not None and not mode.streamable:
         raise ValueError(f"a streaming state cannot be combined with the {mode.kind} context mode")
     if backend == "auto":
-        from .plan import aggregation_backend
-
         backend = aggregation_backend("auto", h, mode, streaming=prefix is not None)[0]
     if backend == "triton":
         if prefix is not None:
