@@ -79,10 +79,17 @@ def _cli(plain_env, *args, check=True):
 
 
 def test_wheel_content(wheel):
+    """Data files: exactly the folders of polymixer/bundled listed in pyproject's package-data."""
+    import tomllib
+
+    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    folders = {pattern.split("/")[0] for pattern in listed["polymixer.bundled"]}
     names = zipfile.ZipFile(wheel).namelist()
-    data = sorted(n for n in names if not n.endswith(".py") and ".dist-info/" not in n)
-    assert data == ["polymixer/bundled/demo/config.json", "polymixer/bundled/demo/model.safetensors",
-                    "polymixer/bundled/demo/pipeline.json"]
+    data = [n for n in names if not n.endswith(".py") and ".dist-info/" not in n]
+    assert {n.split("/")[2] for n in data if n.startswith("polymixer/bundled/")} == folders
+    assert all(n.startswith("polymixer/bundled/") for n in data), data
+    assert {"polymixer/bundled/demo/config.json", "polymixer/bundled/demo/model.safetensors",
+            "polymixer/bundled/demo/pipeline.json"} <= set(data)
     assert not [n for n in names if n.startswith(("checkpoints/", "tests/", "benchmarks/", "examples/"))]
     assert wheel.stat().st_size < 8e6, f"wheel of {wheel.stat().st_size / 1e6:.1f} MB"
 
