@@ -22,13 +22,21 @@ __all__ = ["load_for_sampling", "generate", "save_samples_grid", "save_array", "
 def load_for_sampling(path: str | Path, device: str | torch.device = "cpu",
                       kind: str | None = None) -> tuple[nn.Module, SamplingConfig]:
     """Load ``path``: a folder from ``save_pretrained`` (config.json + model.safetensors, with
-    an optional pipeline.json) or a training checkpoint folder (its EMA weights are used).
+    an optional pipeline.json), a training checkpoint folder (its EMA weights are used), or
+    the name of a checkpoint bundled with the package (``"demo"``), when no such folder exists.
 
     The model class comes from the config's ``architecture``. ``kind`` (``"image"`` or
     ``"video"``) refuses a model of the other kind with a one-line error."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint: {str(path)!r} does not exist")
+        from .bundled import bundled_checkpoints
+
+        if str(path) not in bundled_checkpoints():
+            raise FileNotFoundError(f"checkpoint: {str(path)!r} does not exist (nor is it one of the bundled "
+                                    f"checkpoints {bundled_checkpoints()})")
+        from .bundled import bundled_checkpoint
+
+        path = bundled_checkpoint(str(path))
     if (path / "state.json").is_file():
         from .checkpoint import load_checkpoint
 

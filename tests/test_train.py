@@ -286,3 +286,11 @@ def test_resume_accepts_an_older_config_and_another_pom_implementation(tmp_path)
     result = train(tiny_config(tmp_path / "r", steps=3, checkpoint_every=3, pom_implementation="autograd"),
                    resume=True)
     assert result["step"] == 3
+
+
+def test_sample_takes_the_name_of_a_bundled_checkpoint(tmp_path, capsys):
+    assert cli_main(["sample", "--checkpoint", "demo", "--per-class", "1", "--steps", "1", "--threads", "1",
+                     "--out", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png").is_file()
+    assert cli_main(["sample", "--checkpoint", "no_such_model", "--out", str(tmp_path / "h.png")]) == 2
+    assert "nor is it one of the bundled checkpoints" in capsys.readouterr().err
