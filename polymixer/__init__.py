@@ -9,13 +9,14 @@ from .nn import (
     replace_multihead_attention,
     to_reference,
 )
-
 from .bundled import bundled_checkpoint
+from .ops.plan import MixerSettings
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PolynomialMixer",
+    "MixerSettings",
     "MultiHeadAttention",
     "PolynomialMultiheadAttention",
     "replace_multihead_attention",
