@@ -109,7 +109,10 @@ def evaluate_checkpoint(
     Returns: a JSON-ready dict: ``frechet_distance``, ``conditional_accuracy`` (None when the
     model's classes are not the ten digits), ``per_class_accuracy``, ``num_samples``, the
     settings, ``reference`` (what the real statistics are made of),
-    ``reference_accuracy`` (the classifier on the real reference) and, for video models,
+    ``reference_accuracy`` (the classifier on the real reference), ``frechet_distance_real``
+    (the same distance for ``num_samples`` real images drawn from the reference, seeded: what
+    a perfect generator would score at this N, a little optimistic since they are part of the
+    reference) and, for video models,
     ``per_frame`` (lists of both metrics by frame position; the top-level values are their
     averages).
     """
@@ -151,6 +154,9 @@ def evaluate_checkpoint(
     real_feats, real_pred = _features_and_predictions(classifier, real_x, 200)
     mu_r, sigma_r = feature_statistics(real_feats)
     reference_accuracy = float((real_pred == real_labels).float().mean()) if digits else None
+    # the yardstick at this N: num_samples real images (drawn from the reference, seeded) against it
+    pick = torch.randperm(len(real_feats), generator=torch.Generator().manual_seed(seed))[:num_samples]
+    real_floor = frechet_distance(*feature_statistics(real_feats[pick.numpy()]), mu_r, sigma_r)
 
     def measure(x: torch.Tensor) -> tuple[float, float | None, list | None]:
         feats, pred = _features_and_predictions(classifier, x, 200)
@@ -165,7 +171,11 @@ def evaluate_checkpoint(
                     "classifier": "polymixer bundled digit classifier (held-out accuracy "
                                   f"{classifier.info.get('heldout_accuracy')})",
                     "features": "digit classifier penultimate layer (64)", "reference": reference,
-                    "reference_accuracy": reference_accuracy}
+                    "reference_accuracy": reference_accuracy,
+                    "frechet_distance_real": real_floor}
+    if num_samples < 1000:
+        result["warning"] = (f"{num_samples} samples: the Fréchet distance is biased upwards at small N (compare "
+                             "with frechet_distance_real, and numbers at the same N only)")
     if not digits:
         result["note"] = (f"conditional accuracy needs the ten digit classes; this model has {cfg.n_classes} "
                           "classes (only the Fréchet distance is reported)")

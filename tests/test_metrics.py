@@ -200,7 +200,7 @@ def test_eval_bundled_demo(tmp_path, monkeypatch, capsys):
     assert "Fréchet distance" in out and "conditional accuracy" in out
     result = json.loads((tmp_path / "eval.json").read_text())
     for key in ("frechet_distance", "conditional_accuracy", "per_class_accuracy", "num_samples", "seed", "steps",
-                "reference", "reference_accuracy", "kind", "checkpoint"):
+                "reference", "reference_accuracy", "kind", "checkpoint", "frechet_distance_real", "warning"):
         assert key in result
     assert result["num_samples"] == 20 and result["kind"] == "image" and len(result["per_class_accuracy"]) == 10
     assert result["frechet_distance"] > 0 and 0 <= result["conditional_accuracy"] <= 1
