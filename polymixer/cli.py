@@ -144,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundled checkpoint name or folder of the video model (default: the bundled video_demo; "
                         "'none' skips the GIF)")
     d.add_argument("--video-out", default="outputs/demo_video.gif")
-    d.add_argument("--frames", type=int, default=16, help="frames per clip of the GIF (default 16: twice the "
-                   "training length, generated frame by frame at constant memory)")
+    d.add_argument("--frames", type=int, default=None, help="frames per clip of the GIF (default: the video "
+                   "model's training length; more frames are generated at the same memory, but the bundled model "
+                   "was trained on 8-frame clips only and degrades past them)")
     return parser
 
 
@@ -316,7 +317,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print("demo: this installation ships no video checkpoint (video_demo): no GIF")
     if name != "none":
         video = resolve(name, "--video-checkpoint")
-        if args.frames < 1:
+        if args.frames is not None and args.frames < 1:
             raise ValueError(f"--frames: expected a positive int, got {args.frames}")
     print(f"demo: sampling the ten digits from the PoM-DiT in {ckpt}")
     _run_sampling(ckpt, "all", args.per_class, args.cfg, args.steps, args.sampler, args.seed, args.out,
@@ -337,9 +338,10 @@ def _demo_video(checkpoint: Path, args: argparse.Namespace) -> None:
 
     model, pipeline = load_for_sampling(checkpoint, kind="video")
     mode = "sequential" if model.config.mixer == "pom" else "joint"
-    print(f"demo: generating ten clips of {args.frames} frames ({mode}) from the video DiT in {checkpoint}")
+    frames = args.frames or model.config.frames
+    print(f"demo: generating ten clips of {frames} frames ({mode}) from the video DiT in {checkpoint}")
     t0 = time.time()
-    clips = sample_video(model, pipeline, torch.arange(min(10, model.config.n_classes)), frames=args.frames,
+    clips = sample_video(model, pipeline, torch.arange(min(10, model.config.n_classes)), frames=frames,
                          mode=mode, steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler, seed=args.seed,
                          progress=True)
     out = save_clip(clips, args.video_out, fps=pipeline.frames_per_second, data_range=pipeline.data_range, scale=2)

@@ -102,11 +102,14 @@ def test_bundled_checkpoint():
 
 def test_demo_samples_the_bundled_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # nothing is looked up relative to the working directory
-    assert cli_main(["demo", "--per-class", "1", "--steps", "2", "--threads", "1", "--out", "grid.png"]) == 0
+    assert cli_main(["demo", "--per-class", "1", "--steps", "2", "--threads", "1", "--out", "grid.png",
+                     "--frames", "2"]) == 0
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert str(bundled_checkpoint("demo")) in capsys.readouterr().out
+    assert (tmp_path / "outputs" / "demo_video.gif").read_bytes()[:6] == b"GIF89a"  # the moving digits
+    out = capsys.readouterr().out
+    assert str(bundled_checkpoint("demo")) in out and str(bundled_checkpoint("video_demo")) in out
     assert cli_main(["demo", "--checkpoint", "nope", "--out", "x.png"]) == 2
-    one_line_error(capsys, "neither a bundled checkpoint ['demo']")
+    one_line_error(capsys, "neither a bundled checkpoint ['demo', 'video_demo']")
     assert not (tmp_path / "x.png").exists()
 
 
