@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..media import CLIP_SUFFIXES, load_clip
+from .folder import read_class_folder
 
 __all__ = ["ClipDataset", "clip_folder", "has_clips"]
 
@@ -94,30 +94,8 @@ def clip_folder(root: str | Path, image_size: int, frames: int, *, channels: int
             raise ValueError(f"{name}: expected a positive int, got {value!r}")
     if channels not in (1, 3):
         raise ValueError(f"channels: expected 1 or 3, got {channels!r}")
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data: folder {str(root)!r} does not exist")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files = [(f, label) for label, name in enumerate(classes) for f in sorted((root / name).rglob("*"))
-             if f.is_file() and f.suffix.lower() in CLIP_SUFFIXES]
-    if not files:
-        raise ValueError(f"data: folder {str(root)!r} has no clips in class subfolders (extensions {CLIP_SUFFIXES})")
-    clips, labels, skipped = [], [], []
-    for path, label in tqdm(files, desc=f"loading {root.name}", disable=not progress, leave=False):
-        try:
-            clips.append(_fit(load_clip(path), frames, image_size, channels))
-        except ImportError:
-            raise
-        except (ValueError, OSError) as exc:
-            if not skip_bad_files:
-                raise ValueError(f"data: clip {str(path)!r}: {exc}; pass skip_bad_files=True "
-                                 "(--skip-bad-files) to skip it") from exc
-            skipped.append(str(path))
-            continue
-        labels.append(label)
-    if skipped:
-        print(f"data: skipped {len(skipped)} unreadable or too short clip(s) of {len(files)} in {root}")
-    if not clips:
-        raise ValueError(f"data: no usable clip in {str(root)!r} ({len(skipped)} skipped)")
+    clips, labels, skipped, classes = read_class_folder(
+        root, CLIP_SUFFIXES, lambda path: _fit(load_clip(path), frames, image_size, channels), what="clip",
+        errors=(ValueError, OSError), skip_bad_files=skip_bad_files, progress=progress)
     return ClipDataset(torch.stack(clips), torch.tensor(labels, dtype=torch.int64), n_classes=len(classes),
-                       name=root.name, class_names=classes, skipped=skipped)
+                       name=Path(root).name, class_names=classes, skipped=skipped)

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from .._optional import require
 from .dataset import ImageDataset
 
-__all__ = ["image_folder", "IMAGE_EXTENSIONS", "load_image"]
+__all__ = ["image_folder", "IMAGE_EXTENSIONS", "load_image", "read_class_folder"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -57,6 +57,23 @@ def image_folder(
     if channels not in (1, 3):
         raise ValueError(f"channels: expected 1 or 3, got {channels!r}")
     require("PIL.Image", None, "data: reading image files")  # before the loop that turns errors into bad files
+    images, labels, skipped, classes = read_class_folder(
+        root, IMAGE_EXTENSIONS, lambda path: load_image(path, image_size, channels), what="image",
+        errors=(Exception,),  # PIL raises UnidentifiedImageError, OSError, SyntaxError...
+        skip_bad_files=skip_bad_files, progress=progress)
+    x = torch.from_numpy(np.stack(images)).float().div_(127.5).sub_(1.0)
+    return ImageDataset(x, torch.tensor(labels, dtype=torch.int64), n_classes=len(classes), name=Path(root).name,
+                        class_names=classes, skipped=skipped)
+
+
+def read_class_folder(root, extensions, read, *, what: str, errors: tuple, skip_bad_files: bool,
+                      progress: bool = True) -> tuple[list, list[int], list[str], list[str]]:
+    """Read every file with one of ``extensions`` under ``root/<class>/`` (classes in sorted
+    order) with ``read(path)``; returns (items, labels, skipped paths, class names).
+
+    An exception of ``errors`` (other than a missing optional dependency) stops with an error
+    naming the file, or, with ``skip_bad_files``, skips it and reports how many were skipped.
+    ``what`` names the files in messages ("image", "clip")."""
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"data: folder {str(root)!r} does not exist")
@@ -64,33 +81,28 @@ def image_folder(
         raise ValueError(f"data: {str(root)!r} is not a folder")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise ValueError(f"data: folder {str(root)!r} has no class subfolders (expected root/<class>/<images>)")
-    files: list[tuple[Path, int]] = []
-    for label, name in enumerate(classes):
-        for f in sorted((root / name).rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-                files.append((f, label))
+        raise ValueError(f"data: folder {str(root)!r} has no class subfolders (expected root/<class>/<{what}s>)")
+    files = [(f, label) for label, name in enumerate(classes) for f in sorted((root / name).rglob("*"))
+             if f.is_file() and f.suffix.lower() in extensions]
     if not files:
-        raise ValueError(
-            f"data: folder {str(root)!r} has no images in its class subfolders (extensions {IMAGE_EXTENSIONS})"
-        )
-    images, labels, skipped = [], [], []
+        raise ValueError(f"data: folder {str(root)!r} has no {what}s in its class subfolders (extensions {extensions})")
+    items, labels, skipped = [], [], []
     for path, label in tqdm(files, desc=f"loading {root.name}", disable=not progress, leave=False):
         try:
-            images.append(load_image(path, image_size, channels))
-        except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError...
+            items.append(read(path))
+        except ImportError:
+            raise
+        except errors as exc:
             if not skip_bad_files:
                 raise ValueError(
-                    f"data: cannot read image {str(path)!r} ({type(exc).__name__}: {exc}); "
+                    f"data: cannot read {what} {str(path)!r} ({type(exc).__name__}: {exc}); "
                     "pass skip_bad_files=True (--skip-bad-files) to skip unreadable files"
                 ) from exc
             skipped.append(str(path))
             continue
         labels.append(label)
     if skipped:
-        print(f"data: skipped {len(skipped)} unreadable image file(s) of {len(files)} in {root}")
-    if not images:
-        raise ValueError(f"data: no readable image in {str(root)!r} ({len(skipped)} unreadable)")
-    x = torch.from_numpy(np.stack(images)).float().div_(127.5).sub_(1.0)
-    return ImageDataset(x, torch.tensor(labels, dtype=torch.int64), n_classes=len(classes), name=root.name,
-                        class_names=classes, skipped=skipped)
+        print(f"data: skipped {len(skipped)} unreadable {what} file(s) of {len(files)} in {root}")
+    if not items:
+        raise ValueError(f"data: no readable {what} in {str(root)!r} ({len(skipped)} unreadable)")
+    return items, labels, skipped, classes
