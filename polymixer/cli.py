@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("sample-video", help="generate clips from a trained video model: GIF, MP4 or .npy")
     v.add_argument("--checkpoint", required=True, help="a video model folder or a training checkpoint folder")
     v.add_argument("--frames", type=int, default=None, help="frames per clip (default: the training length)")
-    v.add_argument("--mode", default="sequential", choices=["sequential", "joint"],
+    v.add_argument("--mode", default=None, choices=["sequential", "joint"],
                    help="sequential: frame after frame at constant memory (PoM); joint: all frames together "
                         "(default sequential for PoM models, joint for attention)")
     v.add_argument("--classes", default=None,
@@ -265,6 +265,8 @@ def _cmd_sample_video(args: argparse.Namespace) -> int:
     cfg = model.config
     frames = args.frames or cfg.frames
     model.check_frames(frames)
+    if args.mode is None:
+        args.mode = "sequential" if cfg.mixer == "pom" else "joint"
     if args.mode == "sequential" and cfg.mixer != "pom":
         raise ValueError("--mode: sequential generation keeps PoM states; this is an attention model "
                          "(use --mode joint)")

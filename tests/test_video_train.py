@@ -134,3 +134,17 @@ def test_cli_per_frame_context_errors(trained, tmp_path, capsys):
     assert "already has 5" in capsys.readouterr().err
     assert cli_main(["sample", "--checkpoint", ckpt, "--out", str(tmp_path / "g.png")]) == 2
     assert "holds a video model, not an image model" in capsys.readouterr().err
+
+
+def test_cli_attention_video_model_samples_jointly_by_default(tmp_path, capsys):
+    from polymixer.models import VideoDiT, VideoDiTConfig
+
+    model = VideoDiT(VideoDiTConfig(image_size=8, patch_size=4, width=32, depth=1, heads=2, mixer="attention",
+                                    frames=2))
+    model.save_pretrained(tmp_path / "att")
+    assert cli_main(["sample-video", "--checkpoint", str(tmp_path / "att"), "--steps", "1", "--threads", "1",
+                     "--out", str(tmp_path / "a.npy")]) == 0
+    assert "(joint," in capsys.readouterr().out and np.load(tmp_path / "a.npy").shape == (4, 2, 1, 8, 8)
+    assert cli_main(["sample-video", "--checkpoint", str(tmp_path / "att"), "--mode", "sequential",
+                     "--out", str(tmp_path / "b.npy")]) == 2
+    assert "this is an attention model" in capsys.readouterr().err
