@@ -14,6 +14,12 @@ interleaved between rivals; peak resident memory added by one forward+backward, 
 in a fresh subprocess per (rival, N) (ru_maxrss); bytes of tensors saved for backward
 (torch.autograd.graph.saved_tensors_hooks, parameters excluded, shared storages once).
 
+--threads takes a list (e.g. 1,2): each thread count is measured in its own fresh
+process, one after the other (torch.compile bakes the thread count into the kernels it
+makes), and gets its own table, with the ratios to the floor from that same process; the
+load average before and after each is recorded (on a shared machine other processes
+take cores, which makes multithreaded timings pessimistic: compare ratios, not times).
+
     python benchmarks/bench_mixer.py --out benchmarks/results/mixer_cpu
 writes mixer_cpu.md (table + command + date + machine) and mixer_cpu.json, and with
 --plot a PNG of time and memory versus N on log axes.
@@ -150,7 +156,7 @@ def _reset_peak_rss() -> int:
     return _status_kb("VmRSS")
 
 
-def machine() -> str:
+def machine(threads=None) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -160,7 +166,8 @@ def machine() -> str:
                     break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    threads = ",".join(map(str, threads)) if threads else str(torch.get_num_threads())
+    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, {threads} threads"
 
 
 def main(argv=None) -> None:
@@ -174,7 +181,9 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--max-attention-n", type=int, default=16384, help="skip sdpa above this N (time)")
     p.add_argument("--max-seconds", type=float, default=20.0, help="stop repeating a rival past this")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--threads", default=str(torch.get_num_threads()),
+                   help="thread count, or a comma-separated list measured one after the other (e.g. 1,2)")
+    p.add_argument("--rows-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--out", default=None, help="path prefix for .md/.json (and .png with --plot)")
     p.add_argument("--plot", action="store_true")
@@ -182,12 +191,41 @@ def main(argv=None) -> None:
     p.add_argument("--rival", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    threads = [int(v) for v in str(args.threads).split(",")]
+    if any(t < 1 for t in threads):
+        raise ValueError(f"--threads: expected positive thread counts, got {args.threads!r}")
     if args.memory_child:
+        args.threads = threads[0]
         memory_child(args)
         return
-    torch.set_num_threads(args.threads)
     rivals = args.rivals.split(",")
     ns = [int(v) for v in args.ns.split(",")]
+    if len(threads) == 1 and not args.rows_child:
+        rows = measure(args, threads[0], rivals, ns)
+    elif args.rows_child:
+        for row in measure(args, threads[0], rivals, ns):
+            print("ROW " + json.dumps(row), flush=True)
+        return
+    else:
+        rows = []
+        for t in threads:
+            cmd = [sys.executable, os.path.abspath(__file__), "--rows-child", "--threads", str(t),
+                   "--rivals", args.rivals, "--ns", args.ns, "--dim", str(args.dim), "--heads", str(args.heads),
+                   "--batch", str(args.batch), "--mode", args.mode, "--repeats", str(args.repeats),
+                   "--max-attention-n", str(args.max_attention_n), "--max-seconds", str(args.max_seconds)]
+            if args.no_memory:
+                cmd.append("--no-memory")
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            for line in out.splitlines():
+                if line.startswith("ROW "):
+                    rows.append(json.loads(line[4:]))
+                    print(line[4:], flush=True)
+    report(args, rows, rivals, ns, threads)
+
+
+def measure(args, threads: int, rivals, ns) -> list[dict]:
+    """Time every rival at every N with ``threads`` threads (this process)."""
+    torch.set_num_threads(threads)
     rows = []
     for n in ns:
         torch.manual_seed(0)
@@ -196,6 +234,7 @@ def main(argv=None) -> None:
         x = torch.randn(args.batch, n, args.dim, requires_grad=True)
         kwargs = mode_kwargs(args.mode, n)
         times = {(r, b): [] for r in active for b in (False, True)}
+        load_before = os.getloadavg()[0]
         for r in active:  # warm-up
             run_once(modules[r], x, kwargs, False)
             run_once(modules[r], x, kwargs, True)
@@ -205,9 +244,11 @@ def main(argv=None) -> None:
                     if sum(times[(r, b)]) / 1e3 > args.max_seconds:
                         continue
                     times[(r, b)].append(run_once(modules[r], x, kwargs, b))
+        load_after = os.getloadavg()[0]
         for r in active:
             row = {
-                "rival": r, "n": n, "dim": args.dim, "batch": args.batch, "mode": args.mode,
+                "rival": r, "n": n, "threads": threads, "load_before": load_before, "load_after": load_after,
+                "dim": args.dim, "batch": args.batch, "mode": args.mode,
                 "fwd_ms": statistics.median(times[(r, False)]),
                 "fwd_bwd_ms": statistics.median(times[(r, True)]),
                 "runs": len(times[(r, True)]),
@@ -216,13 +257,14 @@ def main(argv=None) -> None:
             if not args.no_memory:
                 cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", "--rival", r, "--n", str(n),
                        "--dim", str(args.dim), "--heads", str(args.heads), "--batch", str(args.batch),
-                       "--mode", args.mode, "--threads", str(args.threads)]
+                       "--mode", args.mode, "--threads", str(threads)]
                 env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")  # see memory_child
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
                 row["peak_mb"] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
             rows.append(row)
-            print(json.dumps(row), flush=True)
-    report(args, rows, rivals, ns)
+            if not args.rows_child:
+                print(json.dumps(row), flush=True)
+    return rows
 
 
 def _floor_of(rival: str) -> str | None:
@@ -232,8 +274,9 @@ def _floor_of(rival: str) -> str | None:
     return "floor-power" if rival.startswith("pom-power") else "floor-product"
 
 
-def report(args, rows, rivals, ns) -> None:
-    by = {(r["rival"], r["n"]): r for r in rows}
+def report(args, rows, rivals, ns, threads=None) -> None:
+    threads = threads or sorted({r.get("threads", 1) for r in rows})
+    by = {(r["rival"], r["n"], r.get("threads", threads[0])): r for r in rows}
     settings = MixerSettings.from_env()
     compile_setting = settings.compile
     lines = [
@@ -242,7 +285,7 @@ def report(args, rows, rivals, ns) -> None:
         f"- command: `{'POLYMIXER_COMPILE=' + compile_setting + ' ' if compile_setting != 'auto' else ''}"
         f"python benchmarks/bench_mixer.py {' '.join(sys.argv[1:])}`",
         f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {machine()}",
+        f"- machine: {machine(threads)}",
         f"- D={args.dim}, batch={args.batch}, sdpa heads={args.heads}, degree 2, expand 2, float32; "
         f"median of up to {args.repeats} interleaved runs",
         f"- element-wise work of the fused/lean chunks: POLYMIXER_COMPILE={compile_setting} ("
@@ -250,28 +293,51 @@ def report(args, rows, rivals, ns) -> None:
             compile_setting, "auto: eager below "
             + str(settings.compile_min_rows) + " token rows, compiled from there")
         + ")",
-        "- / floor = time over the GEMM floor of the same variant (floor-product or floor-power), same run",
+        "- / floor = time over the GEMM floor of the same variant (floor-product or floor-power), same run "
+        "(same process and thread count)",
         "- peak = resident memory added by one forward+backward in a fresh process; "
         "saved = bytes of tensors kept for backward (parameters excluded)",
-        "",
-        "| N | rival | fwd ms | fwd+bwd ms | fwd / floor | fwd+bwd / floor | sdpa / rival (fwd+bwd) | saved MB | peak MB |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "- load = the 1-minute load average before -> after each N's timings (other processes on the machine)",
     ]
-    for n in ns:
-        for r in rivals:
-            row = by.get((r, n))
-            if row is None:
-                continue
-            floor = by.get((_floor_of(r), n))
-            sdpa = by.get(("sdpa", n))
-            fwd_floor = f"{row['fwd_ms'] / floor['fwd_ms']:.2f}" if floor else ""
-            ratio_floor = f"{row['fwd_bwd_ms'] / floor['fwd_bwd_ms']:.2f}" if floor else ""
-            ratio_sdpa = f"{sdpa['fwd_bwd_ms'] / row['fwd_bwd_ms']:.2f}" if sdpa else ""
-            peak = f"{row['peak_mb']:.0f}" if "peak_mb" in row else ""
-            lines.append(
-                f"| {n} | {r} | {row['fwd_ms']:.1f} | {row['fwd_bwd_ms']:.1f} | {fwd_floor} | {ratio_floor} | "
-                f"{ratio_sdpa} | {row['saved_mb']:.1f} | {peak} |"
-            )
+    for t in threads:
+        lines += [
+            "",
+            f"## {t} thread{'s' if t > 1 else ''}",
+            "",
+            "| N | rival | fwd ms | fwd+bwd ms | fwd / floor | fwd+bwd / floor | sdpa / rival (fwd+bwd) | saved MB | "
+            "peak MB | load |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for n in ns:
+            for r in rivals:
+                row = by.get((r, n, t))
+                if row is None:
+                    continue
+                floor = by.get((_floor_of(r), n, t))
+                sdpa = by.get(("sdpa", n, t))
+                fwd_floor = f"{row['fwd_ms'] / floor['fwd_ms']:.2f}" if floor else ""
+                ratio_floor = f"{row['fwd_bwd_ms'] / floor['fwd_bwd_ms']:.2f}" if floor else ""
+                ratio_sdpa = f"{sdpa['fwd_bwd_ms'] / row['fwd_bwd_ms']:.2f}" if sdpa else ""
+                peak = f"{row['peak_mb']:.0f}" if "peak_mb" in row else ""
+                load = f"{row['load_before']:.2f} -> {row['load_after']:.2f}" if "load_before" in row else ""
+                lines.append(
+                    f"| {n} | {r} | {row['fwd_ms']:.1f} | {row['fwd_bwd_ms']:.1f} | {fwd_floor} | {ratio_floor} | "
+                    f"{ratio_sdpa} | {row['saved_mb']:.1f} | {peak} | {load} |"
+                )
+    if len(threads) > 1:
+        lines += ["", "## fwd+bwd / floor by thread count", "",
+                  "| N | rival | " + " | ".join(f"{t} thr" for t in threads) + " |",
+                  "|---:|---|" + "---:|" * len(threads)]
+        for n in ns:
+            for r in rivals:
+                if _floor_of(r) is None:
+                    continue
+                cells = []
+                for t in threads:
+                    row, floor = by.get((r, n, t)), by.get((_floor_of(r), n, t))
+                    cells.append(f"{row['fwd_bwd_ms'] / floor['fwd_bwd_ms']:.2f}" if row and floor else "")
+                if any(cells):
+                    lines.append(f"| {n} | {r} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
@@ -282,7 +348,7 @@ def report(args, rows, rivals, ns) -> None:
                 f.write(content)
             os.replace(tmp, args.out + suffix)
         if args.plot:
-            plot(args, rows, rivals)
+            plot(args, [r for r in rows if r.get("threads", threads[0]) == threads[0]], rivals)
 
 
 def plot(args, rows, rivals) -> None:

@@ -109,13 +109,23 @@ class _Rows:
             table.index_add_(0, self.ids, values.to(table.dtype))
 
 
+def _buffer(rows: int, width: int, bias, like: torch.Tensor) -> torch.Tensor:
+    """A (rows, width) buffer for a projection's output rows, holding the bias rows (if
+    any) already: :func:`_project` then adds the chunks' products into it. One copy per
+    call instead of one per chunk (each a parallel region on a multithreaded CPU)."""
+    if bias is None:
+        return torch.empty(rows, width, dtype=like.dtype, device=like.device)
+    return bias.to(like.dtype).expand(rows, width).contiguous()
+
+
 def _project(inp, weight, bias, out=None):
-    """``inp @ weight.T + bias``, written into ``out`` (a contiguous row slice) if given."""
+    """``inp @ weight.T + bias``; with ``out`` (a contiguous row slice of a :func:`_buffer`
+    made with the same bias, which it already holds) written into it."""
     if out is None:
         return F.linear(inp, weight, bias)
     if bias is None:
         return torch.mm(inp, weight.t(), out=out)
-    return torch.addmm(bias, inp, weight.t(), out=out)
+    return out.addmm_(inp, weight.t())
 
 
 def _add_mm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -153,7 +163,8 @@ class _Call:
     def state_table(self, ops: ChunkOps, weights: MixerWeights, u_in, u_out) -> torch.Tensor:
         """The states the queries read, as a table: ``(B * segments, F)`` (segment modes)
         or ``(B * M, F)`` (one row per query). ``u_in``: the kept projection rows to reuse,
-        or None (computed); ``u_out``: a buffer to keep them in."""
+        or None (computed); ``u_out``: a buffer to keep them in (a :func:`_buffer` with
+        the bias ``b_h``)."""
         w_h, b_h, coeff = weights.w_h, weights.b_h, weights.coeff
         width = w_h.shape[0]  # F for both variants (product: k parts of e*D; power: e*D)
         if self.seg is None:
@@ -186,10 +197,10 @@ def mix_forward(spec: MixerSpec, mode, x: torch.Tensor, c: torch.Tensor | None, 
     """
     call = _Call(mode, x, c, chunk_rows)
     w_s, b_s, w_o, b_o = weights.w_s, weights.b_s, weights.w_o, weights.b_o
-    u_all = torch.empty(call.B * call.N, weights.w_h.shape[0], dtype=x.dtype, device=x.device) if keep_projections else None
+    u_all = _buffer(call.B * call.N, weights.w_h.shape[0], weights.b_h, x) if keep_projections else None
     state = call.state_table(ops, weights, None, u_all)
-    y = torch.empty(call.B * call.M, w_o.shape[0], dtype=x.dtype, device=x.device)
-    z_all = torch.empty(call.B * call.M, w_s.shape[0], dtype=x.dtype, device=x.device) if keep_projections else None
+    y = _buffer(call.B * call.M, w_o.shape[0], b_o, x)
+    z_all = _buffer(call.B * call.M, w_s.shape[0], b_s, x) if keep_projections else None
     for start, stop, rows in call.rows(call.M):
         z_c = _project(call.x2[start:stop], w_s, b_s, None if z_all is None else z_all[start:stop])
         gated = rows.flat(ops.gated(rows.view(z_c), rows.read(state)))
@@ -227,8 +238,8 @@ def mix_backward(spec: MixerSpec, mode, dy: torch.Tensor, x: torch.Tensor, c: to
         z_c = z_all[start:stop] if z_all is not None else F.linear(x_c, w_s, b_s)
         dy_c = dy2[start:stop]
         d_gated = dy_c @ w_o  # (t, F)
-        gated, d_state, d_z = ops.gate_backward(rows.view(z_c), rows.read(state), rows.view(d_gated),
-                                                rows.sums_rows, acc)
+        gated, d_state, d_z, d_b = ops.gate_backward(rows.view(z_c), rows.read(state), rows.view(d_gated),
+                                                     rows.sums_rows, acc, d_b_s is not None)
         del d_gated
         _add_mm(d_w_o, dy_c.t(), rows.flat(gated))
         del gated
@@ -237,7 +248,7 @@ def mix_backward(spec: MixerSpec, mode, dy: torch.Tensor, x: torch.Tensor, c: to
         torch.mm(d_z, w_s, out=d_x2[start:stop])
         _add_mm(d_w_s, d_z.t(), x_c)
         if d_b_s is not None:
-            d_b_s += d_z.sum(dim=0, dtype=acc)
+            d_b_s += d_b
     # Phase B: the adjoint of the aggregation. (The states are not needed any more: with
     # one table row per token they and d_table are F-wide, so at most two such tensors
     # are alive at once from here.)
@@ -263,7 +274,8 @@ def mix_backward(spec: MixerSpec, mode, dy: torch.Tensor, x: torch.Tensor, c: to
         u_c = u_all[start:stop] if u_all is not None else F.linear(c_c, w_h, b_h)
         dh = rows.read(g).to(dh_dtype)
         w_c = None if call.w2 is None else rows.view(call.w2[start:stop])
-        du_parts, d_coeff_c = ops.feature_backward(rows.view(u_c), coeff, dh, w_c)
+        du_parts, d_coeff_c, d_b_parts = ops.feature_backward(rows.view(u_c), coeff, dh, w_c,
+                                                              None if d_b_h is None else acc)
         if d_coeff_c is not None:
             d_coeff += d_coeff_c.to(acc)
         row, d_out = 0, d_c2[start:stop]
@@ -276,7 +288,7 @@ def mix_backward(spec: MixerSpec, mode, dy: torch.Tensor, x: torch.Tensor, c: to
                 torch.mm(part, w_part, out=d_out)
             _add_mm(d_w_h[row:row + part.shape[-1]], part.t(), c_c)
             if d_b_h is not None:
-                d_b_h[row:row + part.shape[-1]] += part.sum(dim=0, dtype=acc)
+                d_b_h[row:row + part.shape[-1]] += d_b_parts[i]
             row += part.shape[-1]
     d_x = d_x2.view_as(x)
     d_c = None if c is None else d_c2.view_as(c)

@@ -46,12 +46,19 @@ def _chunk_gated(spec: MixerSpec, z, H):
     return apply_gate(gate(spec.variant, z), H.to(z.dtype))
 
 
-def _chunk_gate_backward(spec: MixerSpec, z, H, d_gated, sum_rows: bool, acc: torch.dtype):
+def _token_sum(t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """Sum of ``t: (..., C)`` over every leading dimension, in ``acc``: (C,)."""
+    return t.reshape(-1, t.shape[-1]).sum(dim=0, dtype=acc)
+
+
+def _chunk_gate_backward(spec: MixerSpec, z, H, d_gated, sum_rows: bool, acc: torch.dtype, bias_sum: bool):
     """Backward of the gate side of a chunk, given ``d_gated = dy @ W_o``.
 
-    Returns ``(gated, d_state, d_z)``: the recomputed ``s * H`` (for W_o's gradient), the
-    gradient of the states ``s * d_gated`` (summed over tokens, dim -2, when ``sum_rows``;
-    in acc) and the gradient of the gate projection's output.
+    Returns ``(gated, d_state, d_z, d_b)``: the recomputed ``s * H`` (for W_o's gradient),
+    the gradient of the states ``s * d_gated`` (summed over tokens, dim -2, when
+    ``sum_rows``; in acc), the gradient of the gate projection's output, and, when
+    ``bias_sum``, its sum over the chunk's tokens in acc (the chunk's part of the gate
+    bias gradient; else None), so that the reduction is part of this one call.
     """
     s = gate(spec.variant, z)
     Hc = H.to(s.dtype)
@@ -59,14 +66,19 @@ def _chunk_gate_backward(spec: MixerSpec, z, H, d_gated, sum_rows: bool, acc: to
     d_state = apply_gate(s, d_gated)
     d_state = d_state.sum(dim=-2, dtype=acc) if sum_rows else d_state.to(acc)
     d_z = gate_backward(spec.variant, gate_input_grad(d_gated, Hc, s.shape[-1]), z, s)
-    return gated, d_state, d_z
+    return gated, d_state, d_z, (_token_sum(d_z, acc) if bias_sum else None)
 
 
-def _chunk_feature_backward(spec: MixerSpec, u, coeff, dh, w):
-    """:func:`~polymixer.ops.features.feature_backward` of a chunk, with the padding weights ``w`` applied to dh."""
+def _chunk_feature_backward(spec: MixerSpec, u, coeff, dh, w, bias_acc: torch.dtype | None):
+    """:func:`~polymixer.ops.features.feature_backward` of a chunk, with the padding weights
+    ``w`` applied to dh. Returns ``(du_parts, d_coeff, d_b_parts)``: d_b_parts, when
+    ``bias_acc`` is a dtype, the sums over the chunk's tokens of the parts in it (the
+    chunk's part of the feature bias gradient), else None."""
     if w is not None:
         dh = dh * w.unsqueeze(-1).to(dh.dtype)
-    return feature_backward(spec, u, coeff, dh)
+    parts, d_coeff = feature_backward(spec, u, coeff, dh)
+    sums = None if bias_acc is None else [_token_sum(part, bias_acc) for part in parts]
+    return parts, d_coeff, sums
 
 
 _EAGER = {fn.__name__[len("_chunk_"):]: fn for fn in (
@@ -127,8 +139,8 @@ class ChunkOps:
     def gated(self, z, H):
         return self._call("gated", z, H)
 
-    def gate_backward(self, z, H, d_gated, sum_rows, acc):
-        return self._call("gate_backward", z, H, d_gated, sum_rows, acc)
+    def gate_backward(self, z, H, d_gated, sum_rows, acc, bias_sum=False):
+        return self._call("gate_backward", z, H, d_gated, sum_rows, acc, bias_sum)
 
-    def feature_backward(self, u, coeff, dh, w):
-        return self._call("feature_backward", u, coeff, dh, w)
+    def feature_backward(self, u, coeff, dh, w, bias_acc=None):
+        return self._call("feature_backward", u, coeff, dh, w, bias_acc)

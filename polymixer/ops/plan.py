@@ -48,7 +48,8 @@ class MixerSettings:
         when Triton is installed; ``"on"`` wherever they can run (CUDA, or CPU under
         ``TRITON_INTERPRET=1``, slowly); ``"off"``.
     chunk_rows: token rows per chunk of the fused/lean passes; None picks one from the
-        device and the state width (:func:`default_chunk_rows`).
+        device, the state width and, on CPU, the call's ``torch.get_num_threads()``
+        (:func:`default_chunk_rows`).
     """
 
     compile: str = "auto"
@@ -147,12 +148,25 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
         return torch.get_autocast_gpu_dtype() if device_type == "cuda" else torch.get_autocast_cpu_dtype()
 
 
-def default_chunk_rows(width: int, device_type: str) -> int:
-    """Token rows per chunk: one F-wide float32 chunk of about 4 MB on CPU (it stays in
-    cache), 256 MB on a GPU (few large kernels; launches, not caches, are the cost)."""
+def default_chunk_rows(width: int, device_type: str, threads: int | None = None) -> int:
+    """Token rows per chunk of a state width ``width`` (F).
+
+    CPU, one thread: one F-wide float32 chunk of about 4 MB (it stays in cache; larger
+    chunks are measurably slower there). CPU, ``threads`` > 1 (default
+    ``torch.get_num_threads()``): 16 MB per thread. Every chunk runs about twenty
+    multithreaded operations (GEMMs, compiled element-wise kernels, sums), each a
+    parallel region that ends in a barrier; on a machine whose cores are shared with
+    other processes a barrier waits for a preempted thread (a scheduler time slice),
+    so a chunk must hold enough work to amortise that, and small chunks made the fused
+    pass 1.5-3.8x its GEMM floor at two threads instead of ~1.1x
+    (benchmarks/results/mixer_cpu_threads.md). A GPU: 256 MB (few large kernels;
+    launches, not caches, are the cost)."""
     if device_type == "cuda":
         return max(4096, min(1 << 16, (256 << 20) // (4 * max(width, 1))))
-    return max(256, min(8192, (4 << 20) // (4 * max(width, 1))))
+    threads = torch.get_num_threads() if threads is None else max(int(threads), 1)
+    if threads == 1:
+        return max(256, min(8192, (4 << 20) // (4 * max(width, 1))))
+    return max(256 * threads, min(8192 * threads, threads * (16 << 20) // (4 * max(width, 1))))
 
 
 def compile_decision(settings: MixerSettings, device_type: str, rows: int) -> tuple[bool, str]:
@@ -241,10 +255,18 @@ def choose_path(settings: MixerSettings, implementation: str, spec: MixerSpec, w
         failed = compile_failures((spec.variant, spec.degree, spec.heads, device_type, dtype))
         if failed:
             why_compile += f"; eager for {', '.join(failed)} after a failed compile"
-    chunk = settings.chunk_rows if settings.chunk_rows is not None else default_chunk_rows(width, device_type)
+    if settings.chunk_rows is not None:
+        chunk, why_chunk = settings.chunk_rows, f"chunks of {settings.chunk_rows} rows (chunk_rows)"
+    elif device_type == "cuda":
+        chunk = default_chunk_rows(width, device_type)
+        why_chunk = f"chunks of {chunk} rows"
+    else:
+        threads = torch.get_num_threads()
+        chunk = default_chunk_rows(width, device_type, threads)
+        why_chunk = f"chunks of {chunk} rows ({threads} thread{'s' if threads > 1 else ''})"
     shape = (f"{mode.kind} mode: features summed per segment, chunk by chunk" if seg is not None
              else f"{mode.kind} mode: features and aggregation on whole tensors")
     return ExecutionPlan(implementation, chunked=seg is not None, compiled=compiled, aggregation_backend="torch",
                          dtype=amp, chunk_rows=chunk,
                          reason=f"implementation={implementation!r}; {shape}; {why_compile}; "
-                                f"chunks of {chunk} rows; PyTorch aggregation")
+                                f"{why_chunk}; PyTorch aggregation")
