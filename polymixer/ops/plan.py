@@ -151,22 +151,21 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
 def default_chunk_rows(width: int, device_type: str, threads: int | None = None) -> int:
     """Token rows per chunk of a state width ``width`` (F).
 
-    CPU, one thread: one F-wide float32 chunk of about 4 MB (it stays in cache; larger
-    chunks are measurably slower there). CPU, ``threads`` > 1 (default
-    ``torch.get_num_threads()``): 16 MB per thread. Every chunk runs about twenty
-    multithreaded operations (GEMMs, compiled element-wise kernels, sums), each a
-    parallel region that ends in a barrier; on a machine whose cores are shared with
-    other processes a barrier waits for a preempted thread (a scheduler time slice),
-    so a chunk must hold enough work to amortise that, and small chunks made the fused
-    pass 1.5-3.8x its GEMM floor at two threads instead of ~1.1x
-    (benchmarks/results/mixer_cpu_threads.md). A GPU: 256 MB (few large kernels;
+    CPU: about 4 MB of F-wide float32 per thread (``threads``, default
+    ``torch.get_num_threads()``): one thread's chunk stays in cache (larger chunks are
+    measurably slower there), and with several threads every chunk runs about twenty
+    multithreaded operations (GEMMs, compiled element-wise kernels, sums), each a parallel
+    region ending in a barrier, so a chunk must hold enough work per thread to amortise
+    them. Measured at two threads, D = 384, N = 16,384 on a quiet 2-core machine
+    (forward+backward over the GEMM floor, ``benchmarks/results/mixer_cpu_threads.md``):
+    4 MB per thread 1.19 (product) / 1.18 (power), 16 MB per thread 1.26 / 1.18, one 4 MB
+    chunk for both threads 1.17 / 1.23; with the second core busy, larger chunks lose less
+    (the old single 4 MB chunk was 1.6-2.1x there). A GPU: 256 MB (few large kernels;
     launches, not caches, are the cost)."""
     if device_type == "cuda":
         return max(4096, min(1 << 16, (256 << 20) // (4 * max(width, 1))))
     threads = torch.get_num_threads() if threads is None else max(int(threads), 1)
-    if threads == 1:
-        return max(256, min(8192, (4 << 20) // (4 * max(width, 1))))
-    return max(256 * threads, min(8192 * threads, threads * (16 << 20) // (4 * max(width, 1))))
+    return max(256 * threads, min(8192 * threads, threads * (4 << 20) // (4 * max(width, 1))))
 
 
 def compile_decision(settings: MixerSettings, device_type: str, rows: int) -> tuple[bool, str]:
