@@ -180,10 +180,12 @@ def evaluate_checkpoint(
         result["note"] = (f"conditional accuracy needs the ten digit classes; this model has {cfg.n_classes} "
                           "classes (only the Fréchet distance is reported)")
     lo, hi = pipeline.data_range
+    t_sampling = time.time()
     if model.kind == "image":
         samples, gen_labels = generate(model, pipeline, labels.tolist(), per_class=1, steps=steps,
                                        cfg_scale=cfg_scale, sampler=sampler, seed=seed, device=device,
                                        progress=progress, batch_size=batch_size)
+        sampling_seconds = time.time() - t_sampling
         fd, acc, per_class = measure(to_classifier_input(samples, (lo, hi)))
         result.update(frechet_distance=fd, conditional_accuracy=acc, per_class_accuracy=per_class)
     else:
@@ -195,6 +197,7 @@ def evaluate_checkpoint(
                                       steps=steps, cfg_scale=cfg_scale, sampler=sampler, seed=seed + k,
                                       device=device, progress=progress))
         videos = torch.cat(clips)
+        sampling_seconds = time.time() - t_sampling
         x01 = ((videos - lo) / (hi - lo) * 2 - 1).clamp(-1, 1)
         fds, accs, per_class = [], [], []
         for f in range(n_frames):
@@ -209,5 +212,7 @@ def evaluate_checkpoint(
                                            if any(pc[c] is not None for pc in per_class) else None
                                            for c in range(cfg.n_classes)] if digits else None),
                       per_frame={"frechet_distance": fds, "conditional_accuracy": accs if digits else None})
+    result["sampling_seconds"] = round(sampling_seconds, 2)
+    result["samples_per_second"] = round(num_samples / max(sampling_seconds, 1e-9), 3)  # clips for video models
     result["seconds"] = round(time.time() - t0, 1)
     return result

@@ -204,6 +204,7 @@ def test_eval_bundled_demo(tmp_path, monkeypatch, capsys):
         assert key in result
     assert result["num_samples"] == 20 and result["kind"] == "image" and len(result["per_class_accuracy"]) == 10
     assert result["frechet_distance"] > 0 and 0 <= result["conditional_accuracy"] <= 1
+    assert result["samples_per_second"] > 0 and 0 < result["sampling_seconds"] <= result["seconds"]
 
 
 @pytest.mark.parametrize("argv, message", [
