@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import statistics
 import subprocess
@@ -148,7 +147,7 @@ def main(argv=None) -> None:
         f"alternates too), after one warm-up call per rival (which compiles what is compiled); "
         f"{args.repeats} calls per (rival, N, pass) and tree; table: median [min-max] ms; ratio = median of "
         "the tree / median of the first tree (below 1: faster), and the same for the minima",
-        f"- trees: " + ", ".join(f"`{t}`" for t in trees),
+        "- trees: " + ", ".join(f"`{t}`" for t in trees),
         "",
         "| N | rival | pass | " + " | ".join(f"{os.path.basename(os.path.abspath(t)) or t} ms" for t in trees)
         + " | " + " | ".join(f"ratio {os.path.basename(os.path.abspath(t))} (median, min)" for t in trees[1:]) + " |",

@@ -7,7 +7,7 @@ export and evaluation read it back. One definition, one set of defaults.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .diffusion import OBJECTIVES, SAMPLERS, make_objective
