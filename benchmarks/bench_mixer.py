@@ -31,7 +31,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import _common  # noqa: E402  (benchmarks/_common.py)
+from _common import reset_peak_rss, status_kb  # noqa: E402
 from polymixer import MultiHeadAttention, PolynomialMixer
 from polymixer.ops import MixerSettings  # noqa: E402
 
@@ -133,40 +134,16 @@ def memory_child(args) -> None:
     warm = x.detach().clone().requires_grad_()
     module(warm, **kwargs).backward(grad)
     del warm
-    base = _reset_peak_rss()
+    base = reset_peak_rss()
     y = module(x, **kwargs)
     y.backward(grad)
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     print(json.dumps({"peak_mb": (peak - base) / 1024}))
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak_rss() -> int:
-    """Reset the process's peak RSS (Linux clear_refs 5) and return the current RSS in kB."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return _status_kb("VmRSS")
-
-
 def machine(threads=None) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     threads = ",".join(map(str, threads)) if threads else str(torch.get_num_threads())
-    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, {threads} threads"
+    return f"{_common.machine()}, {threads} threads"
 
 
 def main(argv=None) -> None:
