@@ -41,7 +41,7 @@ if not rows:
 lines = [
     "# PoM-DiT vs attention-DiT on MNIST 32x32, same budget (CPU)",
     "",
-    "- recipe: `bash examples/compare_mnist.sh SEED STEPS` (DiT-M/4, 6 blocks, width 128, batch 64, lr 1e-3, "
+    "- recipe: `bash examples/compare_mnist.sh 0 1000` and `bash examples/compare_mnist.sh 1 1000`, at the same time (DiT-M/4, 6 blocks, width 128, batch 64, lr 1e-3, "
     "300 warm-up steps, EMA 0.999, flow matching; the two mixers trained at the same time, one thread each), then "
     "`polymixer eval --num-samples N --steps 20 --seed 0` (Euler, cfg 2) on the EMA model",
     f"- table: `python examples/compare_mnist_report.py`, {datetime.date.today().isoformat()}",
