@@ -7,7 +7,7 @@ import platform
 
 import torch
 
-__all__ = ["machine", "status_kb", "reset_peak_rss"]
+__all__ = ["machine", "status_kb", "reset_peak_rss", "pyplot", "finish_log_plot"]
 
 
 def machine() -> str:
@@ -38,3 +38,28 @@ def reset_peak_rss() -> int:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     return status_kb("VmRSS")
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or None (with a notice) when it is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'polymixer[bench]')")
+        return None
+    return plt
+
+
+def finish_log_plot(fig, axes, xlabel: str, path) -> None:
+    """Log-log axes (base 2 on x) with grid and legend on every panel, then save ``fig`` to ``path``."""
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

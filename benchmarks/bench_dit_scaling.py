@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from _common import machine, reset_peak_rss, status_kb  # benchmarks/_common.py
+from _common import finish_log_plot, machine, pyplot, reset_peak_rss, status_kb  # benchmarks/_common.py
 
 from polymixer.diffusion import FlowMatching, sample
 from polymixer.models import DiT, dit_config
@@ -213,13 +213,8 @@ def report(args, rows, whats, tokens, params) -> None:
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"command": command, "params": params, "rows": rows}, indent=1))
     print("\n".join(lines))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install 'polymixer[bench]')")
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, len(whats) + 1, figsize=(5 * (len(whats) + 1), 4))
     for ax, w in zip(axes, whats):
@@ -232,14 +227,7 @@ def report(args, rows, whats, tokens, params) -> None:
                                                                                                              "train_step")]]
         axes[-1].plot([q["tokens"] for q in pts], [max(q["peak_mb"], 0.1) for q in pts], marker="o", label=m)
     axes[-1].set_title("train_step peak memory (MB)")
-    for ax in axes:
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("tokens")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=110)
+    finish_log_plot(fig, axes, "tokens", out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from _common import machine, reset_peak_rss, status_kb  # benchmarks/_common.py
+from _common import finish_log_plot, machine, pyplot, reset_peak_rss, status_kb  # benchmarks/_common.py
 
 from polymixer.models import VideoDiT, VideoDiTConfig
 from polymixer.pipeline import SamplingConfig
@@ -273,13 +273,8 @@ def report(args, rows, rivals, frame_counts, command) -> None:
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}, indent=1) + "\n")
     print("\n".join(lines))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install 'polymixer[bench]')")
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for r in rivals:
@@ -288,14 +283,8 @@ def report(args, rows, rivals, frame_counts, command) -> None:
         axes[0].plot(xs, [q["seconds"] / q["frames"] * 1000 for q in pts], marker="o", label=r)
         axes[1].plot(xs, [max(q["peak_mb"], 0.1) for q in pts], marker="o", label=r)
     for ax, title in zip(axes, ["time per frame (ms)", "peak memory added (MB)"]):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("frames")
         ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=110)
+    finish_log_plot(fig, axes, "frames", out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
