@@ -11,7 +11,7 @@ steps=${2:-2000}
 resume=${RESUME:+--resume}
 for mixer in pom attention; do
   polymixer train --data mnist --image-size 32 --preset DiT-M/4 --depth 6 --mixer "$mixer" \
-    --batch-size 64 --lr 1e-3 --warmup-steps 300 --ema-decay 0.999 --steps "$steps" \
+    --batch-size 64 --lr 1e-3 --warmup-steps 300 --ema-decay 0.999 --time-sampling logit_normal --steps "$steps" \
     --checkpoint-every 200 --sample-every 1000 --keep-last 2 --log-every 50 --progress false \
     --num-threads 1 --seed "$seed" --out "runs/compare/${mixer}_seed${seed}" $resume \
     > "runs/compare/${mixer}_seed${seed}.log" 2>&1 &

