@@ -6,6 +6,9 @@
 # `polymixer eval` (PoM generates frame by frame, attention denoises the clip jointly; the two
 # are the same computation for PoM, tested in tests/test_video*.py).
 #   bash examples/compare_video.sh SEED [STEPS]     # needs runs/compare/{pom,attention}_seedSEED/ema_model
+#   INIT_ROOT=checkpoints/compare bash examples/compare_video.sh SEED [STEPS]
+# The second form starts both mixers from the shipped seed-0 image models (float16 folders
+# checkpoints/compare/{pom,attention}) whatever SEED is, so no image run is needed first.
 # Resume an interrupted pair with the same command plus RESUME=1. Results: runs/compare_video/.
 set -euo pipefail
 seed=${1:-0}
@@ -13,8 +16,10 @@ steps=${2:-1000}
 resume=${RESUME:+--resume}
 mkdir -p runs/compare_video
 for mixer in pom attention; do
+  init="runs/compare/${mixer}_seed${seed}/ema_model"
+  [ -n "${INIT_ROOT:-}" ] && init="$INIT_ROOT/$mixer"
   polymixer train --data moving-digits --image-size 32 --frames 8 --preset DiT-M/4 --depth 6 --mixer "$mixer" \
-    --init-from "runs/compare/${mixer}_seed${seed}/ema_model" \
+    --init-from "$init" \
     --batch-size 16 --lr 5e-4 --warmup-steps 100 --ema-decay 0.998 --steps "$steps" \
     --checkpoint-every 100 --sample-every 500 --sample-steps 20 --keep-last 2 --log-every 20 --progress false \
     --num-threads 1 --seed "$seed" --out "runs/compare_video/${mixer}_seed${seed}" $resume \
