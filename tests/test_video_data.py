@@ -120,3 +120,23 @@ def test_clip_folder_reads_gif_and_npy_and_reports_bad_files(tmp_path):
     (tmp_path / "up" / "broken.gif").write_bytes(b"GIF89a not really")
     with pytest.raises(ValueError, match="broken.gif"):
         clip_folder(tmp_path, 16, 4, channels=1)
+
+
+def test_in_memory_datasets_check_shapes_and_batch_alike():
+    from polymixer.data import ImageDataset
+
+    clips, labels = torch.randn(5, 3, 1, 4, 4), torch.arange(5) % 2
+    ds = ClipDataset(clips, labels, n_classes=2)
+    assert isinstance(ds, TrainingData) and len(ds) == 5 and ds.sample_shape == (3, 1, 4, 4)
+    x, y = ds.batch(torch.tensor([4, 0]))
+    assert torch.equal(x, clips[[4, 0]]) and torch.equal(y, labels[[4, 0]])
+    images = ImageDataset(clips[:, 0], labels, n_classes=2)
+    assert images.sample_shape == (1, 4, 4) and images.channels == 1 and images.image_size == (4, 4)
+    with pytest.raises(ValueError, match=r"clips: expected \(N, F, C, H, W\)"):
+        ClipDataset(clips[:, 0], labels, n_classes=2)
+    with pytest.raises(ValueError, match=r"images: expected \(N, C, H, W\)"):
+        ImageDataset(clips, labels, n_classes=2)
+    with pytest.raises(ValueError, match="labels: expected shape"):
+        ClipDataset(clips, labels[:3], n_classes=2)
+    with pytest.raises(ValueError, match="empty"):
+        ImageDataset(clips[:0, 0], labels[:0], n_classes=2, name="none")

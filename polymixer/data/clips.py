@@ -13,13 +13,14 @@ import torch
 import torch.nn.functional as F
 
 from ..media import CLIP_SUFFIXES, load_clip
+from .dataset import _InMemorySamples
 from .folder import read_class_folder
 
 __all__ = ["ClipDataset", "clip_folder", "has_clips"]
 
 
 @dataclass
-class ClipDataset:
+class ClipDataset(_InMemorySamples):
     """Clips ``(N, F, C, H, W)`` float32 in [-1, 1] and labels ``(N,)`` int64 in [0, n_classes);
     implements the training dataset protocol (:class:`~polymixer.data.TrainingData`)."""
 
@@ -30,26 +31,14 @@ class ClipDataset:
     class_names: list[str] | None = None
     skipped: list[str] = field(default_factory=list)
 
+    _layout = "(N, F, C, H, W)"
+
     def __post_init__(self) -> None:
-        if self.clips.dim() != 5:
-            raise ValueError(f"clips: expected (N, F, C, H, W), got shape {tuple(self.clips.shape)}")
-        if self.labels.shape != (self.clips.shape[0],):
-            raise ValueError(f"labels: expected shape ({self.clips.shape[0]},), got {tuple(self.labels.shape)}")
-        if len(self) == 0:
-            raise ValueError(f"{self.name}: the dataset is empty")
-
-    def __len__(self) -> int:
-        return self.clips.shape[0]
-
-    def __getitem__(self, index):
-        return self.clips[index], self.labels[index]
+        self._check("clips")
 
     @property
-    def sample_shape(self) -> tuple[int, int, int, int]:
-        return tuple(self.clips.shape[1:])
-
-    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.clips[indices], self.labels[indices]
+    def _samples(self) -> torch.Tensor:
+        return self.clips
 
 
 def has_clips(root: str | Path) -> bool:

@@ -32,8 +32,42 @@ class TrainingData(Protocol):
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+class _InMemorySamples:
+    """What the in-memory datasets share: a samples tensor ``(N, *sample_shape)`` beside
+    labels ``(N,)``, checked on construction, indexed and batched the same way."""
+
+    _layout = "(N, ...)"
+
+    @property
+    def _samples(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _check(self, what: str) -> None:
+        samples = self._samples
+        if samples.dim() != self._layout.count(",") + 1:
+            raise ValueError(f"{what}: expected {self._layout}, got shape {tuple(samples.shape)}")
+        if self.labels.shape != (samples.shape[0],):
+            raise ValueError(f"labels: expected shape ({samples.shape[0]},), got {tuple(self.labels.shape)}")
+        if len(self) == 0:
+            raise ValueError(f"{self.name}: the dataset is empty")
+
+    def __len__(self) -> int:
+        return self._samples.shape[0]
+
+    def __getitem__(self, index):
+        return self._samples[index], self.labels[index]
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples ``(len(indices), *sample_shape)`` and labels ``(len(indices),)``."""
+        return self._samples[indices], self.labels[indices]
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self._samples.shape[1:])
+
+
 @dataclass
-class ImageDataset:
+class ImageDataset(_InMemorySamples):
     """Images ``(N, C, H, W)`` float32 in the data range ([-1, 1] pixels, or scaled latents)
     and labels ``(N,)`` int64 in [0, n_classes)."""
 
@@ -44,27 +78,14 @@ class ImageDataset:
     class_names: list[str] | None = None
     skipped: list[str] = field(default_factory=list)
 
+    _layout = "(N, C, H, W)"
+
     def __post_init__(self) -> None:
-        if self.images.dim() != 4:
-            raise ValueError(f"images: expected (N, C, H, W), got shape {tuple(self.images.shape)}")
-        if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"labels: expected shape ({self.images.shape[0]},), got {tuple(self.labels.shape)}")
-        if len(self) == 0:
-            raise ValueError(f"{self.name}: the dataset is empty")
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index):
-        return self.images[index], self.labels[index]
-
-    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images ``(len(indices), C, H, W)`` and labels ``(len(indices),)``."""
-        return self.images[indices], self.labels[indices]
+        self._check("images")
 
     @property
-    def sample_shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])
+    def _samples(self) -> torch.Tensor:
+        return self.images
 
     @property
     def channels(self) -> int:
