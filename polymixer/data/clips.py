@@ -31,7 +31,7 @@ class ClipDataset(_InMemorySamples):
     class_names: list[str] | None = None
     skipped: list[str] = field(default_factory=list)
 
-    _layout = "(N, F, C, H, W)"
+    _layout, _ndim = "(N, F, C, H, W)", 5
 
     def __post_init__(self) -> None:
         self._check("clips")

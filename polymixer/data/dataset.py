@@ -34,9 +34,12 @@ class TrainingData(Protocol):
 
 class _InMemorySamples:
     """What the in-memory datasets share: a samples tensor ``(N, *sample_shape)`` beside
-    labels ``(N,)``, checked on construction, indexed and batched the same way."""
+    labels ``(N,)``, checked on construction, indexed and batched the same way. A subclass
+    names its samples' layout (``_layout``, for messages) and their number of dimensions
+    (``_ndim``)."""
 
-    _layout = "(N, ...)"
+    _layout: str
+    _ndim: int
 
     @property
     def _samples(self) -> torch.Tensor:
@@ -44,7 +47,7 @@ class _InMemorySamples:
 
     def _check(self, what: str) -> None:
         samples = self._samples
-        if samples.dim() != self._layout.count(",") + 1:
+        if samples.dim() != self._ndim:
             raise ValueError(f"{what}: expected {self._layout}, got shape {tuple(samples.shape)}")
         if self.labels.shape != (samples.shape[0],):
             raise ValueError(f"labels: expected shape ({samples.shape[0]},), got {tuple(self.labels.shape)}")
@@ -78,7 +81,7 @@ class ImageDataset(_InMemorySamples):
     class_names: list[str] | None = None
     skipped: list[str] = field(default_factory=list)
 
-    _layout = "(N, C, H, W)"
+    _layout, _ndim = "(N, C, H, W)", 4
 
     def __post_init__(self) -> None:
         self._check("images")
