@@ -10,24 +10,30 @@
 # The second form starts both mixers from the shipped seed-0 image models (float16 folders
 # checkpoints/compare/{pom,attention}) whatever SEED is, so no image run is needed first.
 # Resume an interrupted pair with the same command plus RESUME=1. Results: runs/compare_video/.
+# Variants: MIXERS="pom" (or "attention") runs one mixer only, EXTRA="--frame-local-every 2" adds
+# training options to every run, RUNS=runs/compare_video_spatial puts the runs elsewhere, e.g.
+#   MIXERS="pom" EXTRA="--frame-local-every 2" RUNS=runs/compare_video_spatial \
+#     INIT_ROOT=checkpoints/compare bash examples/compare_video.sh 0 2000
 set -euo pipefail
 seed=${1:-0}
 steps=${2:-1000}
 resume=${RESUME:+--resume}
-mkdir -p runs/compare_video
-for mixer in pom attention; do
+mixers=${MIXERS:-pom attention}
+runs=${RUNS:-runs/compare_video}
+mkdir -p "$runs"
+for mixer in $mixers; do
   init="runs/compare/${mixer}_seed${seed}/ema_model"
   [ -n "${INIT_ROOT:-}" ] && init="$INIT_ROOT/$mixer"
   polymixer train --data moving-digits --image-size 32 --frames 8 --preset DiT-M/4 --depth 6 --mixer "$mixer" \
     --init-from "$init" \
     --batch-size 16 --lr 5e-4 --warmup-steps 100 --ema-decay 0.998 --steps "$steps" \
     --checkpoint-every 100 --sample-every 500 --sample-steps 20 --keep-last 2 --log-every 20 --progress false \
-    --num-threads 1 --seed "$seed" --out "runs/compare_video/${mixer}_seed${seed}" $resume \
-    > "runs/compare_video/${mixer}_seed${seed}.log" 2>&1 &
+    --num-threads 1 --seed "$seed" --out "$runs/${mixer}_seed${seed}" $resume ${EXTRA:-} \
+    > "$runs/${mixer}_seed${seed}.log" 2>&1 &
 done
 wait
-for mixer in pom attention; do
-  polymixer eval --checkpoint "runs/compare_video/${mixer}_seed${seed}/ema_model" --num-samples 200 --steps 20 \
-    --batch-size 50 --seed 0 --threads 1 --out "runs/compare_video/${mixer}_seed${seed}_eval.json" &
+for mixer in $mixers; do
+  polymixer eval --checkpoint "$runs/${mixer}_seed${seed}/ema_model" --num-samples 200 --steps 20 \
+    --batch-size 50 --seed 0 --threads 1 --out "$runs/${mixer}_seed${seed}_eval.json" &
 done
 wait

@@ -54,9 +54,36 @@ def test_temporal_patch_and_other_sizes():
                        model(x, torch.rand(2).fill_(0.5), torch.tensor([0, 1]))[:, :4])
 
 
+@pytest.mark.parametrize("mixer", ["pom", "attention"])
 @pytest.mark.parametrize("noise_levels", ["clip", "frame"])
-def test_streaming_frames_equals_the_parallel_forward_float64(noise_levels):
-    model = tiny_video(noise_levels=noise_levels, dtype=torch.float64)
+def test_frame_local_blocks_mix_inside_each_frame(mixer, noise_levels):
+    x, t, y = clip_inputs(F=4, per_frame=noise_levels == "frame")
+    # every block spatial: each frame is the model on that frame alone (at its position)
+    model = tiny_video(mixer, noise_levels, frame_local_every=1)
+    assert model.frame_local_blocks() == {0, 1}
+    out = model(x, t, y)
+    for f in range(4):
+        alone = model(x[:, f:f + 1], t[:, f:f + 1] if t.dim() == 2 else t, y, frame_offset=f)
+        assert (alone - out[:, f:f + 1]).abs().max() < 1e-5
+    # alternating (blocks 0 and 2 spatial, 1 block-causal): still causal, and earlier frames do reach
+    model = tiny_video(mixer, noise_levels, frame_local_every=2, depth=3)
+    assert model.frame_local_blocks() == {0, 2}
+    out = model(x, t, y)
+    x2 = x.clone()
+    x2[:, 1] += 1.0
+    out2 = model(x2, t, y)
+    assert torch.equal(out2[:, :1], out[:, :1])
+    assert (out2[:, 2:] - out[:, 2:]).abs().max() > 1e-3
+    # and a spatial block differs from the block-causal one (the option does something)
+    causal = tiny_video(mixer, noise_levels, depth=3)
+    assert (causal(x, t, y) - out).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("noise_levels", ["clip", "frame"])
+@pytest.mark.parametrize("frame_local_every", [0, 2])
+def test_streaming_frames_equals_the_parallel_forward_float64(noise_levels, frame_local_every):
+    model = tiny_video(noise_levels=noise_levels, dtype=torch.float64, frame_local_every=frame_local_every,
+                       depth=3)
     x, t, y = clip_inputs(F=7, dtype=torch.float64, per_frame=noise_levels == "frame")
     joint = model(x, t, y)
     states = model.init_states(2, dtype=torch.float64)
@@ -65,8 +92,10 @@ def test_streaming_frames_equals_the_parallel_forward_float64(noise_levels):
         tf = t[:, f:f + 1] if t.dim() == 2 else t
         outs.append(model(x[:, f:f + 1], tf, y, frame_offset=f, states=states, update_states=True))
     assert (torch.cat(outs, 1) - joint).abs().max() < 1e-12
-    assert states[0].total.dtype == torch.float64 and torch.equal(states[0].count, torch.full((2,), 7 * 16.0,
+    assert states[1].total.dtype == torch.float64 and torch.equal(states[1].count, torch.full((2,), 7 * 16.0,
                                                                                               dtype=torch.float64))
+    for i in model.frame_local_blocks():  # a spatial block's state is never fed
+        assert not states[i].count.any()
     # several frames at once, read-only, after a prefix of 3 frames: the block-causal rest
     states = model.init_states(2, dtype=torch.float64)
     model(x[:, :3], t[:, :3] if t.dim() == 2 else t, y, states=states, update_states=True)
@@ -89,6 +118,14 @@ def test_sequential_sampling_equals_joint_sampling_float64(frames, sampler, obje
     # and the result depends on the seed (not a trivial equality)
     other = sample_video(model, pipe, y, mode="sequential", **{**kw, "seed": 6})
     assert (other - seq).abs().max() > 1e-3
+
+
+def test_sequential_sampling_with_spatial_blocks_equals_joint():
+    model = tiny_video(dtype=torch.float64, frame_local_every=2, depth=3)
+    kw = dict(frames=5, steps=3, cfg_scale=2.0, seed=2)
+    joint = sample_video(model, SamplingConfig(), torch.tensor([1, 2]), mode="joint", **kw)
+    seq = sample_video(model, SamplingConfig(), torch.tensor([1, 2]), mode="sequential", **kw)
+    assert (seq - joint).abs().max() < 1e-10
 
 
 @pytest.mark.parametrize("frames", [1, 7])
@@ -167,6 +204,13 @@ def test_video_bad_input():
         tiny_video("attention").init_states(1)
     with pytest.raises(ValueError, match="noise_levels"):
         VideoDiTConfig(noise_levels="frame", temporal_patch=2, frames=4)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="frame_local_every"):
+            VideoDiTConfig(frame_local_every=bad)
+    with pytest.raises(ValueError, match="local_size: 3 does not divide"):
+        model.blocks[0](torch.zeros(1, 8, 32), torch.zeros(1, 32), local_size=3)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        model.blocks[0](torch.zeros(1, 8, 32), torch.zeros(1, 32), local_size=4, block_size=4)
     per_frame = tiny_video(noise_levels="frame")
     with pytest.raises(ValueError, match="already has"):
         sample_video(per_frame, pipe, torch.tensor([1]), frames=2, context=torch.zeros(1, 2, 1, 8, 8))

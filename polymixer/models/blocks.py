@@ -168,8 +168,24 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(D, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, D))
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, **context) -> torch.Tensor:
-        return self._residuals(x, c, lambda h: self.mixer(h, **context))
+    def forward(self, x: torch.Tensor, c: torch.Tensor, *, local_size: int | None = None,
+                **context) -> torch.Tensor:
+        """The block on ``x``. With ``local_size`` T the mixer runs inside each run of T
+        consecutive tokens only (one frame of a clip: ``N`` must be a multiple of T), as
+        the full mixer of ``(B * N / T, T, D)``; the other context arguments must be
+        absent then."""
+        if local_size is None:
+            return self._residuals(x, c, lambda h: self.mixer(h, **context))
+        if context:
+            raise ValueError(f"local_size: cannot be combined with {sorted(context)}")
+        B, N, D = x.shape
+        if N % local_size != 0:
+            raise ValueError(f"local_size: {local_size} does not divide the {N} tokens")
+
+        def mix(h):
+            return self.mixer(h.reshape(B * N // local_size, local_size, D)).reshape(B, N, D)
+
+        return self._residuals(x, c, mix)
 
     def stream(self, x: torch.Tensor, c: torch.Tensor, state, *, update: bool = False, **context):
         """The block on new tokens ``x`` of a stream whose earlier tokens are summarised by
@@ -210,11 +226,14 @@ class FinalLayer(nn.Module):
 
 
 def run_blocks(blocks: nn.ModuleList, tokens: torch.Tensor, c: torch.Tensor, checkpointing: bool,
-               states=None, **context) -> torch.Tensor:
+               states=None, contexts=None, **context) -> torch.Tensor:
     """Apply ``blocks`` in order; ``states`` (one per block, or None) goes to each block's
-    mixer as its ``state``; activation checkpointing when ``checkpointing`` in training."""
+    mixer as its ``state``; ``contexts`` (one dict per block, or None) replaces ``context``
+    for the blocks whose entry is not None; activation checkpointing when ``checkpointing``
+    in training."""
     for i, block in enumerate(blocks):
-        kw = context if states is None else {**context, "state": states[i]}
+        kw = context if contexts is None or contexts[i] is None else contexts[i]
+        kw = kw if states is None else {**kw, "state": states[i]}
         if checkpointing and block.training and torch.is_grad_enabled():
             tokens = checkpoint(block, tokens, c, use_reentrant=False, **kw)
         else:

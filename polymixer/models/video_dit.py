@@ -6,7 +6,8 @@ frame, ``N = F/temporal_patch * T`` in all, with 2-D sin-cos positions inside th
 a 1-D sin-cos position of the frame. The blocks are the image DiT's adaLN-Zero blocks
 (``models/blocks.py``); every token mixer runs block-causal with one block per frame
 (``block_size=T``): a frame reads itself and all earlier frames, never a later one, in
-O(N) for PoM (no N x N tensor) and with the same mask for attention.
+O(N) for PoM (no N x N tensor) and with the same mask for attention. With
+``frame_local_every=k`` every k-th block (0, k, 2k, ...) mixes inside each frame only.
 
 Two ways to condition on time (``noise_levels``):
 
@@ -65,6 +66,11 @@ class VideoDiTConfig(TransformerConfig):
         temporal_patch: consecutive frames folded into one token grid (1 = every frame).
         noise_levels: ``"clip"`` (one time per clip, the paper's) or ``"frame"`` (one per
             frame, diffusion forcing; needs ``temporal_patch == 1``).
+        frame_local_every: 0 (default: every block is block-causal over frames) or k >= 1:
+            blocks 0, k, 2k, ... mix only inside each frame (spatial blocks, no state),
+            the others stay block-causal (so k = 2 alternates spatial and causal blocks;
+            k = 1 makes the frames independent). Against PoM's dilution of the current
+            frame in the mean over all frames so far; streaming stays exact.
         The other fields are :class:`~polymixer.models.blocks.TransformerConfig`'s.
     """
 
@@ -72,6 +78,7 @@ class VideoDiTConfig(TransformerConfig):
     frames: int = 8
     temporal_patch: int = 1
     noise_levels: str = "clip"
+    frame_local_every: int = 0
 
     INT_FIELDS = TransformerConfig.INT_FIELDS + ("image_size", "frames", "temporal_patch")
 
@@ -85,6 +92,9 @@ class VideoDiTConfig(TransformerConfig):
             raise ValueError(f"noise_levels: expected one of {NOISE_LEVELS}, got {self.noise_levels!r}")
         if self.noise_levels == "frame" and self.temporal_patch != 1:
             raise ValueError("noise_levels: 'frame' needs temporal_patch=1 (one time per token grid)")
+        k = self.frame_local_every
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"frame_local_every: expected an int >= 0, got {k!r}")
 
     def to_dict(self) -> dict:
         return config_to_dict(self)
@@ -202,16 +212,27 @@ class VideoDiT(nn.Module):
         tokens = tokens + self.positions(gh, gw, G, frame_offset // tp, tokens.device, tokens.dtype)
         c = self.time_embed(t)  # (B, D) or (B, F, D)
         c = c + (self.class_embed(y) if c.dim() == 2 else self.class_embed(y)[:, None])
+        local = self.frame_local_blocks()
         if states is None:
-            tokens = run_blocks(self.blocks, tokens, c, self.gradient_checkpointing, block_size=T)
+            contexts = [{"local_size": T} if i in local else None for i in range(len(self.blocks))]
+            tokens = run_blocks(self.blocks, tokens, c, self.gradient_checkpointing, contexts=contexts,
+                                block_size=T)
         else:
             for i, block in enumerate(self.blocks):
+                if i in local:  # a spatial block reads no earlier frame: its state stays empty
+                    tokens = block(tokens, c, local_size=T)
+                    continue
                 tokens, new = block.stream(tokens, c, states[i], block_size=T, update=update_states)
                 if update_states:
                     states[i] = new
         out = self.final(tokens, c)  # (B, G*T, tp*p*p*C)
         out = out.view(B, G, gh, gw, tp, C, p, p).permute(0, 1, 4, 5, 2, 6, 3, 7)
         return out.reshape(B, F, C, H, W)
+
+    def frame_local_blocks(self) -> frozenset:
+        """Indices of the blocks that mix inside each frame only (``frame_local_every``)."""
+        k = self.config.frame_local_every
+        return frozenset(range(0, len(self.blocks), k)) if k else frozenset()
 
     # -------------------------------------------------------------- streaming
     def init_states(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> list:
