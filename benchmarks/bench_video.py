@@ -48,7 +48,8 @@ def make_model(mixer: str, args, dtype=torch.float32) -> VideoDiT:
     torch.manual_seed(0)
     config = VideoDiTConfig(image_size=args.image_size, in_channels=1, patch_size=args.patch_size, width=args.width,
                             depth=args.depth, heads=args.heads, mlp_ratio=3.0 if mixer == "pom" else 4.0,
-                            mixer=mixer, pom_heads=1, frames=8, n_classes=10)
+                            mixer=mixer, pom_heads=1, frames=8, n_classes=10,
+                            frame_local_every=getattr(args, "frame_local_every", 0))
     model = VideoDiT(config)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # non-zero adaLN so every block really works
@@ -97,7 +98,11 @@ class _KVCachedModel:
         tokens = m.patch_embed(x.reshape(B * Fr, C, Hh, Ww)).flatten(2).transpose(1, 2).reshape(B, Fr * gh * gw, -1)
         tokens = tokens + m.positions(gh, gw, Fr, self.frame, tokens.device, tokens.dtype)
         c = m.time_embed(t) + m.class_embed(y)
+        local = m.frame_local_blocks()  # spatial blocks (frame_local_every) read no earlier frame: no cache
         for i, block in enumerate(m.blocks):
+            if i in local:
+                tokens = block(tokens, c, local_size=gh * gw)
+                continue
             tokens = block._residuals(tokens, c, lambda h, blk=block, i=i: self._attend(blk.mixer, h, cache, i))
         out = m.final(tokens, c).view(B, Fr, gh, gw, 1, C, p, p).permute(0, 1, 4, 5, 2, 6, 3, 7)
         return out.reshape(B, Fr, C, Hh, Ww)
@@ -176,6 +181,7 @@ def main(argv=None) -> None:
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--depth", type=int, default=6)
     p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--frame-local-every", type=int, default=0, help="spatial blocks 0, k, 2k, ... (0: none)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-joint-frames", type=int, default=128, help="skip joint rivals above this many frames")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "video_frames_cpu"))
@@ -208,7 +214,8 @@ def main(argv=None) -> None:
                 continue
             cmd = [sys.executable, __file__, "--child", "--rival", r, "--frames-one", str(n)] + [
                 f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                if k in ("steps", "batch", "image_size", "patch_size", "width", "depth", "heads", "threads")]
+                if k in ("steps", "batch", "image_size", "patch_size", "width", "depth", "heads", "threads",
+                         "frame_local_every")]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if out.returncode != 0:
                 print(out.stderr[-2000:], file=sys.stderr)

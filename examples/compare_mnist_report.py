@@ -4,9 +4,13 @@ and examples/compare_video.sh (moving-digit clips).
     python examples/compare_mnist_report.py                 # images -> benchmarks/results/compare_mnist_cpu.md/.json
     python examples/compare_mnist_report.py --video         # clips  -> benchmarks/results/compare_video_cpu.md/.json
     python examples/compare_mnist_report.py --runs DIR --out PREFIX
+    python examples/compare_mnist_report.py --video --runs runs/compare_video_spatial \
+        --out benchmarks/results/compare_video_spatial_cpu --include benchmarks/results/compare_video_cpu.json
 
 reads RUNS/{pom,attention}_seed*/ (training checkpoints) and *_eval.json (`polymixer eval`),
 and writes each seed, the mean and spread per mixer, and (for clips) the per-frame metrics.
+Runs of a variant (e.g. `--frame-local-every 2`, passed by compare_video.sh's EXTRA) are
+labelled with it; --include adds the rows of an earlier table's JSON (a baseline) beside them.
 """
 
 import argparse
@@ -19,6 +23,8 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--video", action="store_true", help="the clip comparison (runs/compare_video)")
 parser.add_argument("--runs", type=Path, default=None)
 parser.add_argument("--out", type=Path, default=None)
+parser.add_argument("--include", type=Path, action="append", default=[],
+                    help="JSON of an earlier table whose rows are added (marked with its file name)")
 args = parser.parse_args()
 runs = args.runs or Path("runs/compare_video" if args.video else "runs/compare")
 out = args.out or Path("benchmarks/results/" + ("compare_video_cpu" if args.video else "compare_mnist_cpu"))
@@ -33,6 +39,12 @@ def parameter_count(folder: Path) -> int | None:
         return None
 
 
+def variant(config: dict) -> str:
+    """The options of a run that differ from the comparison's recipe, as a label suffix."""
+    k = config.get("frame_local_every") or 0
+    return f", spatial every {k}" if k else ""
+
+
 rows = []
 for ev in sorted(runs.glob("*_seed*_eval.json")):
     name = ev.name[: -len("_eval.json")]
@@ -41,8 +53,10 @@ for ev in sorted(runs.glob("*_seed*_eval.json")):
     ckpts = sorted((runs / name / "checkpoints").glob("step_*"))
     state = json.loads((ckpts[-1] / "state.json").read_text())
     config = json.loads((runs / name / "ema_model" / "config.json").read_text())
+    train_config = json.loads((runs / name / "train_config.json").read_text())
     seconds = state["seconds_this_session"]  # a resumed run would undercount: these ran in one go
-    rows.append({"mixer": mixer, "seed": int(seed), "steps": state["step"],
+    rows.append({"mixer": mixer + variant(config), "seed": int(seed), "steps": state["step"],
+                 "init_from": train_config.get("init_from"), "frame_local_every": config.get("frame_local_every"),
                  "seconds_per_step": seconds / state["step"], "parameters": parameter_count(runs / name / "ema_model"),
                  "frechet_distance": result["frechet_distance"],
                  "conditional_accuracy": result["conditional_accuracy"],
@@ -56,14 +70,31 @@ steps = sorted({r["steps"] for r in rows})
 seeds = sorted({r["seed"] for r in rows})
 n = rows[0]["num_samples"]
 today = datetime.date.today().isoformat()
+included = []
+for path in args.include:
+    included += [{**r, "mixer": f"{r['mixer']} ({path.stem})"} for r in json.loads(path.read_text())]
 if args.video:
-    recipe = " and ".join(f"`bash examples/compare_video.sh {s} {steps[-1]}`" for s in seeds)
+    inits = {r["init_from"] for r in rows}
+    shipped = all(i and Path(i).parent == Path("checkpoints/compare") for i in inits)
+    env = "INIT_ROOT=checkpoints/compare " if shipped else ""
+    mixers = sorted({r["mixer"].split(",")[0] for r in rows})
+    if mixers != ["attention", "pom"]:
+        env = f'MIXERS="{" ".join(mixers)}" ' + env
+    ks = {r["frame_local_every"] for r in rows if r["frame_local_every"]}
+    if ks:
+        env = f'EXTRA="--frame-local-every {ks.pop()}" ' + env
+    if runs != Path("runs/compare_video"):
+        env = f"RUNS={runs} " + env
+    recipe = " and ".join(f"`{env}bash examples/compare_video.sh {s} {steps[-1]}`" for s in seeds)
+    init = ("each mixer starts from its own shipped seed-0 image model (checkpoints/compare) for every video seed, "
+            "so only the video training seed differs between seeds" if shipped
+            else "each mixer starts from its own seed-matched image model of compare_mnist.sh")
     lines = [
         "# PoM video DiT vs attention video DiT on moving digits, same budget (CPU)",
         "",
         f"- recipe: {recipe} (8 frames of 32x32, 512 tokens per clip, block-causal over frames, one noise level "
-        "per clip; each mixer starts from its own seed-matched image model of compare_mnist.sh; batch 16, lr 5e-4, "
-        "100 warm-up steps, EMA 0.998; the two mixers trained at the same time, one thread each), then "
+        f"per clip; {init}; batch 16, lr 5e-4, "
+        "100 warm-up steps, EMA 0.998; two runs trained at the same time, one thread each), then "
         f"`polymixer eval --num-samples {n} --steps 20 --batch-size 50 --seed 0` on the EMA model (Euler, cfg 2; "
         "PoM frame by frame, attention jointly)",
         f"- table: `python examples/compare_mnist_report.py --video`, {today}",
@@ -71,6 +102,8 @@ if args.video:
         "digits (lower is better; `real` = as many real frames scored the same way); accuracy = frames classified as "
         "the clip's digit; the table's values are the means over the 8 frame positions",
         "- s/step and clips/s: wall time on the shared 2-core CPU with two runs at once",
+        *([f"- rows marked ({', '.join(p.stem for p in args.include)}): copied from that earlier table, "
+           "same recipe and evaluation"] if included else []),
         "",
         "| mixer | seed | parameters | steps | s/step | Fréchet distance (real) | conditional accuracy | clips/s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -93,7 +126,9 @@ else:
         "| mixer | seed | parameters | steps | s/step | Fréchet distance (real) | conditional accuracy | samples/s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-rows.sort(key=lambda r: (r["mixer"] != "pom", r["seed"]))
+rows += included
+rows.sort(key=lambda r: (not r["mixer"].startswith("pom"), r["mixer"], r["seed"]))
+labels = list(dict.fromkeys(r["mixer"] for r in rows))
 for r in rows:
     p = f"{r['parameters'] / 1e6:.2f}M" if r["parameters"] else ""
     sps = f"{r['samples_per_second']:.2f}" if r["samples_per_second"] else ""
@@ -101,7 +136,7 @@ for r in rows:
                  f"{r['frechet_distance']:.1f} ({r['frechet_distance_real']:.1f}) | "
                  f"{r['conditional_accuracy']:.3f} | {sps} |")
 lines.append("")
-for mixer in ("pom", "attention"):
+for mixer in labels:
     sel = [r for r in rows if r["mixer"] == mixer]
     if sel:
         fd = [r["frechet_distance"] for r in sel]
