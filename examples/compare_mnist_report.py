@@ -16,7 +16,9 @@ labelled with it; --include adds the rows of an earlier table's JSON (a baseline
 import argparse
 import datetime
 import json
+import shlex
 import statistics
+import sys
 from pathlib import Path
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -70,6 +72,7 @@ steps = sorted({r["steps"] for r in rows})
 seeds = sorted({r["seed"] for r in rows})
 n = rows[0]["num_samples"]
 today = datetime.date.today().isoformat()
+command = shlex.join(["python", "examples/compare_mnist_report.py", *sys.argv[1:]])
 included = []
 for path in args.include:
     included += [{**r, "mixer": f"{r['mixer']} ({path.stem})"} for r in json.loads(path.read_text())]
@@ -77,12 +80,14 @@ if args.video:
     inits = {r["init_from"] for r in rows}
     shipped = all(i and Path(i).parent == Path("checkpoints/compare") for i in inits)
     env = "INIT_ROOT=checkpoints/compare " if shipped else ""
-    mixers = sorted({r["mixer"].split(",")[0] for r in rows})
+    mixers = sorted({r["mixer"].split(",")[0] for r in rows})  # the label without its variant suffix
     if mixers != ["attention", "pom"]:
         env = f'MIXERS="{" ".join(mixers)}" ' + env
-    ks = {r["frame_local_every"] for r in rows if r["frame_local_every"]}
+    ks = sorted({r["frame_local_every"] for r in rows if r["frame_local_every"]})
+    if len(ks) > 1:
+        raise SystemExit(f"{runs}: runs of different --frame-local-every {ks}; report them from separate folders")
     if ks:
-        env = f'EXTRA="--frame-local-every {ks.pop()}" ' + env
+        env = f'EXTRA="--frame-local-every {ks[0]}" ' + env
     if runs != Path("runs/compare_video"):
         env = f"RUNS={runs} " + env
     recipe = " and ".join(f"`{env}bash examples/compare_video.sh {s} {steps[-1]}`" for s in seeds)
@@ -97,7 +102,7 @@ if args.video:
         "100 warm-up steps, EMA 0.998; two runs trained at the same time, one thread each), then "
         f"`polymixer eval --num-samples {n} --steps 20 --batch-size 50 --seed 0` on the EMA model (Euler, cfg 2; "
         "PoM frame by frame, attention jointly)",
-        f"- table: `python examples/compare_mnist_report.py --video`, {today}",
+        f"- table: `{command}`, {today}",
         "- per frame: Fréchet distance on the bundled digit classifier's features against 5,000 real frames of moving "
         "digits (lower is better; `real` = as many real frames scored the same way); accuracy = frames classified as "
         "the clip's digit; the table's values are the means over the 8 frame positions",
@@ -117,7 +122,7 @@ else:
         "300 warm-up steps, EMA 0.999, flow matching with logit-normal times; the four runs trained at the same "
         f"time, one thread each), then `polymixer eval --num-samples {n} --steps 20 --seed 0` (Euler, cfg 2) on "
         "the EMA model",
-        f"- table: `python examples/compare_mnist_report.py`, {today}",
+        f"- table: `{command}`, {today}",
         "- Fréchet distance on the bundled digit classifier's features against the 5,000 real digits (lower is "
         "better; `real` = N real digits scored the same way); accuracy = samples classified as their digit",
         "- s/step and samples/s: wall time on the shared 2-core CPU with four runs (or evals) at once, so they "
