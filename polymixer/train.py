@@ -39,7 +39,7 @@ from .io import CheckpointError, write_json
 from .models import build_model, config_from_dict, config_to_dict
 from .models.blocks import TransformerConfig
 from .models.video_dit import VideoDiTConfig
-from .models.io import load_state_checked
+from .models.io import load_state_checked, widen_gates
 from .models.presets import config_for_data, dit_config
 from .pipeline import SamplingConfig
 
@@ -81,7 +81,8 @@ class TrainConfig(ModelOverrides):
 
     ``init_from``: a model folder (``save_pretrained``/``export``) whose weights start a
     fresh run (every tensor must match this run's model, e.g. a video DiT from the image
-    DiT of the same size: their parameters are the same); ignored when resuming.
+    DiT of the same size: their parameters are the same; PoM gates with fewer heads are
+    widened exactly, see :func:`~polymixer.models.io.widen_gates`); ignored when resuming.
 
     Model: images train a DiT, clips a video DiT (block-causal over frames). ``preset``
     (e.g. ``"DiT-C/4"``) and ``mixer`` ("pom" / "attention"); every field of the model
@@ -357,6 +358,10 @@ def build(run: Run) -> None:
 
         weights = Path(config.init_from) / "model.safetensors"
         state = {k: v.float() if v.is_floating_point() else v for k, v in load_tensors(weights).items()}
+        state, widened = widen_gates(run.model, state)
+        if widened and run.dist.main:
+            print(f"init_from: widened {len(widened)} PoM gate tensors to this model's gate width "
+                  f"(same function at step 0)", flush=True)
         load_state_checked(run.model, state, str(weights))
     run.ema = build_model(run.model_config).to(run.device)
     run.ema.load_state_dict(run.model.state_dict())

@@ -9,6 +9,7 @@ import torch
 from polymixer import MultiHeadAttention, PolynomialMixer
 from polymixer.io import CheckpointError
 from polymixer.models import PRESETS, DiT, DiTConfig, dit_config
+from polymixer.models.io import load_state_checked, widen_gates
 
 
 def tiny(mixer="pom", **kw):
@@ -123,6 +124,24 @@ def test_save_load_round_trip(tmp_path):
     x, t, y = inputs()
     assert torch.equal(loaded(x, t, y), model(x, t, y))
     assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave no temporary files
+
+
+@pytest.mark.parametrize("variant,heads,wider", [("product", 2, 1), ("product", 2, 8), ("power", 2, 1),
+                                                  ("power", 4, 16)])
+def test_widen_gates_keeps_the_function(variant, heads, wider):
+    narrow = perturb(tiny("pom", pom_variant=variant, pom_heads=heads))
+    wide = tiny("pom", pom_variant=variant, pom_heads=wider)
+    state, widened = widen_gates(wide, narrow.state_dict())
+    assert sorted(widened) == sorted(f"blocks.{i}.mixer.gate_proj.{p}" for i in range(2) for p in ("weight", "bias"))
+    load_state_checked(wide, state, "test")
+    x, t, y = inputs()
+    assert not torch.equal(narrow(x, t, y), tiny("pom", pom_variant=variant, pom_heads=wider)(x, t, y))
+    torch.testing.assert_close(wide(x, t, y), narrow(x, t, y), rtol=1e-5, atol=1e-6)
+    # narrowing, or a width the heads do not divide, is not a widening: left to load_state_checked
+    state, widened = widen_gates(narrow, wide.state_dict())
+    assert widened == []
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        load_state_checked(narrow, state, "test")
 
 
 def test_load_errors_never_half_load(tmp_path):

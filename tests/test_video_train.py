@@ -59,6 +59,12 @@ def test_init_from_an_image_model(tmp_path):
     assert set(video) == set(src)
     assert torch.allclose(video["blocks.0.mixer.feature_proj.weight"], src["blocks.0.mixer.feature_proj.weight"],
                           atol=1e-6)
+    # a full-width gate (pom_heads=1) starts from the image model's 2 gate heads, each row repeated
+    wide = train(video_config(tmp_path / "w", steps=1, checkpoint_every=1, lr=1e-9, warmup_steps=0, pom_heads=1,
+                              init_from=str(tmp_path / "img" / "ema_model")))["model"].state_dict()
+    gate = src["blocks.0.mixer.gate_proj.weight"]
+    assert gate.shape[0] == 2 and wide["blocks.0.mixer.gate_proj.weight"].shape[0] == 128
+    assert torch.allclose(wide["blocks.0.mixer.gate_proj.weight"], gate.repeat_interleave(64, dim=0), atol=1e-6)
     with pytest.raises(FileNotFoundError, match="init_from"):
         train(video_config(tmp_path / "v2", init_from=str(tmp_path / "nothing")))
 

@@ -17,7 +17,7 @@ from .registry import build_model, config_from_dict, config_to_dict
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
-__all__ = ["save_pretrained", "load_pretrained", "load_state_checked"]
+__all__ = ["save_pretrained", "load_pretrained", "load_state_checked", "widen_gates"]
 
 
 def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -37,6 +37,29 @@ def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source:
             parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
         raise CheckpointError(f"{source}: weights of another architecture: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
+
+
+def widen_gates(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state`` with every PoM gate widened to ``model``'s gate width, exactly.
+
+    A mixer with G gate heads multiplies each block of F/G consecutive state channels by one
+    gate scalar; a mixer with G' = m*G heads (or a full-width gate, G' = F) whose gate rows
+    repeat each of the G rows m times computes the same function. So weights of a model with
+    fewer gate heads can start one with more (e.g. ``pom_heads=4`` -> ``pom_heads=1``, a
+    full-width gate) and fine-tuning then uses the extra freedom. Returns the new state and
+    the names of the widened tensors; every other tensor is passed through unchanged (a
+    mismatch elsewhere is left to :func:`load_state_checked` to report).
+    """
+    expected = model.state_dict()
+    out, widened = dict(state), []
+    for name, tensor in state.items():
+        if not (name.endswith("gate_proj.weight") or name.endswith("gate_proj.bias")) or name not in expected:
+            continue
+        rows, target = tensor.shape[0], expected[name].shape[0]
+        if rows < target and target % rows == 0 and tuple(tensor.shape[1:]) == tuple(expected[name].shape[1:]):
+            out[name] = tensor.repeat_interleave(target // rows, dim=0)
+            widened.append(name)
+    return out, widened
 
 
 def save_pretrained(model: nn.Module, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
