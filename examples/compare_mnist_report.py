@@ -9,8 +9,8 @@ and examples/compare_video.sh (moving-digit clips).
 
 reads RUNS/{pom,attention}_seed*/ (training checkpoints) and *_eval.json (`polymixer eval`),
 and writes each seed, the mean and spread per mixer, and (for clips) the per-frame metrics.
-Runs of a variant (e.g. `--frame-local-every 2`, passed by compare_video.sh's EXTRA) are
-labelled with it; --include adds the rows of an earlier table's JSON (a baseline) beside them.
+Runs of a variant (e.g. `--frame-local-every 2` or `--pom-heads 1`, passed by compare_video.sh's
+EXTRA) are labelled with it; --include adds the rows of an earlier table's JSON (a baseline) beside them.
 """
 
 import argparse
@@ -41,10 +41,26 @@ def parameter_count(folder: Path) -> int | None:
         return None
 
 
+def extra_options(config: dict) -> tuple[list[str], list[str]]:
+    """The training options of a run that differ from the comparison's recipe (its EXTRA):
+    those every mixer records, and the PoM-only ones (an attention run ignores them)."""
+    general, pom_only = [], []
+    if config.get("frame_local_every"):
+        general += ["--frame-local-every", str(config["frame_local_every"])]
+    if config.get("mixer") == "pom" and config.get("pom_heads") not in (None, config.get("heads")):
+        pom_only += ["--pom-heads", str(config["pom_heads"])]
+    return general, pom_only
+
+
 def variant(config: dict) -> str:
     """The options of a run that differ from the comparison's recipe, as a label suffix."""
-    k = config.get("frame_local_every") or 0
-    return f", spatial every {k}" if k else ""
+    parts = []
+    if config.get("frame_local_every"):
+        parts.append(f"spatial every {config['frame_local_every']}")
+    if extra_options(config)[1]:
+        heads = config["pom_heads"]
+        parts.append("full gate" if heads == 1 else f"{heads} gate heads")
+    return "".join(f", {p}" for p in parts)
 
 
 rows = []
@@ -59,6 +75,7 @@ for ev in sorted(runs.glob("*_seed*_eval.json")):
     seconds = state["seconds_this_session"]  # a resumed run would undercount: these ran in one go
     rows.append({"mixer": mixer + variant(config), "seed": int(seed), "steps": state["step"],
                  "init_from": train_config.get("init_from"), "frame_local_every": config.get("frame_local_every"),
+                 "extra": shlex.join(extra_options(config)[0]), "pom_extra": shlex.join(extra_options(config)[1]),
                  "seconds_per_step": seconds / state["step"], "parameters": parameter_count(runs / name / "ema_model"),
                  "frechet_distance": result["frechet_distance"],
                  "conditional_accuracy": result["conditional_accuracy"],
@@ -83,11 +100,15 @@ if args.video:
     mixers = sorted({r["mixer"].split(",")[0] for r in rows})  # the label without its variant suffix
     if mixers != ["attention", "pom"]:
         env = f'MIXERS="{" ".join(mixers)}" ' + env
-    ks = sorted({r["frame_local_every"] for r in rows if r["frame_local_every"]})
-    if len(ks) > 1:
-        raise SystemExit(f"{runs}: runs of different --frame-local-every {ks}; report them from separate folders")
-    if ks:
-        env = f'EXTRA="--frame-local-every {ks[0]}" ' + env
+    # one EXTRA made every run of the folder; PoM-only options show only in the PoM runs' configs
+    general = {r["extra"] for r in rows}
+    pom_only = {r["pom_extra"] for r in rows if r["mixer"].startswith("pom")}
+    if len(general) > 1 or len(pom_only) > 1:
+        raise SystemExit(f"{runs}: runs with different options {sorted(general | pom_only)}; "
+                         "report them from separate folders")
+    extra = " ".join(o for o in (*general, *pom_only) if o)
+    if extra:
+        env = f'EXTRA="{extra}" ' + env
     if runs != Path("runs/compare_video"):
         env = f"RUNS={runs} " + env
     recipe = " and ".join(f"`{env}bash examples/compare_video.sh {s} {steps[-1]}`" for s in seeds)
