@@ -92,7 +92,10 @@ today = datetime.date.today().isoformat()
 command = shlex.join(["python", "examples/compare_mnist_report.py", *sys.argv[1:]])
 included = []
 for path in args.include:
-    included += [{**r, "mixer": f"{r['mixer']} ({path.stem})"} for r in json.loads(path.read_text())]
+    # a row that an earlier table had itself included keeps the mark of the table it came from
+    included += [r if r["mixer"].endswith(")") else {**r, "mixer": f"{r['mixer']} ({path.stem})"}
+                 for r in json.loads(path.read_text())]
+marks = sorted({r["mixer"].rsplit("(", 1)[1].rstrip(")") for r in included})
 if args.video:
     inits = {r["init_from"] for r in rows}
     shipped = all(i and Path(i).parent == Path("checkpoints/compare") for i in inits)
@@ -128,8 +131,8 @@ if args.video:
         "digits (lower is better; `real` = as many real frames scored the same way); accuracy = frames classified as "
         "the clip's digit; the table's values are the means over the 8 frame positions",
         "- s/step and clips/s: wall time on the shared 2-core CPU with two runs at once",
-        *([f"- rows marked ({', '.join(p.stem for p in args.include)}): copied from that earlier table, "
-           "same recipe and evaluation"] if included else []),
+        *([f"- rows marked ({', '.join(marks)}): copied from the table named in the mark, same recipe "
+           "(but the options in their label) and evaluation"] if included else []),
         "",
         "| mixer | seed | parameters | steps | s/step | Fréchet distance (real) | conditional accuracy | clips/s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Does PoM's gate width limit it on images where the object must be found? Single frames of
+# moving digits (a 16x16 digit anywhere on a 32x32 canvas, unlike MNIST's centred digits),
+# trained from scratch with the same recipe by four models that run at the same time:
+#   pom            the preset: k=2, e=2, one gate scalar per head (4 heads)   2.07M parameters
+#   pom_fullgate   k=2, e=2, a full-width gate (--pom-heads 1)                 2.46M
+#   pom_e1         k=2, e=1, a full-width gate: attention's parameter count    1.87M
+#   attention      the attention preset                                        1.87M
+# then `polymixer eval` on each EMA model. Results: RUNS (default runs/compare_gate).
+#   bash examples/compare_gate.sh [SEED] [STEPS]
+#   python examples/compare_gate_report.py --runs runs/compare_gate
+# Resume an interrupted set with RESUME=1 and the same command.
+set -euo pipefail
+seed=${1:-0}
+steps=${2:-2000}
+resume=${RESUME:+--resume}
+runs=${RUNS:-runs/compare_gate}
+mkdir -p "$runs"
+declare -A options=(
+  [pom]="--mixer pom"
+  [pom_fullgate]="--mixer pom --pom-heads 1"
+  [pom_e1]="--mixer pom --pom-heads 1 --pom-expand 1"
+  [attention]="--mixer attention"
+)
+for name in pom pom_fullgate pom_e1 attention; do
+  # shellcheck disable=SC2086  # the options are several words on purpose
+  polymixer train --data moving-digits --frames 1 --image-size 32 --preset DiT-M/4 --depth 6 ${options[$name]} \
+    --batch-size 64 --lr 1e-3 --warmup-steps 300 --ema-decay 0.999 --steps "$steps" \
+    --checkpoint-every 200 --sample-every 1000 --sample-steps 20 --keep-last 2 --log-every 50 --progress false \
+    --num-threads 1 --seed "$seed" --out "$runs/${name}_seed${seed}" $resume \
+    > "$runs/${name}_seed${seed}.log" 2>&1 &
+done
+wait
+for name in pom pom_fullgate pom_e1 attention; do
+  polymixer eval --checkpoint "$runs/${name}_seed${seed}/ema_model" --num-samples 500 --steps 20 \
+    --batch-size 50 --seed 0 --threads 1 --out "$runs/${name}_seed${seed}_eval.json" &
+  [ "$name" = pom_fullgate ] && wait  # two evaluations at a time on two cores
+done
+wait
