@@ -12,7 +12,7 @@
 # Resume an interrupted set with RESUME=1 and the same command.
 set -euo pipefail
 seed=${1:-0}
-steps=${2:-2000}
+steps=${2:-1200}
 resume=${RESUME:+--resume}
 runs=${RUNS:-runs/compare_gate}
 mkdir -p "$runs"

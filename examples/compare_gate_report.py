@@ -51,8 +51,9 @@ for ev in sorted(args.runs.glob("*_seed*_eval.json")):
     name, seed = ev.name[: -len("_eval.json")].rsplit("_seed", 1)
     folder = args.runs / f"{name}_seed{seed}"
     result = json.loads(ev.read_text())
-    state = json.loads((sorted((folder / "checkpoints").glob("step_*"))[-1] / "state.json").read_text())
-    model = load_for_sampling(folder / "ema_model")[0].eval()
+    last = sorted((folder / "checkpoints").glob("step_*"))[-1]  # its EMA weights are the run's ema_model
+    state = json.loads((last / "state.json").read_text())
+    model = load_for_sampling(last)[0].eval()
     c = model.config
     rows.append({"name": name, "seed": int(seed), "mixer": c.mixer, "pom_heads": c.pom_heads,
                  "pom_expand": c.pom_expand, "parameters": sum(p.numel() for p in model.parameters()),
