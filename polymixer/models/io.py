@@ -50,10 +50,14 @@ def widen_gates(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[
     the names of the widened tensors; every other tensor is passed through unchanged (a
     mismatch elsewhere is left to :func:`load_state_checked` to report).
     """
+    from ..nn.mixer import PolynomialMixer
+
     expected = model.state_dict()
+    gates = {f"{prefix}{'.' if prefix else ''}gate_proj.{p}" for prefix, module in model.named_modules()
+             if isinstance(module, PolynomialMixer) for p in ("weight", "bias")}
     out, widened = dict(state), []
     for name, tensor in state.items():
-        if not (name.endswith("gate_proj.weight") or name.endswith("gate_proj.bias")) or name not in expected:
+        if name not in gates or name not in expected:
             continue
         rows, target = tensor.shape[0], expected[name].shape[0]
         if rows < target and target % rows == 0 and tuple(tensor.shape[1:]) == tuple(expected[name].shape[1:]):
