@@ -11,6 +11,7 @@ levels one model is behind another.
 
 import argparse
 import datetime
+import functools
 import json
 import shlex
 import statistics
@@ -31,11 +32,17 @@ args = parser.parse_args()
 torch.set_num_threads(1)
 
 
-def held_out_losses(model, frames: int, image_size: int) -> list[float]:
+@functools.cache
+def held_out(frames: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clean clips, labels and noise, the same for every model of that shape."""
     # clips 50000.. of another seed than training's: frames the runs never saw
     data = moving_digits(image_size, frames, num_clips=100_000, seed=12345)
     x0, y = data.batch(torch.arange(50_000, 50_048))
-    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    return x0, y, torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+
+
+def held_out_losses(model, frames: int, image_size: int) -> list[float]:
+    x0, y, eps = held_out(frames, image_size)
     out = []
     with torch.no_grad():
         for t in LEVELS:

@@ -72,10 +72,11 @@ for ev in sorted(runs.glob("*_seed*_eval.json")):
     state = json.loads((ckpts[-1] / "state.json").read_text())
     config = json.loads((runs / name / "ema_model" / "config.json").read_text())
     train_config = json.loads((runs / name / "train_config.json").read_text())
+    general, pom_only = extra_options(config)
     seconds = state["seconds_this_session"]  # a resumed run would undercount: these ran in one go
     rows.append({"mixer": mixer + variant(config), "seed": int(seed), "steps": state["step"],
                  "init_from": train_config.get("init_from"), "frame_local_every": config.get("frame_local_every"),
-                 "extra": shlex.join(extra_options(config)[0]), "pom_extra": shlex.join(extra_options(config)[1]),
+                 "extra": shlex.join(general), "pom_extra": shlex.join(pom_only),
                  "seconds_per_step": seconds / state["step"], "parameters": parameter_count(runs / name / "ema_model"),
                  "frechet_distance": result["frechet_distance"],
                  "conditional_accuracy": result["conditional_accuracy"],

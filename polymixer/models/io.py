@@ -57,7 +57,7 @@ def widen_gates(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[
              if isinstance(module, PolynomialMixer) for p in ("weight", "bias")}
     out, widened = dict(state), []
     for name, tensor in state.items():
-        if name not in gates or name not in expected:
+        if name not in gates:
             continue
         rows, target = tensor.shape[0], expected[name].shape[0]
         if rows < target and target % rows == 0 and tuple(tensor.shape[1:]) == tuple(expected[name].shape[1:]):
