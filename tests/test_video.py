@@ -94,8 +94,8 @@ def test_streaming_frames_equals_the_parallel_forward_float64(noise_levels, fram
     assert (torch.cat(outs, 1) - joint).abs().max() < 1e-12
     assert states[1].total.dtype == torch.float64 and torch.equal(states[1].count, torch.full((2,), 7 * 16.0,
                                                                                               dtype=torch.float64))
-    for i in model.frame_local_blocks():  # a spatial block's state is never fed
-        assert not states[i].count.any()
+    for i in range(3):  # a spatial block has no state (no memory), the others do
+        assert (states[i] is None) == (i in model.frame_local_blocks())
     # several frames at once, read-only, after a prefix of 3 frames: the block-causal rest
     states = model.init_states(2, dtype=torch.float64)
     model(x[:, :3], t[:, :3] if t.dim() == 2 else t, y, states=states, update_states=True)
@@ -202,6 +202,8 @@ def test_video_bad_input():
         tiny_video(noise_levels="frame")(torch.zeros(2, 3, 1, 8, 8), torch.rand(2, 2), torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="PoM"):
         tiny_video("attention").init_states(1)
+    with pytest.raises(ValueError, match=r"blocks \[0, 1\] mix across frames"):
+        tiny_video()(torch.zeros(1, 1, 1, 8, 8), torch.rand(1), torch.tensor([1]), states=[None, None])
     with pytest.raises(ValueError, match="noise_levels"):
         VideoDiTConfig(noise_levels="frame", temporal_patch=2, frames=4)
     for bad in (-1, 1.5, True):

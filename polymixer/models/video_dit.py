@@ -173,6 +173,11 @@ class VideoDiT(nn.Module):
                 raise ValueError("states: streaming states need PoM mixers (this model uses attention)")
             if len(states) != len(self.blocks):
                 raise ValueError(f"states: expected one state per block ({len(self.blocks)}), got {len(states)}")
+            local = self.frame_local_blocks()
+            missing = [i for i, s in enumerate(states) if s is None and i not in local]
+            if missing:
+                raise ValueError(f"states: blocks {missing} mix across frames and need a state (from init_states), "
+                                 "got None")
         return t
 
     # -------------------------------------------------------------- forward
@@ -237,11 +242,14 @@ class VideoDiT(nn.Module):
     # -------------------------------------------------------------- streaming
     def init_states(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> list:
         """Zero streaming states, one per block (PoM models only); ``dtype`` float64 keeps
-        float64 sums for a float64 model (the mixers' default otherwise)."""
+        float64 sums for a float64 model (the mixers' default otherwise). A spatial block
+        (``frame_local_every``) reads no earlier frame and gets ``None``: no memory for it."""
         if self.config.mixer != "pom":
             raise ValueError("states: streaming states need PoM mixers (this model uses attention)")
-        states = [block.mixer.init_state(batch_size, device=device) for block in self.blocks]
-        return states if dtype is None else [s.to(dtype=dtype) for s in states]
+        local = self.frame_local_blocks()
+        states = [None if i in local else block.mixer.init_state(batch_size, device=device)
+                  for i, block in enumerate(self.blocks)]
+        return states if dtype is None else [s if s is None else s.to(dtype=dtype) for s in states]
 
     # -------------------------------------------------------------- utilities
     def num_tokens(self, frames: int | None = None) -> int:
