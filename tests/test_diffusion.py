@@ -69,6 +69,34 @@ def test_flow_matching_convention_with_exact_velocity():
     assert loss_wrong.item() > 0.1
 
 
+def test_flow_loss_at_given_time_and_noise():
+    """loss_at is the loss's formula at given t and eps: loss() with a seeded generator equals
+    loss_at() fed the draws of that generator; a float t is one level for every sample."""
+    flow = FlowMatching(time_sampling="uniform")
+    x0, y = torch.randn(6, 3, 2, 4, 4), torch.arange(6)
+    lin = torch.randn(4 * 4, 4 * 4)
+
+    def model(x_t, t, y):
+        return (x_t.flatten(-2) @ lin).view_as(x_t) * (1 + t.view(*t.shape, *[1] * (x_t.dim() - t.dim())))
+
+    g = torch.Generator().manual_seed(3)
+    t = flow.sample_time((6,), generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    expected = flow.loss_at(model, x0, y, t, eps)
+    assert flow.loss(model, x0, y, torch.Generator().manual_seed(3)).item() == pytest.approx(expected.item(), rel=1e-6)
+    x_t = 0.7 * x0 + 0.3 * eps
+    direct = ((model(x_t, torch.full((6,), 0.3), y) - (eps - x0)) ** 2).mean()
+    assert flow.loss_at(model, x0, y, 0.3, eps).item() == pytest.approx(direct.item(), rel=1e-6)
+    tf = torch.rand(6, 3)  # one level per frame
+    x_tf = (1 - tf[..., None, None, None]) * x0 + tf[..., None, None, None] * eps
+    direct = ((model(x_tf, tf, y) - (eps - x0)) ** 2).mean()
+    assert flow.loss_at(model, x0, y, tf, eps).item() == pytest.approx(direct.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="eps"):
+        flow.loss_at(model, x0, y, 0.3, eps[:, :2])
+    with pytest.raises(ValueError, match="time_shape"):
+        flow.loss_at(model, x0, y, torch.rand(5), eps)
+
+
 def test_ddpm_convention_with_exact_noise():
     ddpm = DDPM(num_steps=1000)
     c = torch.randn(1, 1, 4, 4)

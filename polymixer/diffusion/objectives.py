@@ -91,6 +91,18 @@ class FlowMatching:
         ``context`` goes to the model call unchanged."""
         t = self.sample_time(_time_shape(x0, time_shape), x0.device, generator)
         eps = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+        return self.loss_at(model, x0, y, t, eps, **context)
+
+    def loss_at(self, model: Model, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor | float,
+                eps: torch.Tensor, **context) -> torch.Tensor:
+        """The same loss at given noise levels ``t`` (a float, or a tensor of leading
+        dimensions of ``x0``: ``(B,)`` or ``(B, F)``) and given noise ``eps`` (shaped like
+        ``x0``): deterministic, for held-out losses by noise level. No time shift is applied."""
+        if eps.shape != x0.shape:
+            raise ValueError(f"eps: expected the shape of x0 {tuple(x0.shape)}, got {tuple(eps.shape)}")
+        if not isinstance(t, torch.Tensor):
+            t = torch.full((x0.shape[0],), float(t), device=x0.device, dtype=x0.dtype)
+        _time_shape(x0, t.shape)
         tb = _expand_time(t, x0)
         x_t = (1 - tb) * x0 + tb * eps
         pred = model(x_t, t, y, **context)
