@@ -104,7 +104,8 @@ def evaluate_checkpoint(
         checkpoint: a model folder (``save_pretrained``) or a training checkpoint folder.
         num_samples: images (image models) or clips (video models), >= 2, classes in turn.
         seed, steps, cfg_scale, sampler: as for ``polymixer sample``; the same seed gives the
-            same samples (for video, with the same ``batch_size``: one seed per batch of clips).
+            same samples, whatever ``batch_size`` (video: the clips ``polymixer sample`` makes
+            with this seed and these labels in one batch).
         mode: video only, ``"sequential"`` (default for PoM) or ``"joint"`` (default for attention).
         frames: video only, frames per clip (default: the training length).
         batch_size: samples (clips) generated per batch.
@@ -191,13 +192,15 @@ def evaluate_checkpoint(
         fd, acc, per_class = measure(to_classifier_input(samples, (lo, hi)))
         result.update(frechet_distance=fd, conditional_accuracy=acc, per_class_accuracy=per_class)
     else:
-        from .video import sample_video
+        from .video import sample_video, video_noise
 
+        noise = video_noise(num_samples, n_frames, (cfg.in_channels, cfg.image_size, cfg.image_size), seed)
         clips = []
-        for k, start in enumerate(range(0, num_samples, batch_size)):
-            clips.append(sample_video(model, pipeline, labels[start:start + batch_size], frames=n_frames, mode=mode,
-                                      steps=steps, cfg_scale=cfg_scale, sampler=sampler, seed=seed + k,
-                                      device=device, progress=progress))
+        for start in range(0, num_samples, batch_size):
+            rows = slice(start, start + batch_size)
+            clips.append(sample_video(model, pipeline, labels[rows], frames=n_frames, mode=mode, steps=steps,
+                                      cfg_scale=cfg_scale, sampler=sampler, noise=noise[rows], device=device,
+                                      progress=progress))
         videos = torch.cat(clips)
         sampling_seconds = time.time() - t_sampling
         x01 = ((videos - lo) / (hi - lo) * 2 - 1).clamp(-1, 1)

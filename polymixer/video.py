@@ -119,13 +119,17 @@ def iter_video_frames(
     seed: int = 0,
     frame_size: int | None = None,
     context: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Yield the frames ``(B, 1, C, H, W)`` of clips for ``labels: (B,)``, first to last,
     in the model's dtype, before clamping to the data range. ``context: (B, K, C, H, W)``
     clean frames to continue (per-frame-noise models, sequential mode): they are yielded
-    first, then ``frames - K`` generated ones. See the module docstring for the modes."""
+    first, then ``frames - K`` generated ones. ``noise: (B, frames, C, H, W)`` replaces the
+    seeded draws (``seed`` is then unused): rows of :func:`video_noise` for ``N >= B`` clips
+    give each clip the noise it gets when all ``N`` are made at once, whatever the batching.
+    See the module docstring for the modes."""
     check_video_model(model)
     cfg = model.config
     if mode not in MODES:
@@ -153,19 +157,26 @@ def iter_video_frames(
         known = context.shape[1]
         if known >= frames:
             raise ValueError(f"frames: {frames} frames asked for, but the context already has {known}")
+    if noise is not None and tuple(noise.shape) != (B, frames, *shape):
+        raise ValueError(f"noise: expected ({B}, {frames}, {', '.join(map(str, shape))}) for {B} clips of "
+                         f"{frames} frames, got {tuple(noise.shape)}")
     tp = cfg.temporal_patch
     dtype = next(model.parameters()).dtype
     labels = labels.to(device)
     run = dict(objective=objective, sampler=sampler, steps=steps, cfg_scale=cfg_scale, null_class=cfg.n_classes,
                shift=pipeline.shift, clip=None if pipeline.latent else 1.0)
     gen = torch.Generator().manual_seed(seed)
+
+    def draw(first: int, count: int) -> torch.Tensor:  # the noise of frames first .. first + count - 1
+        if noise is not None:
+            return noise[:, first:first + count]
+        return torch.cat([_frame_noise(gen, B, shape) for _ in range(count)], dim=1)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             if mode == "joint":
-                noise = torch.cat([_frame_noise(gen, B, shape) for _ in range(frames)], dim=1)
-                clip = sample(model, noise.to(device=device, dtype=dtype), labels, progress=progress, **run)
+                clip = sample(model, draw(0, frames).to(device=device, dtype=dtype), labels, progress=progress, **run)
                 yield from clip.split(1, dim=1)
                 return
             streamed = _StreamedModel(model, per_evaluation=cfg.noise_levels == "clip",
@@ -175,11 +186,11 @@ def iter_video_frames(
 
             for f in tqdm(range(0, frames, tp), desc="frames", disable=not progress, leave=False):
                 streamed.start_frame(f)
-                noise = torch.cat([_frame_noise(gen, B, shape) for _ in range(tp)], dim=1)
+                frame_noise = draw(f, tp)
                 if f < known:
                     frame = context[:, f:f + tp].to(device=device, dtype=dtype)
                 else:
-                    frame = sample(streamed, noise.to(device=device, dtype=dtype), labels, **run)
+                    frame = sample(streamed, frame_noise.to(device=device, dtype=dtype), labels, **run)
                 if cfg.noise_levels == "frame":
                     streamed.add_clean_frame(frame, labels, cfg.n_classes if guided else None)
                 yield from frame.split(1, dim=1)

@@ -246,6 +246,10 @@ def test_eval_video_model_per_frame(tmp_path, monkeypatch):
     assert result["conditional_accuracy"] == pytest.approx(float(np.mean(per_frame["conditional_accuracy"])))
     assert "moving-digits" in result["reference"]
     json.dumps(result)
+    # the batch size changes nothing but the batching: the same clips, the same numbers
+    again = evaluate_checkpoint(folder, num_samples=6, steps=1, batch_size=5, frames=3)
+    for key in ("frechet_distance", "conditional_accuracy"):
+        assert again["per_frame"][key] == pytest.approx(per_frame[key], rel=1e-5)
     SamplingConfig(dataset="mnist").save(folder)
     with pytest.raises(ValueError, match="compares its frames with moving digits"):
         evaluate_checkpoint(folder, num_samples=2, steps=1)

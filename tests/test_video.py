@@ -146,6 +146,25 @@ def test_sequential_sampling_with_temporal_patches_equals_joint():
     assert (seq - joint).abs().max() < 1e-10
 
 
+@pytest.mark.parametrize("mode", ["sequential", "joint"])
+@pytest.mark.parametrize("temporal_patch", [1, 2])
+def test_given_noise_is_the_seeded_noise_and_batches_do_not_matter(mode, temporal_patch):
+    from polymixer.video import video_noise
+
+    model = tiny_video(dtype=torch.float64, temporal_patch=temporal_patch)
+    y = torch.tensor([1, 5, 7])
+    kw = dict(frames=4, mode=mode, steps=2, cfg_scale=2.0)
+    seeded = sample_video(model, SamplingConfig(), y, seed=4, **kw)
+    noise = video_noise(3, 4, (1, 8, 8), seed=4)
+    assert (sample_video(model, SamplingConfig(), y, noise=noise, seed=99, **kw) - seeded).abs().max() < 1e-12
+    # clip by clip, each with its row of the noise: the same clips as all at once
+    one_by_one = torch.cat([sample_video(model, SamplingConfig(), y[i:i + 1], noise=noise[i:i + 1], **kw)
+                            for i in range(3)])
+    assert (one_by_one - seeded).abs().max() < 1e-10
+    with pytest.raises(ValueError, match=r"noise: expected \(3, 4, 1, 8, 8\)"):
+        sample_video(model, SamplingConfig(), y, noise=noise[:, :3], **kw)
+
+
 def test_sequential_sampling_makes_more_frames_than_trained_and_keeps_the_state_size():
     model = tiny_video()  # trained length 4
     clip = sample_video(model, SamplingConfig(), torch.tensor([3]), frames=12, steps=2, seed=0)
