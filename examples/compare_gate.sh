@@ -6,8 +6,13 @@
 #   pom_fullgate   k=2, e=2, a full-width gate (--pom-heads 1)                 2.46M
 #   pom_e1         k=2, e=1, a full-width gate: attention's parameter count    1.87M
 #   attention      the attention preset                                        1.87M
+# and, chosen with NAMES="...", the power variant (spec section 1) at equal parameter counts:
+#   power_fullgate     power, k=2, e=2, full gate: attention's parameter count   1.87M
+#   power_k3_fullgate  the same with degree 3 (a larger state, no more weights)  1.87M
+#   power_e4           power, k=2, e=4, 4 gate heads: the PoM preset's count     2.07M
 # then `polymixer eval` on each EMA model. Results: RUNS (default runs/compare_gate).
 #   bash examples/compare_gate.sh [SEED] [STEPS]
+#   NAMES="power_fullgate power_k3_fullgate power_e4" RUNS=runs/compare_gate_power bash examples/compare_gate.sh 0 4000
 #   python examples/compare_gate_report.py --runs runs/compare_gate
 # Resume an interrupted set with RESUME=1 and the same command.
 set -euo pipefail
@@ -21,8 +26,15 @@ declare -A options=(
   [pom_fullgate]="--mixer pom --pom-heads 1"
   [pom_e1]="--mixer pom --pom-heads 1 --pom-expand 1"
   [attention]="--mixer attention"
+  [power_fullgate]="--mixer pom --pom-variant power --pom-heads 1"
+  [power_k3_fullgate]="--mixer pom --pom-variant power --pom-heads 1 --pom-degree 3"
+  [power_e4]="--mixer pom --pom-variant power --pom-expand 4"
 )
-for name in pom pom_fullgate pom_e1 attention; do
+read -r -a names <<< "${NAMES:-pom pom_fullgate pom_e1 attention}"
+for name in "${names[@]}"; do
+  [ -n "${options[$name]+set}" ] || { echo "compare_gate.sh: unknown run name $name (one of ${!options[*]})" >&2; exit 2; }
+done
+for name in "${names[@]}"; do
   # shellcheck disable=SC2086  # the options are several words on purpose
   polymixer train --data moving-digits --frames 1 --image-size 32 --preset DiT-M/4 --depth 6 ${options[$name]} \
     --batch-size 64 --lr 1e-3 --warmup-steps 300 --ema-decay 0.999 --steps "$steps" \
@@ -31,9 +43,11 @@ for name in pom pom_fullgate pom_e1 attention; do
     > "$runs/${name}_seed${seed}.log" 2>&1 &
 done
 wait
-for name in pom pom_fullgate pom_e1 attention; do
+running=0
+for name in "${names[@]}"; do
   polymixer eval --checkpoint "$runs/${name}_seed${seed}/ema_model" --num-samples 500 --steps 20 \
     --batch-size 50 --seed 0 --threads 1 --out "$runs/${name}_seed${seed}_eval.json" &
-  [ "$name" = pom_fullgate ] && wait  # two evaluations at a time on two cores
+  running=$((running + 1))
+  if [ "$running" = 2 ]; then wait; running=0; fi  # two evaluations at a time on two cores
 done
 wait

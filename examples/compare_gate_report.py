@@ -1,4 +1,4 @@
-"""Table of examples/compare_gate.sh: PoM's gate width on single moving-digit frames.
+"""Table of examples/compare_gate.sh: PoM configurations against attention on single moving-digit frames.
 
     python examples/compare_gate_report.py [--runs runs/compare_gate] [--out benchmarks/results/compare_gate_cpu]
 
@@ -53,6 +53,15 @@ def held_out_losses(model, frames: int, image_size: int) -> list[float]:
     return out
 
 
+def seconds_per_step(state: dict, log: Path) -> float:
+    """Wall seconds per step of the last training session that made the checkpoint ``state``."""
+    start = state.get("session_start_step")
+    if start is None:  # a checkpoint of an older version: the session began one log interval before the log's first step
+        first = next(int(line.split()[1]) for line in log.read_text().splitlines() if line.startswith("step "))
+        start = first - state["train_config"]["log_every"]
+    return state["seconds_this_session"] / (state["step"] - start)
+
+
 rows = []
 for ev in sorted(args.runs.glob("*_seed*_eval.json")):
     name, seed = ev.name[: -len("_eval.json")].rsplit("_seed", 1)
@@ -63,8 +72,8 @@ for ev in sorted(args.runs.glob("*_seed*_eval.json")):
     model = load_for_sampling(last)[0].eval()
     c = model.config
     rows.append({"name": name, "seed": int(seed), "mixer": c.mixer, "pom_heads": c.pom_heads,
-                 "pom_expand": c.pom_expand, "parameters": sum(p.numel() for p in model.parameters()),
-                 "steps": state["step"], "seconds_per_step": state["seconds_this_session"] / state["step"],
+                 "pom_expand": c.pom_expand, "pom_degree": c.pom_degree, "pom_variant": c.pom_variant, "parameters": sum(p.numel() for p in model.parameters()),
+                 "steps": state["step"], "seconds_per_step": seconds_per_step(state, args.runs / f"{name}_seed{seed}.log"),
                  "frechet_distance": result["frechet_distance"],
                  "frechet_distance_real": result["frechet_distance_real"],
                  "conditional_accuracy": result["conditional_accuracy"], "num_samples": result["num_samples"],
@@ -72,18 +81,20 @@ for ev in sorted(args.runs.glob("*_seed*_eval.json")):
                  "per_class_accuracy": result.get("per_class_accuracy")})
 if not rows:
     raise SystemExit(f"no *_eval.json in {args.runs}")
-order = {"pom": 0, "pom_fullgate": 1, "pom_e1": 2, "attention": 3}
+order = {name: i for i, name in enumerate(["pom", "pom_fullgate", "pom_e1", "power_fullgate", "power_k3_fullgate",
+                                             "power_e4", "attention"])}
 rows.sort(key=lambda r: (order.get(r["name"], 9), r["name"], r["seed"]))
 seeds = sorted({r["seed"] for r in rows})
 steps = max(r["steps"] for r in rows)
-env = f"RUNS={args.runs} " if args.runs != Path("runs/compare_gate") else ""
-gate = {"pom": "4 heads", "pom_fullgate": "full", "pom_e1": "full"}
+names = list(dict.fromkeys(r["name"] for r in rows))
+env = "" if set(names) == {"pom", "pom_fullgate", "pom_e1", "attention"} else f"NAMES=\"{' '.join(names)}\" "
+env += f"RUNS={args.runs} " if args.runs != Path("runs/compare_gate") else ""
 lines = [
-    "# PoM's gate width on single frames of moving digits, from scratch (CPU)",
+    "# PoM configurations against attention on single frames of moving digits, from scratch (CPU)",
     "",
     "- recipe: " + " and ".join(f"`{env}bash examples/compare_gate.sh {s} {steps}`" for s in seeds)
     + " (a 16x16 MNIST digit anywhere on a 32x32 canvas, 64 tokens; DiT-M/4 with 6 blocks, batch 64, lr 1e-3, "
-    "300 warm-up steps, EMA 0.999; the four runs trained at the same time, one thread each), then "
+    f"300 warm-up steps, EMA 0.999; the {len(names)} runs of a seed trained at the same time, one thread each), then "
     f"`polymixer eval --num-samples {rows[0]['num_samples']} --steps 20 --batch-size 50 --seed 0` (Euler, cfg 2)",
     f"- table: `{shlex.join(['python', 'examples/compare_gate_report.py', *sys.argv[1:]])}`, "
     f"{datetime.date.today().isoformat()}",
@@ -92,18 +103,19 @@ lines = [
     "- loss at t: flow-matching loss of the EMA model on 48 held-out frames at noise level t, the same frames "
     "and noise for every model",
     "",
-    "| model | k, e, gate | seed | parameters | s/step | Fréchet distance (real) | accuracy | "
+    "| model | variant, k, e, gate | seed | parameters | s/step | Fréchet distance (real) | accuracy | "
     + " | ".join(f"loss t={t}" for t in LEVELS) + " |",
     "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(LEVELS),
 ]
 for r in rows:
-    shape = f"2, {r['pom_expand']}, {gate.get(r['name'], r['pom_heads'])}" if r["mixer"] == "pom" else "-"
+    gate = "full" if r["pom_heads"] == 1 else f"{r['pom_heads']} heads"
+    shape = f"{r['pom_variant']}, {r['pom_degree']}, {r['pom_expand']}, {gate}" if r["mixer"] == "pom" else "-"
     lines.append(f"| {r['name']} | {shape} | {r['seed']} | {r['parameters'] / 1e6:.2f}M | "
                  f"{r['seconds_per_step']:.2f} | "
                  f"{r['frechet_distance']:.1f} ({r['frechet_distance_real']:.1f}) | {r['conditional_accuracy']:.3f} | "
                  + " | ".join(f"{v:.4f}" for v in r["loss_at_t"].values()) + " |")
 lines.append("")
-for name in dict.fromkeys(r["name"] for r in rows):
+for name in names:
     fd = [r["frechet_distance"] for r in rows if r["name"] == name]
     acc = [r["conditional_accuracy"] for r in rows if r["name"] == name]
     spread = f" ± {statistics.stdev(fd):.1f}" if len(fd) > 1 else ""

@@ -306,6 +306,8 @@ class Run:
     objective: object = None
     step: int = 0
     writer: object = None
+    session_start_step: int = 0
+    earlier_seconds: float | None = 0.0  # training time of the sessions before this one (None: unknown)
 
     @property
     def out(self) -> Path:
@@ -395,7 +397,8 @@ def restore(run: Run) -> None:
     load_state_checked(run.model, ckpt["model"], f"{path}/model.safetensors")
     load_state_checked(run.ema, ckpt["ema"], f"{path}/ema.safetensors")
     run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.step = ckpt["step"]
+    run.step = run.session_start_step = ckpt["step"]
+    run.earlier_seconds = ckpt["state"].get("train_seconds")  # absent in checkpoints of older versions
     rng = ckpt["rng"].get(f"rank{run.dist.rank}")
     if rng is None:
         raise CheckpointError(f"{path}: no RNG state for rank {run.dist.rank} (saved with another world size?)")
@@ -474,7 +477,9 @@ def save(run: Run, seconds: float) -> None:
             model=run.model.state_dict(), ema=run.ema.state_dict(), optimizer=run.optimizer.state_dict(), rng=rngs,
             extra={"train_config": run.config.to_dict(), "model_config": config_to_dict(run.model_config),
                    "pipeline": run.sampling.to_dict(), "world_size": run.dist.world_size,
-                   "seconds_this_session": seconds},
+                   "seconds_this_session": seconds, "session_start_step": run.session_start_step,
+                   # wall time of all the sessions that made this checkpoint (None: resumed from an older version)
+                   "train_seconds": None if run.earlier_seconds is None else run.earlier_seconds + seconds},
         )
         prune_checkpoints(run.checkpoint_dir, run.config.keep_last)
         run.ema.save_pretrained(run.out / "ema_model")

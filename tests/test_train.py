@@ -50,6 +50,13 @@ def test_resume_is_bit_identical(tmp_path):
         for name, v in st.items():
             assert torch.equal(v, cb["optimizer"]["state"][i][name])
     assert torch.equal(ca["rng"]["rank0"], cb["rng"]["rank0"])
+    # the timing of each session: where it started, and the wall time of all sessions together
+    first_state = load_checkpoint(tmp_path / "b" / "checkpoints" / "step_00000005")["state"]
+    assert first_state["session_start_step"] == 0 and ca["state"]["session_start_step"] == 0
+    assert cb["state"]["session_start_step"] == 5
+    assert first_state["train_seconds"] == first_state["seconds_this_session"] > 0
+    assert cb["state"]["train_seconds"] == pytest.approx(first_state["train_seconds"]
+                                                         + cb["state"]["seconds_this_session"])
     # the weights moved: this is not the trivial equality of two untrained models
     init = train(tiny_config(tmp_path / "c", steps=1))
     assert not torch.equal(init["model"].blocks[0].mlp[0].weight, straight["model"].blocks[0].mlp[0].weight)
