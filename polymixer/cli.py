@@ -36,21 +36,86 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+# (help, choices) of every TrainConfig field; the model overrides default to the preset's value
+_TRAIN_HELP: dict[str, tuple[str, tuple | None]] = {
+    "data": ("mnist, digits, moving-digits, moving-digits-2, or a folder with one subfolder per class "
+             "(images, or clips: GIF, MP4, .npy)", None),
+    "image_size": ("side the images or frames are brought to", None),
+    "channels": ("1 or 3: channels of the images of a folder", None),
+    "frames": ("frames of a training clip (video data)", None),
+    "skip_bad_files": ("skip unreadable files of a folder instead of stopping", None),
+    "vae": ("a local diffusers AutoencoderKL folder: train on its latents (images)", None),
+    "preset": ("model size and patch, e.g. DiT-M/4 (`polymixer presets` lists them)", None),
+    "mixer": ("token mixer", ("pom", "attention")),
+    "init_from": ("a model folder whose weights start a fresh run (e.g. a video DiT from the image DiT); "
+                  "PoM gates with fewer heads are widened exactly", None),
+    "patch_size": ("patch side, one token per patch", None),
+    "width": ("token width D", None),
+    "depth": ("number of blocks", None),
+    "heads": ("attention heads", None),
+    "mlp_ratio": ("MLP hidden width as a multiple of D", None),
+    "pom_degree": ("PoM's polynomial degree k", None),
+    "pom_expand": ("PoM's expansion e: the state has e * D channels per degree", None),
+    "pom_variant": ("PoM's polynomial", ("product", "power")),
+    "pom_heads": ("PoM gate heads: 1 = a full-width gate, G = one gate scalar per head", None),
+    "pom_implementation": ("PoM's backward pass (same outputs)", ("fused", "lean", "autograd")),
+    "qk_norm": ("RMS-normalise queries and keys (attention)", None),
+    "temporal_patch": ("consecutive frames folded into one token grid (video)", None),
+    "noise_levels": ("one noise level per clip, or per frame (diffusion forcing) (video)", ("clip", "frame")),
+    "frame_local_every": ("every k-th block mixes inside each frame only, 0 = none (video)", None),
+    "objective": ("training objective", ("flow", "ddpm")),
+    "time_sampling": ("training noise levels (flow)", ("logit_normal", "uniform")),
+    "shift": ("time shift of the noise levels (> 1: noisier)", None),
+    "label_dropout": ("fraction of labels replaced by the null class (for guidance)", None),
+    "steps": ("optimisation steps in all", None),
+    "batch_size": ("samples per step (per process)", None),
+    "lr": ("peak learning rate (AdamW)", None),
+    "lr_schedule": ("after warm-up", ("constant", "cosine")),
+    "min_lr_ratio": ("final lr / peak lr of the cosine schedule", None),
+    "warmup_steps": ("linear warm-up steps", None),
+    "weight_decay": ("AdamW weight decay", None),
+    "betas": ("AdamW betas", None),
+    "grad_clip": ("clip the gradient norm to this (0 = off)", None),
+    "ema_decay": ("decay of the EMA weights that sampling uses", None),
+    "seed": ("seed of the weights, batches and noise", None),
+    "out": ("run folder: checkpoints/, ema_model/, samples/, tensorboard/", None),
+    "log_every": ("steps between log lines", None),
+    "sample_every": ("steps between preview samples (0 = never)", None),
+    "sample_steps": ("sampling steps of the previews", None),
+    "sample_cfg": ("guidance scale of the previews", None),
+    "checkpoint_every": ("steps between checkpoints; the last step always makes one (0 = that one only)", None),
+    "keep_last": ("checkpoints kept", None),
+    "device": ("auto (CUDA when there is one), cpu, cuda or cuda:N", None),
+    "num_threads": ("CPU threads (give background runs 1)", None),
+    "bf16": ("bfloat16 autocast on CUDA", None),
+    "compile": ("torch.compile the model", None),
+    "gradient_checkpointing": ("recompute the blocks in the backward pass (less memory)", None),
+    "progress": ("progress bar", None),
+    "tensorboard": ("write TensorBoard logs under <out>/tensorboard", None),
+}
+
+
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    from .train import TrainConfig
+    from .train import MODEL_OVERRIDES, TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
+    groups = {"model": p.add_argument_group("model (each overrides the preset's value)"),
+              "options": p.add_argument_group("training (defaults in brackets)")}
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         args = typing.get_args(hint)
         base = next((a for a in args if a is not type(None)), hint) if args else hint
+        text, choices = _TRAIN_HELP.get(f.name, ("", None))
+        override = f.name in MODEL_OVERRIDES
+        default = "" if override else f" [{f.default}]"
+        g = groups["model" if override else "options"]
         if f.name == "betas":
-            p.add_argument(flag, type=float, nargs=2, default=None, help=f"default {f.default}")
+            g.add_argument(flag, type=float, nargs=2, default=None, metavar=("B1", "B2"), help=text + default)
         elif base is bool:
-            p.add_argument(flag, type=_bool, default=None, metavar="true|false", help=f"default {f.default}")
+            g.add_argument(flag, type=_bool, default=None, metavar="true|false", help=text + default)
         elif base in (int, float, str):
-            p.add_argument(flag, type=base, default=None, help=f"default {f.default}")
+            g.add_argument(flag, type=base, default=None, choices=choices, help=text + default)
 
 
 def build_parser() -> argparse.ArgumentParser:

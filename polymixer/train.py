@@ -518,7 +518,7 @@ def fit(run: Run) -> dict:
             speed, t_log, step_log = (run.step - step_log) / max(now - t_log, 1e-9), now, run.step
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             log(run, loss, grad_norm, lr, speed)
-        if config.checkpoint_every and (run.step % config.checkpoint_every == 0 or last):
+        if last or (config.checkpoint_every and run.step % config.checkpoint_every == 0):  # 0: at the end only
             save(run, time.time() - t_start)
         if main and config.sample_every and (run.step % config.sample_every == 0 or last):
             preview(run)

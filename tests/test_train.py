@@ -139,6 +139,12 @@ def test_corrupt_or_truncated_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(ckpt)
 
 
+def test_checkpoint_every_zero_saves_at_the_end_only(tmp_path):
+    train(tiny_config(tmp_path / "r", steps=3, checkpoint_every=0))
+    assert [p.name for p in (tmp_path / "r" / "checkpoints").iterdir()] == ["step_00000003"]
+    assert (tmp_path / "r" / "ema_model" / "config.json").is_file()
+
+
 def test_resume_refuses_another_architecture_and_needs_a_checkpoint(tmp_path):
     train(tiny_config(tmp_path / "r", steps=5))
     with pytest.raises(CheckpointError, match="another architecture"):
