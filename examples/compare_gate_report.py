@@ -1,6 +1,6 @@
 """Table of examples/compare_gate.sh: PoM configurations against attention on single moving-digit frames.
 
-    python examples/compare_gate_report.py [--runs runs/compare_gate] [--out benchmarks/results/compare_gate_cpu]
+    python examples/compare_gate_report.py [--runs runs/compare_gate [OTHER ...]] [--out benchmarks/results/compare_gate_cpu]
 
 For every run RUNS/NAME_seedS/ with its RUNS/NAME_seedS_eval.json (`polymixer eval`) it
 writes the parameters, the s/step, the Fréchet distance and conditional accuracy, and the
@@ -27,7 +27,8 @@ from polymixer.sample import load_for_sampling
 LEVELS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--runs", type=Path, default=Path("runs/compare_gate"))
+parser.add_argument("--runs", type=Path, nargs="+", default=[Path("runs/compare_gate")],
+                    help="run folders of compare_gate.sh (several: one table)")
 parser.add_argument("--out", type=Path, default=Path("benchmarks/results/compare_gate_cpu"))
 args = parser.parse_args()
 torch.set_num_threads(1)
@@ -63,38 +64,46 @@ def seconds_per_step(state: dict, log: Path) -> float:
 
 
 rows = []
-for ev in sorted(args.runs.glob("*_seed*_eval.json")):
+for ev in sorted(e for runs in args.runs for e in runs.glob("*_seed*_eval.json")):
     name, seed = ev.name[: -len("_eval.json")].rsplit("_seed", 1)
-    folder = args.runs / f"{name}_seed{seed}"
+    folder = ev.parent / f"{name}_seed{seed}"
     result = json.loads(ev.read_text())
     last = sorted((folder / "checkpoints").glob("step_*"))[-1]  # its EMA weights are the run's ema_model
     state = json.loads((last / "state.json").read_text())
     model = load_for_sampling(last)[0].eval()
     c = model.config
-    rows.append({"name": name, "seed": int(seed), "mixer": c.mixer, "pom_heads": c.pom_heads,
+    rows.append({"name": name, "seed": int(seed), "runs": str(ev.parent), "mixer": c.mixer, "pom_heads": c.pom_heads,
                  "pom_expand": c.pom_expand, "pom_degree": c.pom_degree, "pom_variant": c.pom_variant, "parameters": sum(p.numel() for p in model.parameters()),
-                 "steps": state["step"], "seconds_per_step": seconds_per_step(state, args.runs / f"{name}_seed{seed}.log"),
+                 "steps": state["step"], "seconds_per_step": seconds_per_step(state, ev.parent / f"{name}_seed{seed}.log"),
                  "frechet_distance": result["frechet_distance"],
                  "frechet_distance_real": result["frechet_distance_real"],
                  "conditional_accuracy": result["conditional_accuracy"], "num_samples": result["num_samples"],
                  "loss_at_t": dict(zip(map(str, LEVELS), held_out_losses(model, c.frames, c.image_size))),
                  "per_class_accuracy": result.get("per_class_accuracy")})
 if not rows:
-    raise SystemExit(f"no *_eval.json in {args.runs}")
+    raise SystemExit(f"no *_eval.json in {' '.join(map(str, args.runs))}")
 order = {name: i for i, name in enumerate(["pom", "pom_fullgate", "pom_e1", "power_fullgate", "power_k3_fullgate",
                                              "power_e4", "attention"])}
 rows.sort(key=lambda r: (order.get(r["name"], 9), r["name"], r["seed"]))
-seeds = sorted({r["seed"] for r in rows})
 steps = max(r["steps"] for r in rows)
 names = list(dict.fromkeys(r["name"] for r in rows))
-env = "" if set(names) == {"pom", "pom_fullgate", "pom_e1", "attention"} else f"NAMES=\"{' '.join(names)}\" "
-env += f"RUNS={args.runs} " if args.runs != Path("runs/compare_gate") else ""
+
+
+def command(runs: str, seed: int) -> str:
+    """The compare_gate.sh command that made the runs of one folder and seed."""
+    here = [r["name"] for r in rows if r["runs"] == runs and r["seed"] == seed]
+    env = "" if set(here) == {"pom", "pom_fullgate", "pom_e1", "attention"} else f"NAMES=\"{' '.join(here)}\" "
+    env += f"RUNS={runs} " if Path(runs) != Path("runs/compare_gate") else ""
+    return f"`{env}bash examples/compare_gate.sh {seed} {steps}`"
+
+
+made = dict.fromkeys((r["runs"], r["seed"]) for r in rows)
 lines = [
     "# PoM configurations against attention on single frames of moving digits, from scratch (CPU)",
     "",
-    "- recipe: " + " and ".join(f"`{env}bash examples/compare_gate.sh {s} {steps}`" for s in seeds)
+    "- recipe: " + " and ".join(command(runs, seed) for runs, seed in made)
     + " (a 16x16 MNIST digit anywhere on a 32x32 canvas, 64 tokens; DiT-M/4 with 6 blocks, batch 64, lr 1e-3, "
-    f"300 warm-up steps, EMA 0.999; the {len(names)} runs of a seed trained at the same time, one thread each), then "
+    "300 warm-up steps, EMA 0.999; the runs of one command trained at the same time, one thread each), then "
     f"`polymixer eval --num-samples {rows[0]['num_samples']} --steps 20 --batch-size 50 --seed 0` (Euler, cfg 2)",
     f"- table: `{shlex.join(['python', 'examples/compare_gate_report.py', *sys.argv[1:]])}`, "
     f"{datetime.date.today().isoformat()}",
