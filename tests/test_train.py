@@ -201,6 +201,23 @@ def test_cli_train_sample_same_seed_same_images(tmp_path, capsys):
                      "--per-class", "1", "--steps", "2", "--sampler", "heun", "--out", str(tmp_path / "d.png")]) == 0
 
 
+def test_cli_train_help_describes_every_option(capsys):
+    import dataclasses
+
+    from polymixer.cli import _TRAIN_HELP, build_parser
+    from polymixer.train import TrainConfig
+
+    assert set(_TRAIN_HELP) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert all(text for text, _ in _TRAIN_HELP.values())
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "--pom-variant {product,power}" in out and "[DiT-T/4]" in out
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--mixer", "mamba"])
+    assert "invalid choice: 'mamba'" in capsys.readouterr().err
+
+
 def test_cli_sample_bad_input(tmp_path, capsys):
     out = tmp_path / "run"
     train(tiny_config(out, steps=2, checkpoint_every=2))
