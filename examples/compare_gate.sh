@@ -14,12 +14,13 @@
 #   bash examples/compare_gate.sh [SEED] [STEPS]
 #   NAMES="power_fullgate power_k3_fullgate power_e4" RUNS=runs/compare_gate_power bash examples/compare_gate.sh 0 4000
 #   python examples/compare_gate_report.py --runs runs/compare_gate
-# Resume an interrupted set with RESUME=1 and the same command.
+# LR sets the learning rate (default 1e-3). Resume an interrupted set with RESUME=1 and the same command.
 set -euo pipefail
 seed=${1:-0}
 steps=${2:-1200}
 resume=${RESUME:+--resume}
 runs=${RUNS:-runs/compare_gate}
+lr=${LR:-1e-3}
 mkdir -p "$runs"
 declare -A options=(
   [pom]="--mixer pom"
@@ -37,7 +38,7 @@ done
 for name in "${names[@]}"; do
   # shellcheck disable=SC2086  # the options are several words on purpose
   polymixer train --data moving-digits --frames 1 --image-size 32 --preset DiT-M/4 --depth 6 ${options[$name]} \
-    --batch-size 64 --lr 1e-3 --warmup-steps 300 --ema-decay 0.999 --steps "$steps" \
+    --batch-size 64 --lr "$lr" --warmup-steps 300 --ema-decay 0.999 --steps "$steps" \
     --checkpoint-every 200 --sample-every 1000 --sample-steps 20 --keep-last 2 --log-every 50 --progress false \
     --num-threads 1 --seed "$seed" --out "$runs/${name}_seed${seed}" $resume \
     > "$runs/${name}_seed${seed}.log" 2>&1 &

@@ -74,7 +74,7 @@ for ev in sorted(e for runs in args.runs for e in runs.glob("*_seed*_eval.json")
     c = model.config
     rows.append({"name": name, "seed": int(seed), "runs": str(ev.parent), "mixer": c.mixer, "pom_heads": c.pom_heads,
                  "pom_expand": c.pom_expand, "pom_degree": c.pom_degree, "pom_variant": c.pom_variant, "parameters": sum(p.numel() for p in model.parameters()),
-                 "steps": state["step"], "seconds_per_step": seconds_per_step(state, ev.parent / f"{name}_seed{seed}.log"),
+                 "steps": state["step"], "lr": state["train_config"]["lr"], "seconds_per_step": seconds_per_step(state, ev.parent / f"{name}_seed{seed}.log"),
                  "frechet_distance": result["frechet_distance"],
                  "frechet_distance_real": result["frechet_distance_real"],
                  "conditional_accuracy": result["conditional_accuracy"], "num_samples": result["num_samples"],
@@ -94,6 +94,8 @@ def command(runs: str, seed: int) -> str:
     here = [r["name"] for r in rows if r["runs"] == runs and r["seed"] == seed]
     env = "" if set(here) == {"pom", "pom_fullgate", "pom_e1", "attention"} else f"NAMES=\"{' '.join(here)}\" "
     env += f"RUNS={runs} " if Path(runs) != Path("runs/compare_gate") else ""
+    lrs = {r["lr"] for r in rows if r["runs"] == runs and r["seed"] == seed}
+    env += f"LR={lrs.pop():g} " if lrs != {1e-3} else ""
     return f"`{env}bash examples/compare_gate.sh {seed} {steps}`"
 
 
@@ -102,7 +104,7 @@ lines = [
     "# PoM configurations against attention on single frames of moving digits, from scratch (CPU)",
     "",
     "- recipe: " + " and ".join(command(runs, seed) for runs, seed in made)
-    + " (a 16x16 MNIST digit anywhere on a 32x32 canvas, 64 tokens; DiT-M/4 with 6 blocks, batch 64, lr 1e-3, "
+    + " (a 16x16 MNIST digit anywhere on a 32x32 canvas, 64 tokens; DiT-M/4 with 6 blocks, batch 64, lr 1e-3 (or LR), "
     "300 warm-up steps, EMA 0.999; the runs of one command trained at the same time, one thread each), then "
     f"`polymixer eval --num-samples {rows[0]['num_samples']} --steps 20 --batch-size 50 --seed 0` (Euler, cfg 2)",
     f"- table: `{shlex.join(['python', 'examples/compare_gate_report.py', *sys.argv[1:]])}`, "
