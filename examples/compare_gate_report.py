@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from polymixer.checkpoint import latest_checkpoint
 from polymixer.data.moving_digits import moving_digits
 from polymixer.diffusion import FlowMatching
 from polymixer.sample import load_for_sampling
@@ -57,7 +58,7 @@ def held_out_losses(model, frames: int, image_size: int) -> list[float]:
 def seconds_per_step(state: dict, log: Path) -> float:
     """Wall seconds per step of the last training session that made the checkpoint ``state``."""
     start = state.get("session_start_step")
-    if start is None:  # a checkpoint of an older version: the session began one log interval before the log's first step
+    if start is None:  # an older checkpoint: the session began one log interval before the log's first step
         first = next(int(line.split()[1]) for line in log.read_text().splitlines() if line.startswith("step "))
         start = first - state["train_config"]["log_every"]
     return state["seconds_this_session"] / (state["step"] - start)
@@ -68,13 +69,15 @@ for ev in sorted(e for runs in args.runs for e in runs.glob("*_seed*_eval.json")
     name, seed = ev.name[: -len("_eval.json")].rsplit("_seed", 1)
     folder = ev.parent / f"{name}_seed{seed}"
     result = json.loads(ev.read_text())
-    last = sorted((folder / "checkpoints").glob("step_*"))[-1]  # its EMA weights are the run's ema_model
+    last = latest_checkpoint(folder / "checkpoints")  # its EMA weights are the run's ema_model
     state = json.loads((last / "state.json").read_text())
     model = load_for_sampling(last)[0].eval()
     c = model.config
-    rows.append({"name": name, "seed": int(seed), "runs": str(ev.parent), "mixer": c.mixer, "pom_heads": c.pom_heads,
-                 "pom_expand": c.pom_expand, "pom_degree": c.pom_degree, "pom_variant": c.pom_variant, "parameters": sum(p.numel() for p in model.parameters()),
-                 "steps": state["step"], "lr": state["train_config"]["lr"], "seconds_per_step": seconds_per_step(state, ev.parent / f"{name}_seed{seed}.log"),
+    rows.append({"name": name, "seed": int(seed), "runs": str(ev.parent), "mixer": c.mixer,
+                 "pom_heads": c.pom_heads, "pom_expand": c.pom_expand, "pom_degree": c.pom_degree,
+                 "pom_variant": c.pom_variant, "parameters": sum(p.numel() for p in model.parameters()),
+                 "steps": state["step"], "lr": state["train_config"]["lr"],
+                 "seconds_per_step": seconds_per_step(state, folder.parent / f"{folder.name}.log"),
                  "frechet_distance": result["frechet_distance"],
                  "frechet_distance_real": result["frechet_distance_real"],
                  "conditional_accuracy": result["conditional_accuracy"], "num_samples": result["num_samples"],
@@ -91,10 +94,12 @@ names = list(dict.fromkeys(r["name"] for r in rows))
 
 def command(runs: str, seed: int) -> str:
     """The compare_gate.sh command that made the runs of one folder and seed."""
-    here = [r["name"] for r in rows if r["runs"] == runs and r["seed"] == seed]
-    env = "" if set(here) == {"pom", "pom_fullgate", "pom_e1", "attention"} else f"NAMES=\"{' '.join(here)}\" "
+    here = [r for r in rows if r["runs"] == runs and r["seed"] == seed]
+    names_here = [r["name"] for r in here]
+    default = set(names_here) == {"pom", "pom_fullgate", "pom_e1", "attention"}
+    env = "" if default else f"NAMES=\"{' '.join(names_here)}\" "
     env += f"RUNS={runs} " if Path(runs) != Path("runs/compare_gate") else ""
-    lrs = {r["lr"] for r in rows if r["runs"] == runs and r["seed"] == seed}
+    lrs = {r["lr"] for r in here}
     env += f"LR={lrs.pop():g} " if lrs != {1e-3} else ""
     return f"`{env}bash examples/compare_gate.sh {seed} {steps}`"
 
