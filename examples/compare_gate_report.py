@@ -87,9 +87,9 @@ if not rows:
     raise SystemExit(f"no *_eval.json in {' '.join(map(str, args.runs))}")
 order = {name: i for i, name in enumerate(["pom", "pom_fullgate", "pom_e1", "power_fullgate", "power_k3_fullgate",
                                              "power_e4", "attention"])}
-rows.sort(key=lambda r: (order.get(r["name"], 9), r["name"], r["seed"]))
+rows.sort(key=lambda r: (order.get(r["name"], 9), r["name"], -r["lr"], r["seed"]))
 steps = max(r["steps"] for r in rows)
-names = list(dict.fromkeys(r["name"] for r in rows))
+groups = list(dict.fromkeys((r["name"], r["lr"]) for r in rows))  # a model and its learning rate
 
 
 def command(runs: str, seed: int) -> str:
@@ -119,23 +119,23 @@ lines = [
     "- loss at t: flow-matching loss of the EMA model on 48 held-out frames at noise level t, the same frames "
     "and noise for every model",
     "",
-    "| model | variant, k, e, gate | seed | parameters | s/step | Fréchet distance (real) | accuracy | "
+    "| model | variant, k, e, gate | lr | seed | parameters | s/step | Fréchet distance (real) | accuracy | "
     + " | ".join(f"loss t={t}" for t in LEVELS) + " |",
-    "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(LEVELS),
+    "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(LEVELS),
 ]
 for r in rows:
     gate = "full" if r["pom_heads"] == 1 else f"{r['pom_heads']} heads"
     shape = f"{r['pom_variant']}, {r['pom_degree']}, {r['pom_expand']}, {gate}" if r["mixer"] == "pom" else "-"
-    lines.append(f"| {r['name']} | {shape} | {r['seed']} | {r['parameters'] / 1e6:.2f}M | "
+    lines.append(f"| {r['name']} | {shape} | {r['lr']:g} | {r['seed']} | {r['parameters'] / 1e6:.2f}M | "
                  f"{r['seconds_per_step']:.2f} | "
                  f"{r['frechet_distance']:.1f} ({r['frechet_distance_real']:.1f}) | {r['conditional_accuracy']:.3f} | "
                  + " | ".join(f"{v:.4f}" for v in r["loss_at_t"].values()) + " |")
 lines.append("")
-for name in names:
-    fd = [r["frechet_distance"] for r in rows if r["name"] == name]
-    acc = [r["conditional_accuracy"] for r in rows if r["name"] == name]
+for name, lr in groups:
+    fd = [r["frechet_distance"] for r in rows if (r["name"], r["lr"]) == (name, lr)]
+    acc = [r["conditional_accuracy"] for r in rows if (r["name"], r["lr"]) == (name, lr)]
     spread = f" ± {statistics.stdev(fd):.1f}" if len(fd) > 1 else ""
-    lines.append(f"- {name}: Fréchet distance {statistics.mean(fd):.1f}{spread}, accuracy {statistics.mean(acc):.3f} "
+    lines.append(f"- {name}, lr {lr:g}: Fréchet distance {statistics.mean(fd):.1f}{spread}, accuracy {statistics.mean(acc):.3f} "
                  f"over {len(fd)} seed(s)")
 args.out.parent.mkdir(parents=True, exist_ok=True)
 args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
