@@ -11,6 +11,8 @@ in a fresh process per (mixer, N, measurement). Output (table, JSON, plot) in
 
     python benchmarks/bench_dit_scaling.py                       # N = 256 .. 16384, DiT-M/2, CPU
     python benchmarks/bench_dit_scaling.py --tokens 256,1024 --repeats 1 --out /tmp/quick
+    python benchmarks/bench_dit_scaling.py --device cuda --dtype bfloat16 --preset DiT-B/2 \
+        --tokens 256,1024,4096,16384,65536 --out benchmarks/results/dit_scaling_h200   # a GPU
 """
 
 from __future__ import annotations
@@ -62,6 +64,17 @@ def make_call(what: str, model: DiT, tokens: int, args):
     x = torch.randn(args.batch, args.channels, side, side, generator=g).to(args.device)
     y = torch.arange(args.batch, device=args.device) % 10
     t = torch.full((args.batch,), 0.5, device=args.device)
+    inner = _call(what, model, x, y, t, args)
+    if args.dtype == "float32":
+        return inner
+
+    def call():  # mixed precision: the matrix products in args.dtype, the weights in float32
+        with torch.autocast(args.device.split(":")[0], dtype=getattr(torch, args.dtype)):
+            inner()
+    return call
+
+
+def _call(what: str, model: DiT, x, y, t, args):
     if what == "forward":
         model.eval()
 
@@ -123,6 +136,8 @@ def main(argv=None) -> None:
     p.add_argument("--what", default=",".join(WHAT))
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="float32, or autocast to bfloat16/float16 (what a GPU run should use)")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--out", default=None, help="path prefix (default benchmarks/results/dit_scaling_<device>)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -161,7 +176,8 @@ def main(argv=None) -> None:
                     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--mixer", m, "--n", str(n),
                            "--what", what, "--preset", args.preset, "--channels", str(args.channels),
                            "--batch", str(args.batch), "--sampling-steps", str(args.sampling_steps),
-                           "--cfg", str(args.cfg), "--threads", str(args.threads), "--device", args.device]
+                           "--cfg", str(args.cfg), "--threads", str(args.threads), "--device", args.device,
+                           "--dtype", args.dtype]
                     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
                     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
                     row["peak_mb"] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
@@ -183,7 +199,7 @@ def report(args, rows, whats, tokens, params) -> None:
         f"- date: {datetime.date.today().isoformat()}; machine: {dev}, {args.threads} thread(s), device {args.device}",
         f"- models: {args.preset} with PoM ({params['pom'] / 1e6:.2f}M parameters, k=2, e=2, MLP ratio 3) and with "
         f"attention ({params['attention'] / 1e6:.2f}M, SDPA, MLP ratio 4); {args.channels}-channel inputs, batch "
-        f"{args.batch}, float32",
+        f"{args.batch}, " + ("float32" if args.dtype == "float32" else f"{args.dtype} autocast"),
         f"- forward = one no-grad forward; train_step = flow-matching loss, backward, AdamW step; sampling = "
         f"{args.sampling_steps} Euler steps" + (f" with guidance {args.cfg} (doubled batch)" if args.cfg != 1 else
                                                " without guidance"),
@@ -206,8 +222,9 @@ def report(args, rows, whats, tokens, params) -> None:
     for w in whats:
         ratios = [(n, by[("attention", n, w)]["seconds"] / by[("pom", n, w)]["seconds"]) for n in tokens
                   if ("pom", n, w) in by and ("attention", n, w) in by]
-        faster = [n for n, r in ratios if r > 1]
-        cross = f"PoM faster from {faster[0]} tokens" if faster else "PoM not faster at any measured size"
+        # the crossover: the smallest size from which PoM is faster at every measured size
+        faster = [n for i, (n, _) in enumerate(ratios) if all(r > 1 for _, r in ratios[i:])]
+        cross = f"PoM faster from {faster[0]} tokens on" if faster else "PoM not faster at the largest size"
         if ratios:
             lines.append(f"\n{w}: {cross}; at {ratios[-1][0]} tokens attention takes {ratios[-1][1]:.1f}x PoM's time.")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -216,17 +233,21 @@ def report(args, rows, whats, tokens, params) -> None:
     plt = pyplot()
     if plt is None:
         return
-    fig, axes = plt.subplots(1, len(whats) + 1, figsize=(5 * (len(whats) + 1), 4))
+    memory = {m: [by[(m, n, "train_step")] for n in tokens if "peak_mb" in by.get((m, n, "train_step"), {})]
+              for m in MIXERS}
+    panels = len(whats) + (1 if any(memory.values()) else 0)  # no memory panel without memory numbers
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), squeeze=False)
+    axes = list(axes[0])
     for ax, w in zip(axes, whats):
         for m in MIXERS:
             pts = [by[(m, n, w)] for n in tokens if (m, n, w) in by]
             ax.plot([q["tokens"] for q in pts], [q["seconds"] for q in pts], marker="o", label=m)
         ax.set_title(f"{w} (s)")
-    for m in MIXERS:
-        pts = [by[(m, n, "train_step")] for n in tokens if (m, n, "train_step") in by and "peak_mb" in by[(m, n,
-                                                                                                             "train_step")]]
-        axes[-1].plot([q["tokens"] for q in pts], [max(q["peak_mb"], 0.1) for q in pts], marker="o", label=m)
-    axes[-1].set_title("train_step peak memory (MB)")
+    if panels > len(whats):
+        for m in MIXERS:
+            axes[-1].plot([q["tokens"] for q in memory[m]], [max(q["peak_mb"], 0.1) for q in memory[m]], marker="o",
+                          label=m)
+        axes[-1].set_title("train_step peak memory (MB)")
     finish_log_plot(fig, axes, "tokens", out.with_suffix(".png"))
 
 

@@ -1,0 +1,51 @@
+"""The GPU benchmark scripts, run on the CPU at toy sizes: they must work the day a GPU is lent."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load(name: str):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_profile_mixer_tables_every_implementation(tmp_path):
+    profile_mixer = load("profile_mixer")
+    out = tmp_path / "profile"
+    profile_mixer.main(["--device", "cpu", "--n", "37", "--dim", "16", "--batch", "2", "--dtype", "float32",
+                        "--warmup", "0", "--repeats", "1", "--top", "4", "--causal", "--out", str(out)])
+    results = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert list(results) == ["fused", "lean", "autograd"]
+    for r in results.values():
+        assert r["ms_per_step"] > 0 and 1 <= len(r["ops"]) <= 4
+        assert sum(op["share"] for op in r["ops"]) <= 1 + 1e-9
+    text = out.with_suffix(".md").read_text()
+    assert all(f"## {impl}" in text for impl in results) and "causal context" in text
+
+
+def test_profile_mixer_rejects_unknown_implementation():
+    with pytest.raises(SystemExit):
+        load("profile_mixer").main(["--device", "cpu", "--implementations", "fused,flash"])
+
+
+def test_dit_scaling_mixed_precision_and_crossover(tmp_path):
+    bench = load("bench_dit_scaling")
+    out = tmp_path / "scaling"
+    bench.main(["--preset", "DiT-T/2", "--tokens", "4,16", "--repeats", "1", "--what", "forward",
+                "--dtype", "bfloat16", "--no-memory", "--threads", "1", "--out", str(out)])
+    text = out.with_suffix(".md").read_text()
+    assert "bfloat16 autocast" in text and "| 16 | forward |" in text
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert {(r["mixer"], r["tokens"]) for r in rows} == {(m, n) for m in ("pom", "attention") for n in (4, 16)}
