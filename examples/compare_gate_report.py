@@ -135,8 +135,8 @@ for name, lr in groups:
     fd = [r["frechet_distance"] for r in rows if (r["name"], r["lr"]) == (name, lr)]
     acc = [r["conditional_accuracy"] for r in rows if (r["name"], r["lr"]) == (name, lr)]
     spread = f" ± {statistics.stdev(fd):.1f}" if len(fd) > 1 else ""
-    lines.append(f"- {name}, lr {lr:g}: Fréchet distance {statistics.mean(fd):.1f}{spread}, accuracy {statistics.mean(acc):.3f} "
-                 f"over {len(fd)} seed(s)")
+    lines.append(f"- {name}, lr {lr:g}: Fréchet distance {statistics.mean(fd):.1f}{spread}, "
+                 f"accuracy {statistics.mean(acc):.3f} over {len(fd)} seed(s)")
 args.out.parent.mkdir(parents=True, exist_ok=True)
 args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
