@@ -10,6 +10,9 @@
 #   power_fullgate     power, k=2, e=2, full gate: attention's parameter count   1.87M
 #   power_k3_fullgate  the same with degree 3 (a larger state, no more weights)  1.87M
 #   power_e4           power, k=2, e=4, 4 gate heads: the PoM preset's count     2.07M
+# and the local-detail candidates (issue 23): an identity-initialised 3x3 depthwise
+# convolution inside every MLP (Mix-FFN), for either mixer:
+#   pom_conv, attention_conv   the presets with --mlp-conv 3
 # then `polymixer eval` on each EMA model. Results: RUNS (default runs/compare_gate).
 #   bash examples/compare_gate.sh [SEED] [STEPS]
 #   NAMES="power_fullgate power_k3_fullgate power_e4" RUNS=runs/compare_gate_power bash examples/compare_gate.sh 0 4000
@@ -30,6 +33,8 @@ declare -A options=(
   [power_fullgate]="--mixer pom --pom-variant power --pom-heads 1"
   [power_k3_fullgate]="--mixer pom --pom-variant power --pom-heads 1 --pom-degree 3"
   [power_e4]="--mixer pom --pom-variant power --pom-expand 4"
+  [pom_conv]="--mixer pom --mlp-conv 3"
+  [attention_conv]="--mixer attention --mlp-conv 3"
 )
 read -r -a names <<< "${NAMES:-pom pom_fullgate pom_e1 attention}"
 for name in "${names[@]}"; do

@@ -60,6 +60,8 @@ _TRAIN_HELP: dict[str, tuple[str, tuple | None]] = {
     "pom_heads": ("PoM gate heads: 1 = a full-width gate, G = one gate scalar per head", None),
     "pom_implementation": ("PoM's backward pass (same outputs)", ("fused", "lean", "autograd")),
     "qk_norm": ("RMS-normalise queries and keys (attention)", None),
+    "mlp_conv": ("side of an identity-initialised depthwise convolution over the token grid in every MLP "
+                 "(0 = none, 3 = Mix-FFN)", None),
     "temporal_patch": ("consecutive frames folded into one token grid (video)", None),
     "noise_levels": ("one noise level per clip, or per frame (diffusion forcing) (video)", ("clip", "frame")),
     "frame_local_every": ("every k-th block mixes inside each frame only, 0 = none (video)", None),

@@ -45,6 +45,10 @@ class TransformerConfig:
             recomputed) or ``"autograd"`` (plain PyTorch); the outputs are the same.
         n_classes: number of classes; label ``n_classes`` is the null (unconditional) one.
         qk_norm: RMS-normalise queries and keys (attention only).
+        mlp_conv: side of a depthwise convolution over the token grid inside every MLP
+            (after its first linear map, on the hidden channels; one frame at a time for
+            video), initialised as the identity so a new model starts as without it;
+            0 (default) for none, e.g. 3 for the Mix-FFN of SANA.
     """
 
     in_channels: int = 1
@@ -61,6 +65,7 @@ class TransformerConfig:
     pom_implementation: str = "fused"
     n_classes: int = 10
     qk_norm: bool = False
+    mlp_conv: int = 0
 
     # fields that change how the network computes, not its weights or its function
     NON_ARCHITECTURAL = ("pom_implementation",)
@@ -82,6 +87,9 @@ class TransformerConfig:
             raise ValueError(f"mixer: expected one of {MIXERS}, got {self.mixer!r}")
         if self.width % self.heads != 0:
             raise ValueError(f"heads: {self.heads} does not divide width={self.width}")
+        k = self.mlp_conv
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0 or (k and k % 2 == 0):
+            raise ValueError(f"mlp_conv: expected 0 (none) or an odd kernel size >= 1, got {k!r}")
         if not (isinstance(self.mlp_ratio, (int, float)) and self.mlp_ratio > 0):
             raise ValueError(f"mlp_ratio: expected a positive number, got {self.mlp_ratio!r}")
 
@@ -150,6 +158,50 @@ def build_mixer(config: TransformerConfig) -> nn.Module:
     return MultiHeadAttention(config.width, heads=config.heads, qk_norm=config.qk_norm)
 
 
+class MLP(nn.Sequential):
+    """``Linear(D, hidden) -> [depthwise conv over the grid] -> GELU -> Linear(hidden, D)``.
+
+    ``forward(x, grid)``: ``x: (B, N, D)`` whose tokens are consecutive grids of
+    ``grid = (rows, columns)`` tokens (one image, or one frame of a clip). With
+    ``conv > 0`` a ``conv x conv`` depthwise convolution (zero padding, identity at start)
+    mixes each token's hidden channels with its grid neighbours'.
+    """
+
+    def __init__(self, width: int, hidden: int, conv: int = 0):
+        super().__init__(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        self.conv = None
+        if conv:
+            self.conv = nn.Conv2d(hidden, hidden, conv, padding=conv // 2, groups=hidden)
+            with torch.no_grad():
+                self.conv.weight.zero_()
+                self.conv.weight[:, 0, conv // 2, conv // 2] = 1.0
+                self.conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        h = self[0](x)
+        if self.conv is not None:
+            if grid is None:
+                raise ValueError("grid: an MLP with a convolution needs the token grid (rows, columns)")
+            B, N, C = h.shape
+            rows, cols = grid
+            if N % (rows * cols) != 0:
+                raise ValueError(f"grid: {rows}x{cols} grids do not tile the {N} tokens")
+            g = h.reshape(-1, rows, cols, C).permute(0, 3, 1, 2)
+            h = self.conv(g).permute(0, 2, 3, 1).reshape(B, N, C)
+        return self[2](self[1](h))
+
+
+def init_identity_convs(model: nn.Module) -> None:
+    """Reset every MLP convolution of ``model`` to the identity (after a generic init)."""
+    for module in model.modules():
+        if isinstance(module, MLP) and module.conv is not None:
+            k = module.conv.kernel_size[0]
+            with torch.no_grad():
+                module.conv.weight.zero_()
+                module.conv.weight[:, 0, k // 2, k // 2] = 1.0
+                module.conv.bias.zero_()
+
+
 class DiTBlock(nn.Module):
     """adaLN-Zero block: ``x + g1 * mixer(mod(LN(x))) ; x + g2 * MLP(mod(LN(x)))``.
 
@@ -165,17 +217,17 @@ class DiTBlock(nn.Module):
         self.mixer = build_mixer(config)
         self.norm2 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         hidden = int(round(D * config.mlp_ratio))
-        self.mlp = nn.Sequential(nn.Linear(D, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, D))
+        self.mlp = MLP(D, hidden, config.mlp_conv)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, *, local_size: int | None = None,
-                **context) -> torch.Tensor:
+                grid: tuple[int, int] | None = None, **context) -> torch.Tensor:
         """The block on ``x``. With ``local_size`` T the mixer runs inside each run of T
         consecutive tokens only (one frame of a clip: ``N`` must be a multiple of T), as
         the full mixer of ``(B * N / T, T, D)``; the other context arguments must be
         absent then."""
         if local_size is None:
-            return self._residuals(x, c, lambda h: self.mixer(h, **context))
+            return self._residuals(x, c, lambda h: self.mixer(h, **context), grid)
         if context:
             raise ValueError(f"local_size: cannot be combined with {sorted(context)}")
         B, N, D = x.shape
@@ -185,16 +237,17 @@ class DiTBlock(nn.Module):
         def mix(h):
             return self.mixer(h.reshape(B * N // local_size, local_size, D)).reshape(B, N, D)
 
-        return self._residuals(x, c, mix)
+        return self._residuals(x, c, mix, grid)
 
-    def stream(self, x: torch.Tensor, c: torch.Tensor, state, *, update: bool = False, **context):
+    def stream(self, x: torch.Tensor, c: torch.Tensor, state, *, update: bool = False,
+               grid: tuple[int, int] | None = None, **context):
         """The block on new tokens ``x`` of a stream whose earlier tokens are summarised by
         the mixer's ``state`` (PoM only); returns ``(out, state)``. With ``update`` the new
         tokens, which must form one block, are added to the returned state (``mixer.step``);
         otherwise they only read it (``mixer(x, state=state, **context)``) and the state
         is returned unchanged."""
         if not update:
-            return self._residuals(x, c, lambda h: self.mixer(h, state=state, **context)), state
+            return self._residuals(x, c, lambda h: self.mixer(h, state=state, **context), grid), state
         new = []
 
         def mix(h):
@@ -202,12 +255,12 @@ class DiTBlock(nn.Module):
             new.append(s)
             return y
 
-        return self._residuals(x, c, mix), new[0]
+        return self._residuals(x, c, mix, grid), new[0]
 
-    def _residuals(self, x: torch.Tensor, c: torch.Tensor, mix) -> torch.Tensor:
+    def _residuals(self, x: torch.Tensor, c: torch.Tensor, mix, grid=None) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=-1)
         x = x + gated(mix(modulate(self.norm1(x), shift1, scale1)), gate1)
-        x = x + gated(self.mlp(modulate(self.norm2(x), shift2, scale2)), gate2)
+        x = x + gated(self.mlp(modulate(self.norm2(x), shift2, scale2), grid), gate2)
         return x
 
 
@@ -256,6 +309,7 @@ def init_dit_weights(model: nn.Module) -> None:
     nn.init.normal_(model.class_embed.weight, std=0.02)
     for layer in (model.time_embed.mlp[0], model.time_embed.mlp[2]):
         nn.init.normal_(layer.weight, std=0.02)
+    init_identity_convs(model)
     for block in model.blocks:
         nn.init.zeros_(block.modulation[-1].weight)
         nn.init.zeros_(block.modulation[-1].bias)

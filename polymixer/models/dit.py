@@ -166,7 +166,7 @@ class DiT(nn.Module):
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
         tokens = tokens + self.positions(gh, gw, tokens.device, tokens.dtype)
         c = self.time_embed(t) + self.class_embed(y)  # (B, D)
-        tokens = run_blocks(self.blocks, tokens, c, self.gradient_checkpointing, **context)
+        tokens = run_blocks(self.blocks, tokens, c, self.gradient_checkpointing, grid=(gh, gw), **context)
         out = self.final(tokens, c)  # (B, N, p*p*C)
         out = out.view(B, gh, gw, p, p, C).permute(0, 5, 1, 3, 2, 4)
         return out.reshape(B, C, H, W)

@@ -219,15 +219,15 @@ class VideoDiT(nn.Module):
         c = c + (self.class_embed(y) if c.dim() == 2 else self.class_embed(y)[:, None])
         local = self.frame_local_blocks()
         if states is None:
-            contexts = [{"local_size": T} if i in local else None for i in range(len(self.blocks))]
+            contexts = [{"local_size": T, "grid": (gh, gw)} if i in local else None for i in range(len(self.blocks))]
             tokens = run_blocks(self.blocks, tokens, c, self.gradient_checkpointing, contexts=contexts,
-                                block_size=T)
+                                block_size=T, grid=(gh, gw))
         else:
             for i, block in enumerate(self.blocks):
                 if i in local:  # a spatial block reads no earlier frame: its state stays empty
-                    tokens = block(tokens, c, local_size=T)
+                    tokens = block(tokens, c, local_size=T, grid=(gh, gw))
                     continue
-                tokens, new = block.stream(tokens, c, states[i], block_size=T, update=update_states)
+                tokens, new = block.stream(tokens, c, states[i], block_size=T, update=update_states, grid=(gh, gw))
                 if update_states:
                     states[i] = new
         out = self.final(tokens, c)  # (B, G*T, tp*p*p*C)
