@@ -20,8 +20,9 @@ import torch
 
 from .io import CheckpointError, load_tensors, read_json, save_tensors, sha256_file, write_json
 
-__all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_checkpoint", "prune_checkpoints",
-           "flatten_optimizer", "unflatten_optimizer"]
+__all__ = ["save_checkpoint", "load_checkpoint", "verify_checkpoint", "list_checkpoints", "latest_checkpoint",
+           "newest_intact_checkpoint", "prune_checkpoints", "set_aside_later_checkpoints", "flatten_optimizer",
+           "unflatten_optimizer"]
 
 STEP_RE = re.compile(r"^step_(\d+)$")
 FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors")
@@ -69,12 +70,69 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def prune_checkpoints(folder: str | Path, keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` checkpoints (keep_last <= 0 keeps all)."""
+def prune_checkpoints(folder: str | Path, keep_last: int, keep: str | Path | None = None) -> None:
+    """Delete all but the newest ``keep_last`` checkpoints (keep_last <= 0 keeps all).
+
+    ``keep``: a checkpoint folder never deleted (the one the running session started from)."""
     if keep_last <= 0:
         return
+    protected = Path(keep).resolve() if keep is not None else None
     for _, path in list_checkpoints(folder)[:-keep_last]:
+        if protected is not None and path.resolve() == protected:
+            continue
         shutil.rmtree(path, ignore_errors=True)
+
+
+def set_aside_later_checkpoints(folder: str | Path, step: int) -> Path | None:
+    """Move the checkpoints of ``folder`` later than ``step`` into a new subfolder
+    ``folder/abandoned_after_step_<step>[_<n>]/`` (kept, never deleted), so that a run
+    resumed from ``step`` starts a new line of work whose newest checkpoint is its own.
+    Returns the subfolder, or None when there was nothing later."""
+    folder = Path(folder)
+    later = [path for s, path in list_checkpoints(folder) if s > step]
+    if not later:
+        return None
+    base = folder / f"abandoned_after_step_{step:08d}"
+    target, n = base, 1
+    while target.exists():
+        n += 1
+        target = base.with_name(f"{base.name}_{n}")
+    target.mkdir()
+    for path in later:
+        os.replace(path, target / path.name)
+    return target
+
+
+def verify_checkpoint(path: str | Path) -> dict:
+    """Check a checkpoint folder (format, every file present, SHA-256) without loading any
+    tensor; returns its ``state.json``. Raises :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: checkpoint folder not found")
+    state = read_json(path / "state.json")
+    if state.get("format") != "polymixer.checkpoint/1":
+        raise CheckpointError(f"{path / 'state.json'}: not a polymixer training checkpoint (format {state.get('format')!r})")
+    for name in FILES:
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing from the checkpoint")
+        if sha256_file(file) != state.get("sha256", {}).get(name):
+            raise CheckpointError(f"{file}: checksum mismatch (truncated or corrupt checkpoint)")
+    return state
+
+
+def newest_intact_checkpoint(folder: str | Path, before: int | None = None) -> Path | None:
+    """The newest checkpoint of ``folder`` (earlier than step ``before``, if given) that passes
+    :func:`verify_checkpoint`, or None."""
+    for step, path in reversed(list_checkpoints(folder)):
+        if before is not None and step >= before:
+            continue
+        try:
+            verify_checkpoint(path)
+        except CheckpointError:
+            continue
+        return path
+    return None
 
 
 def save_checkpoint(
@@ -119,17 +177,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     ``optimizer`` (a ``state_dict``), ``rng`` and the JSON ``state``. Nothing is loaded into
     any module here, so a bad checkpoint never leaves a half-loaded model."""
     path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: checkpoint folder not found")
-    state = read_json(path / "state.json")
-    if state.get("format") != "polymixer.checkpoint/1":
-        raise CheckpointError(f"{path / 'state.json'}: not a polymixer training checkpoint (format {state.get('format')!r})")
-    for name in FILES:
-        file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"{file}: missing from the checkpoint")
-        if sha256_file(file) != state["sha256"].get(name):
-            raise CheckpointError(f"{file}: checksum mismatch (truncated or corrupt checkpoint)")
+    state = verify_checkpoint(path)
     opt = load_tensors(path / "optimizer.safetensors", device="cpu")
     rng = {k[4:]: v for k, v in opt.items() if k.startswith("rng/")}
     return {

@@ -40,10 +40,12 @@ def _bool(text: str) -> bool:
 _TRAIN_HELP: dict[str, tuple[str, tuple | None]] = {
     "data": ("mnist, digits, moving-digits, moving-digits-2, or a folder with one subfolder per class "
              "(images, or clips: GIF, MP4, .npy)", None),
-    "image_size": ("side the images or frames are brought to", None),
-    "channels": ("1 or 3: channels of the images of a folder", None),
+    "image_size": ("side the images or frames are brought to [a folder's own (smallest side, at most 64, a "
+                   "multiple of the patch), 32 for the bundled data]", None),
+    "channels": ("1 or 3: channels of the images or clips of a folder [grey files: 1, colour: 3]", None),
     "frames": ("frames of a training clip (video data)", None),
-    "skip_bad_files": ("skip unreadable files of a folder instead of stopping", None),
+    "skip_bad_files": ("skip unreadable files of a folder instead of stopping (a switch; also takes true|false)",
+                       None),
     "vae": ("a local diffusers AutoencoderKL folder: train on its latents (images)", None),
     "preset": ("model size and patch, e.g. DiT-M/4 (`polymixer presets` lists them)", None),
     "mixer": ("token mixer", ("pom", "attention")),
@@ -74,7 +76,7 @@ _TRAIN_HELP: dict[str, tuple[str, tuple | None]] = {
     "lr": ("peak learning rate (AdamW)", None),
     "lr_schedule": ("after warm-up", ("constant", "cosine")),
     "min_lr_ratio": ("final lr / peak lr of the cosine schedule", None),
-    "warmup_steps": ("linear warm-up steps", None),
+    "warmup_steps": ("linear warm-up steps [200, at most a fifth of --steps]", None),
     "weight_decay": ("AdamW weight decay", None),
     "betas": ("AdamW betas", None),
     "grad_clip": ("clip the gradient norm to this (0 = off)", None),
@@ -84,11 +86,11 @@ _TRAIN_HELP: dict[str, tuple[str, tuple | None]] = {
     "log_every": ("steps between log lines", None),
     "sample_every": ("steps between preview samples (0 = never)", None),
     "sample_steps": ("sampling steps of the previews", None),
-    "sample_cfg": ("guidance scale of the previews", None),
+    "sample_cfg": ("guidance scale of the previews (>= 0, 1 = off)", None),
     "checkpoint_every": ("steps between checkpoints; the last step always makes one (0 = that one only)", None),
     "keep_last": ("checkpoints kept", None),
     "device": ("auto (CUDA when there is one), cpu, cuda or cuda:N", None),
-    "num_threads": ("CPU threads (give background runs 1)", None),
+    "num_threads": ("CPU threads (give background runs 1); num_threads in a config file", None),
     "bf16": ("bfloat16 autocast on CUDA", None),
     "compile": ("torch.compile the model", None),
     "gradient_checkpointing": ("recompute the blocks in the backward pass (less memory)", None),
@@ -110,14 +112,24 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         base = next((a for a in args if a is not type(None)), hint) if args else hint
         text, choices = _TRAIN_HELP.get(f.name, ("", None))
         override = f.name in MODEL_OVERRIDES
-        default = "" if override else f" [{f.default}]"
+        default = "" if override or f.default is None else f" [{f.default}]"
         g = groups["model" if override else "options"]
-        if f.name == "betas":
+        if f.name == "num_threads":  # one spelling for every command: --threads (--num-threads: hidden alias)
+            g.add_argument("--threads", dest=f.name, type=int, default=None, help=text + default)
+            g.add_argument(flag, dest=f.name, type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        elif f.name == "betas":
             g.add_argument(flag, type=float, nargs=2, default=None, metavar=("B1", "B2"), help=text + default)
-        elif base is bool:
-            g.add_argument(flag, type=_bool, default=None, metavar="true|false", help=text + default)
+        elif base is bool:  # a switch: --flag alone means true
+            g.add_argument(flag, type=_bool, nargs="?", const=True, default=None, metavar="true|false",
+                           help=text + default)
         elif base in (int, float, str):
             g.add_argument(flag, type=base, default=None, choices=choices, help=text + default)
+
+
+def _add_threads(p: argparse.ArgumentParser, default: int = 2) -> None:
+    """``--threads`` (``--num-threads``, train's config spelling, is a hidden alias)."""
+    p.add_argument("--threads", type=int, default=default, help=f"CPU threads (0 = PyTorch's choice; default {default})")
+    p.add_argument("--num-threads", dest="threads", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,12 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a class-conditional DiT (single process or under torchrun)")
     t.add_argument("--config", type=str, default=None, help="JSON file of TrainConfig options (flags override it)")
     t.add_argument("--resume", nargs="?", const=True, default=False,
-                   help="continue from the newest checkpoint in <out>/checkpoints, or from the given checkpoint folder")
+                   help="continue from the newest checkpoint in <out>/checkpoints, or from the given checkpoint folder "
+                        "(an older one starts a new line of work: the later checkpoints are moved aside, kept)")
     _add_train_flags(t)
 
     s = sub.add_parser("sample", help="sample a PNG grid (and optionally the raw arrays) from a trained model")
     s.add_argument("--checkpoint", required=True, help="a model folder (save_pretrained) or a training checkpoint folder")
-    s.add_argument("--classes", default="all", help="'all', '0-9' or '1,3,7' (default all)")
+    s.add_argument("--classes", default="all", help="'all', '0-9', '1,3,7', or class names as the model stores "
+                   "them, e.g. 'cat,dog' (default all)")
     s.add_argument("--per-class", type=int, default=8, help="images per class, one row per class (default 8)")
     s.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (1 = off, default 2)")
     s.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
@@ -141,10 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-size", type=int, default=None, help="sample at another size divisible by the patch size")
     s.add_argument("--shift", type=float, default=None,
                    help="time shift of the flow sampler's grid (default: the training run's)")
-    s.add_argument("--out", default="grid.png", help="PNG grid path (default grid.png)")
+    s.add_argument("--out", default="grid.png", help="image grid path; its suffix gives the format: .png, .jpg, "
+                   ".webp, ... (default grid.png)")
     s.add_argument("--save-array", default=None, help="also write the samples and labels to this .npz")
     s.add_argument("--device", default="cpu")
-    s.add_argument("--threads", type=int, default=2)
+    _add_threads(s)
 
     v = sub.add_parser("sample-video", help="generate clips from a trained video model: GIF, MP4 or .npy")
     v.add_argument("--checkpoint", required=True, help="a video model folder or a training checkpoint folder")
@@ -153,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sequential: frame after frame at constant memory (PoM); joint: all frames together "
                         "(default sequential for PoM models, joint for attention)")
     v.add_argument("--classes", default=None,
-                   help="one clip per listed class, e.g. '3,5,7' or '0-9' (default: --num-clips classes drawn "
-                        "from the seed)")
+                   help="one clip per listed class, e.g. '3,5,7', '0-9' or class names 'left,right' (default: "
+                        "--num-clips classes drawn from the seed; with --context, required)")
     v.add_argument("--num-clips", type=int, default=4, help="clips when --classes is not given (default 4)")
     v.add_argument("--context", default=None,
                    help="a clip to continue (.npy (F, C, H, W) or (B, F, C, H, W), GIF or MP4): its frames come "
@@ -167,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--filmstrip", default=None, help="also write a PNG filmstrip (one row per clip)")
     v.add_argument("--fps", type=float, default=None, help="frames per second of GIF/MP4 (default: the model's)")
     v.add_argument("--device", default="cpu")
-    v.add_argument("--threads", type=int, default=2)
+    _add_threads(v)
 
     e = sub.add_parser("export", help="write a sampling folder (config + weights + pipeline) from a run or checkpoint")
     e.add_argument("--checkpoint", required=True, help="a training checkpoint folder (EMA weights) or a model folder")
@@ -193,24 +208,27 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=250, help="samples (clips) generated per batch (default 250)")
     ev.add_argument("--out", default="eval.json", help="JSON file of the results (default eval.json, here)")
     ev.add_argument("--device", default="cpu")
-    ev.add_argument("--threads", type=int, default=2)
+    _add_threads(ev)
 
     d = sub.add_parser("demo", help="sample the ten digits from the bundled PoM-DiT checkpoint, and a GIF of "
                                     "moving digits generated frame by frame by the bundled PoM video DiT")
     d.add_argument("--checkpoint", default="demo",
                    help="the name of a checkpoint bundled with the package, or a folder (default: demo)")
-    d.add_argument("--out", default="outputs/demo_grid.png")
-    d.add_argument("--per-class", type=int, default=8)
+    d.add_argument("--out", default="outputs/demo_grid.png",
+                   help="the digit grid; its suffix gives the format (default outputs/demo_grid.png)")
+    d.add_argument("--per-class", type=int, default=8, help="images per digit, one row per digit (default 8)")
     d.add_argument("--steps", type=int, default=20, help="Euler steps (default 20: 99%% of the samples are "
                    "classified as their digit by a logistic regression on real MNIST, the same as 30)")
-    d.add_argument("--cfg", type=float, default=2.0)
-    d.add_argument("--sampler", default=None)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--threads", type=int, default=2)
+    d.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (1 = off, default 2)")
+    d.add_argument("--sampler", default=None, help="euler or heun (default euler)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the noise: same seed, same images (default 0)")
+    _add_threads(d)
     d.add_argument("--video-checkpoint", default=None,
                    help="bundled checkpoint name or folder of the video model (default: the bundled video_demo; "
                         "'none' skips the GIF)")
-    d.add_argument("--video-out", default="outputs/demo_video.gif")
+    d.add_argument("--video-out", default="outputs/demo_video.gif",
+                   help="the GIF of moving digits (.gif, .mp4 or .npy); a PNG filmstrip is written beside it "
+                        "(default outputs/demo_video.gif)")
     d.add_argument("--frames", type=int, default=None, help="frames per clip of the GIF (default: the video "
                    "model's training length; more frames are generated at the same memory, but the bundled model "
                    "was trained on 8-frame clips only and degrades past them)")
@@ -235,10 +253,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
             values[f.name] = v
     config = TrainConfig.from_dict(values)
     result = train(config, resume=args.resume)
+    if result["interrupted"]:  # train printed the checkpoint and the resume command
+        return 128 + result["interrupted"]
     if int(__import__("os").environ.get("RANK", "0")) == 0:
-        print(f"trained {result['step']} steps in {result['seconds']:.0f} s (this session); final loss "
-              f"{result['loss']:.4f}; EMA model in {Path(config.out) / 'ema_model'}", flush=True)
+        start, step = result["start_step"], result["step"]
+        steps = f"steps {start} to {step} ({step - start} steps)" if start else f"{step} steps"
+        print(f"trained {steps} in {result['seconds']:.0f} s; final loss {result['loss']:.4f}; EMA model in "
+              f"{Path(config.out) / 'ema_model'}", flush=True)
     return 0
+
+
+def _check_cfg(value: float, flag: str = "--cfg") -> None:
+    import math
+
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{flag}: expected a guidance scale >= 0 (1 = off, 0 = unconditional), got {value}")
 
 
 def _run_sampling(checkpoint, classes, per_class, cfg, steps, sampler, seed, out, save_array_path=None,
@@ -247,16 +276,26 @@ def _run_sampling(checkpoint, classes, per_class, cfg, steps, sampler, seed, out
 
     from .sample import generate, load_for_sampling, parse_classes, save_array, save_samples_grid
 
-    if threads > 0:
-        torch.set_num_threads(threads)
+    from .images import check_image_path
+    from .io import check_writable
+
     if per_class < 1:
         raise ValueError(f"--per-class: expected a positive int, got {per_class}")
     if shift is not None and not shift > 0:
         raise ValueError(f"--shift: expected a positive number, got {shift}")
+    _check_cfg(cfg)
+    check_image_path(out, "--out")
+    check_writable(out, "--out")
+    if save_array_path:
+        if Path(save_array_path).suffix.lower() != ".npz":
+            raise ValueError(f"--save-array: expected a .npz file, got {save_array_path!r}")
+        check_writable(save_array_path, "--save-array")
+    if threads > 0:
+        torch.set_num_threads(threads)
     model, pipeline = load_for_sampling(checkpoint, device=device, kind="image")
     if shift is not None:
         pipeline = pipeline.replace(shift=shift)
-    class_list = parse_classes(classes, model.config.n_classes)
+    class_list = parse_classes(classes, model.config.n_classes, pipeline.class_names)
     if image_size is not None:
         model.check_image_size(image_size, image_size)
     t0 = time.time()
@@ -276,6 +315,14 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     _run_sampling(args.checkpoint, args.classes, args.per_class, args.cfg, args.steps, args.sampler, args.seed,
                   args.out, args.save_array, args.image_size, args.device, args.threads, args.shift)
     return 0
+
+
+def _warn_past_training_length(frames: int, trained: int, flag: str = "--frames") -> None:
+    """One line on stderr when more frames are asked for than the model was trained on."""
+    if frames > trained:
+        print(f"warning: {flag} {frames} is more than the {trained} frames this model was trained on: the memory "
+              f"stays flat, but the frames after the {trained}th tend to fall apart (train on longer clips for "
+              "longer videos)", file=sys.stderr, flush=True)
 
 
 def _load_context(path: str, model, num_clips: int):
@@ -323,22 +370,34 @@ def _cmd_sample_video(args: argparse.Namespace) -> int:
         raise ValueError(f"--num-clips: expected a positive int, got {args.num_clips}")
     if args.steps < 1:
         raise ValueError(f"--steps: expected a positive int, got {args.steps}")
+    _check_cfg(args.cfg)
+    from .images import check_image_path
+    from .io import check_writable
     from .media import _check_suffix
 
     _check_suffix(Path(args.out))
+    check_writable(args.out, "--out")
+    if args.filmstrip:
+        check_image_path(args.filmstrip, "--filmstrip")
+        check_writable(args.filmstrip, "--filmstrip")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     model, pipeline = load_for_sampling(args.checkpoint, device=args.device, kind="video")
     cfg = model.config
     frames = args.frames or cfg.frames
     model.check_frames(frames)
+    _warn_past_training_length(frames, cfg.frames)
     if args.mode is None:
         args.mode = "sequential" if cfg.mixer == "pom" else "joint"
     if args.mode == "sequential" and cfg.mixer != "pom":
         raise ValueError("--mode: sequential generation keeps PoM states; this is an attention model "
                          "(use --mode joint)")
+    names = pipeline.class_names or [str(c) for c in range(cfg.n_classes)]
     if args.classes is not None:
-        classes = parse_classes(args.classes, cfg.n_classes)
+        classes = parse_classes(args.classes, cfg.n_classes, pipeline.class_names)
+    elif args.context is not None:
+        raise ValueError(f"--context: say which class each continued clip keeps with --classes (one per clip, a "
+                         f"name or an index; this model's classes: {', '.join(names)})")
     else:
         g = torch.Generator().manual_seed(args.seed)
         classes = torch.randint(cfg.n_classes, (args.num_clips,), generator=g).tolist()
@@ -358,7 +417,6 @@ def _cmd_sample_video(args: argparse.Namespace) -> int:
                          cfg_scale=args.cfg, sampler=args.sampler, seed=args.seed, context=context,
                          device=args.device, progress=True)
     out = save_clip(clips, args.out, fps=args.fps or pipeline.frames_per_second, data_range=pipeline.data_range)
-    names = pipeline.class_names or [str(c) for c in range(cfg.n_classes)]
     print(f"generated {len(classes)} clips of {frames} frames ({args.mode}, {args.steps} steps, cfg {args.cfg}; "
           f"classes {[names[c] for c in classes]}) in {time.time() - t0:.1f} s")
     print(f"clips written to {Path(out).resolve()}")
@@ -378,7 +436,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                                     "nor a folder with config.json + model.safetensors")
         return path
 
+    from .images import check_image_path
+    from .io import check_writable
+    from .media import _check_suffix
+
     ckpt = resolve(args.checkpoint, "--checkpoint")
+    _check_cfg(args.cfg)
+    check_image_path(args.out, "--out")
+    check_writable(args.out, "--out")
     video, name = None, args.video_checkpoint
     if name is None:
         name = "video_demo" if "video_demo" in bundled_checkpoints() else "none"
@@ -388,6 +453,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         video = resolve(name, "--video-checkpoint")
         if args.frames is not None and args.frames < 1:
             raise ValueError(f"--frames: expected a positive int, got {args.frames}")
+        _check_suffix(Path(args.video_out))
+        check_writable(args.video_out, "--video-out")
     print(f"demo: sampling the ten digits from the PoM-DiT in {ckpt}")
     _run_sampling(ckpt, "all", args.per_class, args.cfg, args.steps, args.sampler, args.seed, args.out,
                   threads=args.threads)
@@ -408,6 +475,7 @@ def _demo_video(checkpoint: Path, args: argparse.Namespace) -> None:
     model, pipeline = load_for_sampling(checkpoint, kind="video")
     mode = "sequential" if model.config.mixer == "pom" else "joint"
     frames = args.frames or model.config.frames
+    _warn_past_training_length(frames, model.config.frames)
     print(f"demo: generating ten clips of {frames} frames ({mode}) from the video DiT in {checkpoint}")
     t0 = time.time()
     clips = sample_video(model, pipeline, torch.arange(min(10, model.config.n_classes)), frames=frames,
@@ -444,6 +512,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--num-samples: expected an int >= 2 (the Fréchet distance needs 2), got {args.num_samples}")
     if not str(args.out).endswith(".json"):
         raise ValueError(f"--out: expected a .json file, got {args.out!r}")
+    _check_cfg(args.cfg)
+    from .io import check_writable
+
+    check_writable(args.out, "--out")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     ckpt = Path(args.checkpoint)
@@ -494,25 +566,42 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop, raised so that files being written are cleaned up."""
+
+    signum = 15
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; errors of input and environment are one line on stderr (exit 2), and an
+    interruption (Ctrl-C: 130, SIGTERM: 143) is one line, leaving no half-written file."""
+    import signal
+    import threading
+
     args = build_parser().parse_args(argv)
+    commands = {"train": _cmd_train, "sample": _cmd_sample, "export": _cmd_export, "sample-video": _cmd_sample_video,
+                "presets": _cmd_presets, "eval": _cmd_eval, "demo": _cmd_demo}
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
     try:
-        if args.command == "train":
-            return _cmd_train(args)
-        if args.command == "sample":
-            return _cmd_sample(args)
-        if args.command == "export":
-            return _cmd_export(args)
-        if args.command == "sample-video":
-            return _cmd_sample_video(args)
-        if args.command == "presets":
-            return _cmd_presets(args)
-        if args.command == "eval":
-            return _cmd_eval(args)
-        return _cmd_demo(args)
-    except (ValueError, TypeError, FileNotFoundError, MissingDependencyError) as exc:
+        return commands[args.command](args)
+    except (ValueError, TypeError, OSError, MissingDependencyError) as exc:  # FileNotFoundError is an OSError
         print(f"polymixer {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", 2)
+        what = ("stopped at once; the checkpoints written before are intact" if args.command == "train"
+                else "stopped; files are written whole or not at all, none was left half-written")
+        print(f"\npolymixer {args.command}: interrupted ({'SIGTERM' if signum == 15 else 'SIGINT'}): {what}",
+              file=sys.stderr, flush=True)
+        return 128 + signum
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,19 @@ import torch
 from ._optional import require
 from .io import atomic_write
 
-__all__ = ["make_grid", "save_grid", "to_uint8"]
+__all__ = ["make_grid", "save_grid", "to_uint8", "check_image_path", "IMAGE_FORMATS"]
+
+# Suffixes of the image files written, and Pillow's format for each.
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
+                 ".tiff": "TIFF", ".gif": "GIF"}
+
+
+def check_image_path(path: str | Path, name: str = "path") -> str:
+    """Pillow's format for the suffix of ``path``; ValueError naming ``name`` for another suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        raise ValueError(f"{name}: {str(path)!r} has no image suffix; expected one of {sorted(IMAGE_FORMATS)}")
+    return IMAGE_FORMATS[suffix]
 
 
 def to_uint8(images: torch.Tensor, data_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
@@ -39,10 +51,12 @@ def make_grid(images: torch.Tensor, nrow: int, padding: int = 2, data_range=(-1.
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int, padding: int = 2, data_range=(-1.0, 1.0),
               scale: int = 1) -> Path:
-    """Write a PNG grid of ``images: (N, C, H, W)`` (1 or 3 channels) to ``path`` atomically.
+    """Write a grid of ``images: (N, C, H, W)`` (1 or 3 channels) to ``path`` atomically, in the
+    format of its suffix (``.png``, ``.jpg``, ``.webp``, ... see :data:`IMAGE_FORMATS`).
 
     ``scale`` enlarges each pixel (nearest neighbour) so small images are visible.
     """
+    fmt = check_image_path(path)
     Image = require("PIL.Image", None, "save_grid: writing a PNG")
 
     if images.shape[1] not in (1, 3):
@@ -53,4 +67,5 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int, padding: int = 
     im = Image.fromarray(grid)
     if scale > 1:
         im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
-    return atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
+    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    return atomic_write(path, lambda tmp: im.save(tmp, format=fmt, **options))

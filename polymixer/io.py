@@ -19,6 +19,7 @@ import torch
 __all__ = [
     "CheckpointError",
     "atomic_write",
+    "check_writable",
     "write_json",
     "read_json",
     "save_tensors",
@@ -37,11 +38,40 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then move the temporary file onto ``path`` atomically."""
+def _cannot_write(path: Path, exc: OSError) -> OSError:
+    """The error of a failed write, naming the file asked for (not a temporary name)."""
+    return type(exc)(f"cannot write {str(path)!r}: {exc.strerror or exc}")
+
+
+def check_writable(path: str | Path, name: str = "path") -> Path:
+    """Check, before any heavy work, that a file can be created at ``path``: its folder (or the
+    nearest existing one above it) takes a new file. Raises OSError naming ``name`` and the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise IsADirectoryError(f"{name}: {str(path)!r} is a folder; expected a file path")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{name}: cannot write {str(path)!r}: {str(folder)!r} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".polymixer-write-test.", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise type(exc)(f"{name}: cannot write {str(path)!r}: {exc.strerror or exc}") from None
+    return path
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` then move the temporary file onto ``path`` atomically. A failure
+    of the file system raises OSError naming ``path``."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     os.close(fd)
     try:
         write(tmp)
@@ -49,9 +79,11 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, OSError) and tmp in str(exc):  # the message names the temporary file
+            raise _cannot_write(path, exc) from None
         raise
     return path
 

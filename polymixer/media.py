@@ -19,9 +19,18 @@ from ._optional import require
 from .images import make_grid, save_grid
 from .io import atomic_write
 
-__all__ = ["CLIP_SUFFIXES", "save_clip", "load_clip", "save_filmstrip"]
+__all__ = ["CLIP_SUFFIXES", "save_clip", "load_clip", "save_filmstrip", "UnreadableFileError"]
 
 CLIP_SUFFIXES = (".gif", ".mp4", ".npy")
+
+
+class UnreadableFileError(ValueError):
+    """A file that cannot be decoded: ``path``, and ``reason`` (the decoder's error), which a
+    caller that names the file itself can use without repeating it."""
+
+    def __init__(self, path: str | Path, reason: str, what: str = "file"):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{what}: cannot read {self.path!r} ({reason})")
 
 
 def _as_clips(clips: torch.Tensor) -> torch.Tensor:
@@ -131,7 +140,8 @@ def load_clip(path: str | Path, *, channels: int | None = None, data_range=(-1.0
     except (ImportError, FileNotFoundError):
         raise
     except Exception as exc:  # decoders raise many types
-        raise ValueError(f"clip: cannot read {str(path)!r} ({type(exc).__name__}: {exc})") from exc
+        detail = str(exc).replace(f" {str(path)!r}", "").replace(f" {str(path)}", "")  # the path is named once
+        raise UnreadableFileError(path, f"{type(exc).__name__}: {detail}", "clip") from exc
     grey = arr.shape[3] == 1 or bool(np.all(arr[..., :1] == arr[..., 1:3]))
     c = channels or (1 if grey else 3)
     if c not in (1, 3):

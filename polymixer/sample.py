@@ -65,21 +65,29 @@ def _article(word: str) -> str:
     return ("an " if word[:1] in "aeiou" else "a ") + word
 
 
-def parse_classes(text: str | list[int] | None, n_classes: int) -> list[int]:
-    """``"all"``/None -> 0..n-1; ``"3,5,7"`` or ``"0-9"`` -> a list; each checked against n_classes."""
+def parse_classes(text: str | list[int] | None, n_classes: int, class_names: list[str] | None = None) -> list[int]:
+    """``"all"``/None -> 0..n-1; ``"3,5,7"`` or ``"0-9"`` -> a list; with ``class_names``
+    (as a model stores them), names too: ``"left,right"``. A part that is a class name means
+    that class, even when it reads as a number. Each index is checked against n_classes."""
     if text is None or text == "all":
         return list(range(n_classes))
+    names = {name: i for i, name in enumerate(class_names or [])}
     if isinstance(text, str):
         out: list[int] = []
         for part in text.split(","):
             part = part.strip()
             if not part:
                 continue
+            if part in names:
+                out.append(names[part])
+                continue
             try:
                 lo, sep, hi = part.partition("-") if not part.startswith("-") else (part, "", "")
                 out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
             except ValueError:
-                raise ValueError(f"classes: cannot parse {part!r} in {text!r}; expected e.g. '0,3,7' or '0-9'") from None
+                known = f"; this model's class names: {', '.join(class_names)}" if class_names else ""
+                raise ValueError(f"classes: cannot parse {part!r} in {text!r}; expected e.g. '0,3,7', '0-9' or "
+                                 f"class names{known}") from None
     else:
         out = [int(c) for c in text]
     if not out:
@@ -112,6 +120,11 @@ def generate(
     cfg = model.config
     if getattr(model, "kind", "image") != "image":
         raise ValueError(f"model: generate() makes images; this is a {model.kind} model (see polymixer.video)")
+    import math
+
+    if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not (math.isfinite(cfg_scale)
+                                                                                      and cfg_scale >= 0):
+        raise ValueError(f"cfg_scale: expected a guidance scale >= 0 (1 = off), got {cfg_scale!r}")
     labels = torch.tensor([c for c in classes for _ in range(per_class)], dtype=torch.int64)
     model.check_labels(labels)
     size = image_size or cfg.image_size

@@ -23,6 +23,9 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
 import typing
 from dataclasses import dataclass, field
@@ -32,7 +35,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from .checkpoint import (STEP_RE, latest_checkpoint, load_checkpoint, newest_intact_checkpoint, prune_checkpoints,
+                         save_checkpoint, set_aside_later_checkpoints)
 from .data import TrainingData, batch_indices, is_video_data, load_dataset
 from .diffusion import DDPM, FlowMatching, make_objective
 from .io import CheckpointError, write_json
@@ -43,7 +47,8 @@ from .models.io import load_state_checked, widen_gates
 from .models.presets import config_for_data, dit_config
 from .pipeline import SamplingConfig
 
-__all__ = ["TrainConfig", "train", "prepare", "build", "restore", "fit", "train_step", "Run"]
+__all__ = ["TrainConfig", "train", "prepare", "build", "restore", "fit", "train_step", "Run", "TrainingInterrupted",
+           "warmup_steps_for"]
 
 # Model fields a run takes from its data, or as their own options: not overrides.
 _NOT_OVERRIDES = ("in_channels", "n_classes", "mixer", "image_size", "frames")
@@ -91,10 +96,10 @@ class TrainConfig(ModelOverrides):
     noise_levels "clip" / "frame") overrides the preset when not None.
     """
 
-    # data
+    # data (image_size, channels: None = what a folder's files are; 32 and 1 for the bundled data)
     data: str = "mnist"
-    image_size: int = 32
-    channels: int = 3
+    image_size: int | None = None
+    channels: int | None = None
     frames: int = 8
     skip_bad_files: bool = False
     vae: str | None = None
@@ -114,7 +119,7 @@ class TrainConfig(ModelOverrides):
     lr: float = 1e-3
     lr_schedule: str = "constant"
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 200
+    warmup_steps: int | None = None  # None: min(200, steps // 5), see warmup_steps_for
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
@@ -153,6 +158,16 @@ class TrainConfig(ModelOverrides):
             raise ValueError(f"ema_decay: expected a number in [0, 1), got {self.ema_decay!r}")
         if not self.lr > 0:
             raise ValueError(f"lr: expected a positive number, got {self.lr!r}")
+        for name in ("image_size", "warmup_steps"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "image_size" else 0)):
+                raise ValueError(f"{name}: expected a {'positive' if name == 'image_size' else 'non-negative'} int "
+                                 f"or None (from the data / the run length), got {v!r}")
+        if self.channels is not None and self.channels not in (1, 3):
+            raise ValueError(f"channels: expected 1, 3 or None (from the data), got {self.channels!r}")
+        if not (isinstance(self.sample_cfg, (int, float)) and not isinstance(self.sample_cfg, bool)
+                and math.isfinite(self.sample_cfg) and self.sample_cfg >= 0):
+            raise ValueError(f"sample_cfg: expected a guidance scale >= 0 (1 = off), got {self.sample_cfg!r}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -231,6 +246,71 @@ def _validate_model_options(config: TrainConfig) -> None:
     config_for_data(config.preset, config.mixer, shape, 10, **overrides)
 
 
+# Sides of a folder's images or frames when --image-size is not given: the data's own, at most
+# this (pixels; latents: the VAE encodes up to the second), rounded down to the patch size.
+MAX_AUTO_IMAGE_SIZE, MAX_AUTO_LATENT_IMAGE_SIZE = 64, 256
+# The bundled data (mnist, digits, moving digits) are grey and brought to 32x32 by default.
+BUNDLED_IMAGE_SIZE = 32
+_BUNDLED_DATA = ("mnist", "digits", "moving-digits", "moving-digits-2")
+
+
+def resolve_defaults(config: TrainConfig, saved: dict | None = None) -> tuple[TrainConfig, list[str]]:
+    """``config`` with the options left to the data and the run filled in, and lines saying
+    what was chosen and why (empty when nothing needs saying).
+
+    ``image_size`` / ``channels`` (None): a folder's own, from its files (the smallest side, at
+    most :data:`MAX_AUTO_IMAGE_SIZE` and a multiple of the patch size; grey files give 1
+    channel); 32 and 1 for the bundled data. ``warmup_steps`` (None): :func:`warmup_steps_for`.
+    ``saved``: the train config of the checkpoint being resumed, whose values are kept for
+    the options still None (so a longer ``--steps`` does not move the warm-up)."""
+    changes: dict = {}
+    notes: list[str] = []
+    warmup_note: list[str] = []
+    for name in ("image_size", "channels", "warmup_steps"):
+        if getattr(config, name) is None and saved and saved.get(name) is not None:
+            changes[name] = saved[name]
+    if config.warmup_steps is None and "warmup_steps" not in changes:
+        changes["warmup_steps"] = warmup_steps_for(config)
+        if changes["warmup_steps"] < DEFAULT_WARMUP_STEPS:
+            warmup_note.append(f"warm-up: {changes['warmup_steps']} steps ({MAX_AUTO_WARMUP_FRACTION:.0%} of the "
+                         f"{config.steps} steps; --warmup-steps sets it)")
+    elif config.warmup_steps is not None and config.warmup_steps >= config.steps:
+        warmup_note.append(f"warning: --warmup-steps {config.warmup_steps} >= --steps {config.steps}: the learning rate "
+                     f"never reaches --lr {config.lr:g} in this run")
+    wanted = [n for n in ("image_size", "channels") if getattr(config, n) is None and n not in changes]
+    if wanted:
+        probe = None
+        if config.data not in _BUNDLED_DATA:
+            from .data import has_clips
+            from .data.clips import probe_clip_folder
+            from .data.folder import probe_image_folder
+
+            clips = has_clips(config.data)
+            probe = probe_clip_folder(config.data) if clips else probe_image_folder(config.data)
+        if probe is None:  # the bundled data (or a folder that loading will report on)
+            changes.setdefault("image_size", config.image_size or BUNDLED_IMAGE_SIZE)
+            changes.setdefault("channels", config.channels or (1 if config.data in _BUNDLED_DATA else 3))
+        else:
+            channels, side = probe
+            chosen = []
+            if "channels" in wanted:
+                changes["channels"] = channels
+                chosen.append(f"--channels {channels}")
+            if "image_size" in wanted:
+                cap = MAX_AUTO_LATENT_IMAGE_SIZE if config.vae else MAX_AUTO_IMAGE_SIZE
+                size = min(side, cap)
+                if config.vae is None:
+                    patch = config.patch_size or dit_config(config.preset).patch_size
+                    size -= size % patch if size >= patch else 0
+                changes["image_size"] = size
+                chosen.append(f"--image-size {size}" + (f" (at most {cap}: pass --image-size to go larger)"
+                                                        if side > cap else ""))
+            what = "clips" if clips else "images"
+            notes.append(f"data: {config.data} holds {'grey' if channels == 1 else 'colour'} {what}, smallest side "
+                         f"{side} px: {', '.join(chosen)} (from the data; the flags choose otherwise)")
+    return dataclasses.replace(config, **changes), notes + warmup_note
+
+
 # ------------------------------------------------------------------ distributed helpers
 @dataclass
 class Dist:
@@ -260,12 +340,26 @@ def setup_distributed(device_arg: str) -> tuple[Dist, torch.device]:
     return Dist(rank, world, local), device
 
 
+# Warm-up when --warmup-steps is not given: this many steps, at most this fraction of the run.
+DEFAULT_WARMUP_STEPS = 200
+MAX_AUTO_WARMUP_FRACTION = 0.2
+
+
+def warmup_steps_for(config: TrainConfig) -> int:
+    """``config.warmup_steps``, or when None ``min(200, steps // 5)``: a short run still spends
+    most of its steps at its learning rate."""
+    if config.warmup_steps is not None:
+        return config.warmup_steps
+    return min(DEFAULT_WARMUP_STEPS, int(config.steps * MAX_AUTO_WARMUP_FRACTION))
+
+
 def lr_at(config: TrainConfig, step: int) -> float:
-    if config.warmup_steps > 0 and step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
+    warmup = warmup_steps_for(config)
+    if warmup > 0 and step < warmup:
+        return config.lr * (step + 1) / warmup
     if config.lr_schedule == "constant":
         return config.lr
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    progress = (step - warmup) / max(1, config.steps - warmup)
     ratio = config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return config.lr * ratio
 
@@ -318,8 +412,57 @@ class Run:
         return self.out / "checkpoints"
 
 
+def _load_resumed(resume_path: Path, newest: bool, ckpt_dir: Path) -> dict:
+    """Load the checkpoint to resume; when the newest one (plain ``--resume``) is damaged, the
+    error names the newest intact earlier one and how to continue from it."""
+    try:
+        return load_checkpoint(resume_path)
+    except CheckpointError as exc:
+        if not newest:
+            raise
+        m = STEP_RE.match(resume_path.name)
+        good = newest_intact_checkpoint(ckpt_dir, before=int(m.group(1)) if m else None)
+        hint = (f"; the newest intact checkpoint is {good}: continue from it with --resume {good} (the damaged "
+                "later ones are then moved aside, not deleted)" if good is not None
+                else "; no earlier checkpoint of this run is intact")
+        raise CheckpointError(f"{exc}{hint}") from None
+
+
+def _start_line_of_work(ckpt_dir: Path, step: int, dist_info: "Dist") -> None:
+    """Resuming from ``step`` when the run has later checkpoints starts a new line of work:
+    rank 0 moves the later ones aside (kept) so that the newest checkpoint is always this
+    line's own, and says so in one line."""
+    if dist_info.main:
+        later = [p.name for p in sorted(ckpt_dir.glob("step_*"))
+                 if STEP_RE.match(p.name) and int(STEP_RE.match(p.name).group(1)) > step]
+        aside = set_aside_later_checkpoints(ckpt_dir, step)
+        if aside is not None:
+            print(f"resume: step {step} is older than this run's newest checkpoint: the later checkpoints "
+                  f"({', '.join(later)}) are moved to {aside} (kept, no longer resumed from); this run continues "
+                  f"a new line of work from step {step}", flush=True)
+    if dist_info.world_size > 1:
+        dist.barrier()
+
+
+def _load_data(config: TrainConfig, progress: bool) -> TrainingData:
+    """The dataset; a folder's loading bar follows ``progress``."""
+    from .data import clip_folder, has_clips, image_folder
+
+    if config.data in _BUNDLED_DATA:
+        return load_dataset(config.data, config.image_size, channels=config.channels,
+                            skip_bad_files=config.skip_bad_files, frames=config.frames, seed=config.seed)
+    if has_clips(config.data):
+        return clip_folder(config.data, config.image_size, config.frames, channels=config.channels,
+                           skip_bad_files=config.skip_bad_files, progress=progress)
+    return image_folder(config.data, config.image_size, channels=config.channels,
+                        skip_bad_files=config.skip_bad_files, progress=progress)
+
+
 def prepare(config: TrainConfig, resume: bool | str = False) -> Run:
-    """Every check before heavy work, then the process group, the data and the configs."""
+    """Every check before heavy work, then the process group, the data and the configs.
+
+    Resuming from a checkpoint older than the run's newest starts a new line of work: the
+    later checkpoints are moved aside (see :func:`~polymixer.checkpoint.set_aside_later_checkpoints`)."""
     ckpt_dir = Path(config.out) / "checkpoints"
     resume_path: Path | None = None
     if resume:
@@ -328,14 +471,16 @@ def prepare(config: TrainConfig, resume: bool | str = False) -> Run:
             raise CheckpointError(f"resume: no checkpoint in {ckpt_dir}")
     elif latest_checkpoint(ckpt_dir) is not None:
         raise ValueError(f"out: {config.out} already holds checkpoints; pass --resume to continue or choose another --out")
+    ckpt = _load_resumed(resume_path, resume is True, ckpt_dir) if resume_path is not None else None
+    config, notes = resolve_defaults(config, ckpt["state"].get("train_config") if ckpt is not None else None)
+    if notes and int(os.environ.get("RANK", "0")) == 0:
+        print("\n".join(notes), flush=True)
     _validate_model_options(config)
     if config.init_from is not None and not (Path(config.init_from) / "model.safetensors").is_file():
         raise FileNotFoundError(f"init_from: {config.init_from!r} is not a model folder (no model.safetensors)")
-    ckpt = load_checkpoint(resume_path) if resume_path is not None else None
 
     dist_info, device = setup_distributed(config.device)
-    data = load_dataset(config.data, config.image_size, channels=config.channels,
-                        skip_bad_files=config.skip_bad_files, frames=config.frames, seed=config.seed)
+    data = _load_data(config, progress=config.progress and dist_info.main)
     latent = None
     if config.vae is not None:
         from .data.latent import encode_dataset
@@ -345,6 +490,7 @@ def prepare(config: TrainConfig, resume: bool | str = False) -> Run:
                                    **config.overrides())
     if ckpt is not None:
         _check_same_architecture(ckpt["state"].get("model_config"), model_config, resume_path)
+        _start_line_of_work(ckpt_dir, ckpt["step"], dist_info)  # after every check: nothing moves for a failed start
     return Run(config, dist_info, device, data, model_config, config.sampling_config(data, latent),
                resume_path, ckpt)
 
@@ -407,6 +553,8 @@ def restore(run: Run) -> None:
     else:
         torch.cuda.set_rng_state(rng, run.device)
     run.checkpoint = None  # the tensors are loaded: free them
+    if run.dist.main:
+        print(f"resuming from step {run.step} of {run.out} ({path}), to step {config.steps}", flush=True)
 
 
 def train_step(run: Run) -> tuple[float, float | None, float]:
@@ -481,7 +629,7 @@ def save(run: Run, seconds: float) -> None:
                    # wall time of all the sessions that made this checkpoint (None: resumed from an older version)
                    "train_seconds": None if run.earlier_seconds is None else run.earlier_seconds + seconds},
         )
-        prune_checkpoints(run.checkpoint_dir, run.config.keep_last)
+        prune_checkpoints(run.checkpoint_dir, run.config.keep_last, keep=run.resume_path)  # never the start
         run.ema.save_pretrained(run.out / "ema_model")
         run.sampling.save(run.out / "ema_model")
     if run.dist.world_size > 1:
@@ -496,8 +644,60 @@ def preview(run: Run) -> Path:
                          steps=run.config.sample_steps, cfg_scale=run.config.sample_cfg, device=run.device)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """A second SIGINT / SIGTERM while training stopped it at once (``signum`` says which);
+    the checkpoints already written are intact."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """While training: the first SIGINT or SIGTERM is recorded in the yielded list (the loop
+    finishes its step, saves and stops); a second one raises :class:`TrainingInterrupted`.
+    The previous handlers come back afterwards. Off the main thread, signals stay as they are."""
+    received = [0]
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum, frame):
+        if received[0]:
+            raise TrainingInterrupted(signum)
+        received[0] = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def _stop_signal(run: Run, received: list) -> int:
+    """The signal that asks every process to stop after this step (0: none); under DDP the
+    processes agree, so they all save the same step."""
+    flag = received[0]
+    if run.dist.world_size > 1:
+        t = torch.tensor([flag], dtype=torch.int64, device=run.device if run.device.type == "cuda" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        flag = int(t.item())
+    return flag
+
+
+def resume_command(config: TrainConfig) -> str:
+    """The command that continues a run from its newest checkpoint."""
+    return f"polymixer train --config {Path(config.out) / 'train_config.json'} --resume"
+
+
 def fit(run: Run) -> dict:
-    """The training loop from ``run.step`` to ``config.steps``."""
+    """The training loop from ``run.step`` to ``config.steps``.
+
+    SIGINT (Ctrl-C) or SIGTERM finishes the current step, writes a checkpoint, prints one
+    line naming it and the resume command, and returns early with ``"interrupted"`` set to
+    the signal's number; a second one raises :class:`TrainingInterrupted` at once."""
     from tqdm.auto import tqdm
 
     config, main = run.config, run.dist.main
@@ -506,41 +706,68 @@ def fit(run: Run) -> dict:
         run.writer = _open_writer(run)
     bar = tqdm(total=config.steps, initial=run.step, desc="train", disable=not (config.progress and main),
                dynamic_ncols=True)
+    say = bar.write if not bar.disable else (lambda text: print(text, flush=True))
     loss = float("nan")
     t_start = t_log = time.time()
-    step_log = run.step
-    while run.step < config.steps:
-        loss, grad_norm, lr = train_step(run)
-        bar.update(1)
-        last = run.step == config.steps
-        if main and (run.step % max(1, config.log_every) == 0 or last):
-            now = time.time()
-            speed, t_log, step_log = (run.step - step_log) / max(now - t_log, 1e-9), now, run.step
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-            log(run, loss, grad_norm, lr, speed)
-        if last or (config.checkpoint_every and run.step % config.checkpoint_every == 0):  # 0: at the end only
-            save(run, time.time() - t_start)
-        if main and config.sample_every and (run.step % config.sample_every == 0 or last):
-            preview(run)
-            if run.writer is not None:
-                run.writer.flush()
-    bar.close()
-    if run.writer is not None:
-        run.writer.close()
-    if run.dist.world_size > 1:
-        dist.barrier()
-    return {"step": run.step, "loss": loss, "out": str(run.out), "seconds": time.time() - t_start,
-            "model": run.model, "ema": run.ema}
+    step_log = start = run.step
+    stop, t_timed = 0, None
+    with _stop_on_signals() as received:
+        while run.step < config.steps:
+            loss, grad_norm, lr = train_step(run)
+            bar.update(1)
+            stop = _stop_signal(run, received)
+            last = run.step == config.steps
+            if run.step == start + 1:
+                t_timed = time.time()  # the first step pays for warming up: time the next ones
+            elif main and run.step == start + 4 and not last:
+                per_step = (time.time() - t_timed) / 3
+                say(f"speed: {per_step:.3g} s/step here, about {_duration(per_step * (config.steps - run.step))} "
+                    f"for the {config.steps - run.step} steps left")
+            if main and (run.step % max(1, config.log_every) == 0 or last):
+                now = time.time()
+                speed, t_log, step_log = (run.step - step_log) / max(now - t_log, 1e-9), now, run.step
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                log(run, loss, grad_norm, lr, speed)
+            if stop or last or (config.checkpoint_every and run.step % config.checkpoint_every == 0):  # 0: at the end
+                save(run, time.time() - t_start)
+            if stop:
+                break
+            if main and config.sample_every and (run.step % config.sample_every == 0 or last):
+                preview(run)
+                if run.writer is not None:
+                    run.writer.flush()
+        bar.close()
+        if run.writer is not None:
+            run.writer.close()
+        if stop and main:
+            print(f"train: stopped by {signal.Signals(stop).name} after step {run.step}; checkpoint "
+                  f"{run.checkpoint_dir / f'step_{run.step:08d}'}; continue with: {resume_command(config)}",
+                  flush=True)
+        if run.dist.world_size > 1:
+            dist.barrier()
+    return {"step": run.step, "start_step": start, "loss": loss, "out": str(run.out),
+            "seconds": time.time() - t_start, "model": run.model, "ema": run.ema, "interrupted": stop}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _announce(run: Run) -> None:
     config, mc = run.config, run.model_config
     run.out.mkdir(parents=True, exist_ok=True)
     write_json(run.out / "train_config.json", config.to_dict())
-    print(f"model: {config.preset} mixer={config.mixer} {run.model.num_parameters() / 1e6:.2f}M parameters "
-          f"({mc.depth} blocks, width {mc.width}, patch {mc.patch_size}, {run.model.num_tokens()} tokens); "
-          f"data: {run.data.name} {len(run.data)} samples {tuple(run.data.sample_shape)}; "
-          f"processes: {run.dist.world_size}; device: {run.device}", flush=True)
+    grid = mc.image_size // mc.patch_size
+    per = f"{grid}x{grid}" if run.model.kind != "video" else f"{mc.frames // mc.temporal_patch} x {grid}x{grid}"
+    print(f"model: {config.preset} mixer={config.mixer}, {run.model.num_parameters() / 1e6:.2f}M parameters "
+          f"({mc.depth} blocks, width {mc.width}, patch {mc.patch_size}): {run.model.num_tokens()} tokens per "
+          f"sample ({per}); data: {run.data.name} {len(run.data)} samples {tuple(run.data.sample_shape)}; "
+          f"{config.steps} steps of {config.batch_size}, lr {config.lr:g} after {config.warmup_steps} warm-up "
+          f"steps; processes: {run.dist.world_size}; device: {run.device}", flush=True)
 
 
 @contextlib.contextmanager

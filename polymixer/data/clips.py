@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from ..media import CLIP_SUFFIXES, load_clip
 from .dataset import _InMemorySamples
-from .folder import read_class_folder
+from .folder import class_files, read_class_folder
 
-__all__ = ["ClipDataset", "clip_folder", "has_clips"]
+__all__ = ["ClipDataset", "clip_folder", "has_clips", "probe_clip_folder"]
 
 
 @dataclass
@@ -47,6 +47,25 @@ def has_clips(root: str | Path) -> bool:
     if not root.is_dir():
         return False
     return any(f.suffix.lower() in CLIP_SUFFIXES for d in root.iterdir() if d.is_dir() for f in d.rglob("*"))
+
+
+def probe_clip_folder(root: str | Path, limit: int = 8) -> tuple[int, int] | None:
+    """What a folder's clips say of themselves, from up to ``limit`` of them spread over the
+    classes: ``(channels, side)``, channels 1 when every one is grey and 3 otherwise, side the
+    smallest short side of their frames. None when no clip can be read (loading then says why)."""
+    files = class_files(root, CLIP_SUFFIXES)
+    channels, side = 1, None
+    for path in files[:: max(1, len(files) // limit)][:limit]:
+        try:
+            clip = load_clip(path)
+        except (ValueError, OSError):  # an unreadable file is reported (or skipped) when the folder is loaded
+            continue
+        if clip.dim() != 4 or clip.shape[1] not in (1, 3):
+            continue
+        channels = max(channels, clip.shape[1])
+        h, w = clip.shape[2:]
+        side = min(h, w) if side is None else min(side, h, w)
+    return None if side is None else (channels, int(side))
 
 
 def _fit(clip: torch.Tensor, frames: int, image_size: int, channels: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from .._optional import require
 from .dataset import ImageDataset
 
-__all__ = ["image_folder", "IMAGE_EXTENSIONS", "load_image", "read_class_folder"]
+__all__ = ["image_folder", "IMAGE_EXTENSIONS", "load_image", "read_class_folder", "probe_image_folder"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -66,6 +66,37 @@ def image_folder(
                         class_names=classes, skipped=skipped)
 
 
+def class_files(root: str | Path, extensions) -> list[Path]:
+    """The files with one of ``extensions`` under ``root/<class>/`` (classes in sorted order);
+    empty when ``root`` is not a folder."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return [f for d in classes for f in sorted(d.rglob("*")) if f.is_file() and f.suffix.lower() in extensions]
+
+
+def probe_image_folder(root: str | Path, limit: int = 64) -> tuple[int, int] | None:
+    """What a folder's images say of themselves, from up to ``limit`` of them spread over the
+    classes: ``(channels, side)``, channels 1 when every one is grey (R = G = B) and 3 otherwise,
+    side the smallest short side. None when no image can be read (loading then says why)."""
+    Image = require("PIL.Image", None, "data: reading image files")
+    files = class_files(root, IMAGE_EXTENSIONS)
+    channels, side = 1, None
+    for path in files[:: max(1, len(files) // limit)][:limit]:
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+                if channels == 1 and im.mode not in ("1", "L", "LA", "I", "I;16", "F"):
+                    rgb = np.asarray(im.convert("RGB"))
+                    if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])):
+                        channels = 3
+        except Exception:  # an unreadable file is reported (or skipped) when the folder is loaded
+            continue
+        side = min(w, h) if side is None else min(side, w, h)
+    return None if side is None else (channels, side)
+
+
 def read_class_folder(root, extensions, read, *, what: str, errors: tuple, skip_bad_files: bool,
                       progress: bool = True) -> tuple[list, list[int], list[str], list[str]]:
     """Read every file with one of ``extensions`` under ``root/<class>/`` (classes in sorted
@@ -94,8 +125,9 @@ def read_class_folder(root, extensions, read, *, what: str, errors: tuple, skip_
             raise
         except errors as exc:
             if not skip_bad_files:
+                reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"  # not the reader's own message
                 raise ValueError(
-                    f"data: cannot read {what} {str(path)!r} ({type(exc).__name__}: {exc}); "
+                    f"data: cannot read {what} {str(path)!r} ({reason}); "
                     "pass skip_bad_files=True (--skip-bad-files) to skip unreadable files"
                 ) from exc
             skipped.append(str(path))
