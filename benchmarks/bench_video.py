@@ -9,8 +9,8 @@ generation, Linux VmHWM after a reset):
 * ``pom-joint``: PoM, every frame denoised together (the whole clip in every call).
 * ``attention-joint``: the same model with attention and the same frame-causal mask.
 * ``attention-kv-cache``: attention generating frame by frame with a key-value cache per
-  evaluation and block (what autoregressive video diffusion with attention does): the
-  cache, and the work per frame, grow with every frame.
+  evaluation and block (``polymixer.nn.KVCache``, what autoregressive video diffusion with
+  attention does): the cache, and the work per frame, grow with every frame.
 
 Before timing, the script checks that attention with the KV cache gives the joint
 attention video, and PoM sequential the joint PoM video (same seed, float64, 3 frames).
@@ -33,11 +33,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from _common import finish_log_plot, machine, pyplot, reset_peak_rss, status_kb  # benchmarks/_common.py
 
 from polymixer.models import VideoDiT, VideoDiTConfig
+from polymixer.models.mixers import legacy_frame_local_pattern
 from polymixer.pipeline import SamplingConfig
 from polymixer.video import iter_video_frames
 
@@ -48,8 +48,8 @@ def make_model(mixer: str, args, dtype=torch.float32) -> VideoDiT:
     torch.manual_seed(0)
     config = VideoDiTConfig(image_size=args.image_size, in_channels=1, patch_size=args.patch_size, width=args.width,
                             depth=args.depth, heads=args.heads, mlp_ratio=3.0 if mixer == "pom" else 4.0,
-                            mixer=mixer, pom_heads=1, frames=8, n_classes=10,
-                            frame_local_every=getattr(args, "frame_local_every", 0))
+                            mixer=legacy_frame_local_pattern(mixer, getattr(args, "frame_local_every", 0)),
+                            pom_heads=1, frames=8, n_classes=10)
     model = VideoDiT(config)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # non-zero adaLN so every block really works
@@ -58,77 +58,11 @@ def make_model(mixer: str, args, dtype=torch.float32) -> VideoDiT:
     return model.to(dtype).eval()
 
 
-# ---------------------------------------------------------------- attention with a KV cache
-class _KVCachedModel:
-    """The attention video DiT on one frame at a time: evaluation k of the sampler attends
-    to the keys and values of every finished frame at evaluation k (per block), plus its own."""
-
-    def __init__(self, model: VideoDiT):
-        self.model = model
-        self.caches: list[list] = []  # [evaluation][block] -> (K, V) of the finished frames
-        self.frame, self.k = 0, 0
-
-    def start_frame(self, frame: int) -> None:
-        self.frame, self.k = frame, 0
-
-    def _attend(self, attn, h, cache, slot):
-        B, M, D = h.shape
-        H, hd = attn.heads, attn.head_dim
-        q = attn.q_proj(h).view(B, M, H, hd).transpose(1, 2)
-        k, v = attn.kv_proj(h).view(B, M, 2, H, hd).permute(2, 0, 3, 1, 4)
-        if attn.qk_norm:
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        if cache[slot] is not None:
-            k = torch.cat([cache[slot][0], k], dim=2)
-            v = torch.cat([cache[slot][1], v], dim=2)
-        cache[slot] = (k, v)  # the frame's own keys join the cache for the next frames
-        out = F.scaled_dot_product_attention(q, k, v)  # the frame sees all cached frames and itself
-        return attn.out_proj(out.transpose(1, 2).reshape(B, M, D))
-
-    @torch.no_grad()
-    def __call__(self, x, t, y):
-        m = self.model
-        if self.k == len(self.caches):
-            self.caches.append([None] * len(m.blocks))
-        cache = self.caches[self.k]
-        self.k += 1
-        B, Fr, C, Hh, Ww = x.shape
-        p = m.config.patch_size
-        gh, gw = Hh // p, Ww // p
-        tokens = m.patch_embed(x.reshape(B * Fr, C, Hh, Ww)).flatten(2).transpose(1, 2).reshape(B, Fr * gh * gw, -1)
-        tokens = tokens + m.positions(gh, gw, Fr, self.frame, tokens.device, tokens.dtype)
-        c = m.time_embed(t) + m.class_embed(y)
-        local = m.frame_local_blocks()  # spatial blocks (frame_local_every) read no earlier frame: no cache
-        for i, block in enumerate(m.blocks):
-            if i in local:
-                tokens = block(tokens, c, local_size=gh * gw)
-                continue
-            tokens = block._residuals(tokens, c, lambda h, blk=block, i=i: self._attend(blk.mixer, h, cache, i))
-        out = m.final(tokens, c).view(B, Fr, gh, gw, 1, C, p, p).permute(0, 1, 4, 5, 2, 6, 3, 7)
-        return out.reshape(B, Fr, C, Hh, Ww)
-
-
-def kv_cache_frames(model: VideoDiT, labels, frames: int, steps: int, seed: int):
-    """Yield frames generated with the KV-cached attention model (same noise as polymixer.video)."""
-    from polymixer.diffusion import sample
-
-    cached = _KVCachedModel(model)
-    shape = (model.config.in_channels, model.config.image_size, model.config.image_size)
-    gen = torch.Generator().manual_seed(seed)
-    dtype = next(model.parameters()).dtype
-    for f in range(frames):
-        cached.start_frame(f)
-        noise = torch.randn(labels.shape[0], 1, *shape, generator=gen).to(dtype)
-        yield sample(cached, noise, labels, objective=SamplingConfig().make_objective(), steps=steps,
-                     cfg_scale=1.0, clip=1.0)
-
-
 def generate(rival: str, model: VideoDiT, frames: int, steps: int, batch: int):
     """An iterator over the frames of one generation by ``rival``."""
     labels = torch.arange(batch) % 10
-    if rival == "attention-kv-cache":
-        return kv_cache_frames(model, labels, frames, steps, seed=0)
-    mode = "sequential" if rival == "pom-sequential" else "joint"
+    # frame by frame: PoM with its constant state, attention with the package's key-value cache
+    mode = "joint" if rival.endswith("joint") else "sequential"
     return iter_video_frames(model, SamplingConfig(), labels, frames=frames, mode=mode, steps=steps, cfg_scale=1.0,
                              seed=0)
 

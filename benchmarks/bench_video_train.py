@@ -28,13 +28,15 @@ import torch
 from _common import machine  # benchmarks/_common.py
 
 from polymixer.models import VideoDiT, VideoDiTConfig
+from polymixer.models.mixers import legacy_frame_local_pattern
 
 
 def make_model(mixer: str, frame_local_every: int, frames: int) -> VideoDiT:
     torch.manual_seed(0)
     config = VideoDiTConfig(image_size=32, in_channels=1, patch_size=4, width=128, depth=6, heads=4,
-                            mlp_ratio=3.0 if mixer == "pom" else 4.0, mixer=mixer, pom_heads=4, frames=frames,
-                            n_classes=10, frame_local_every=frame_local_every)
+                            mlp_ratio=3.0 if mixer == "pom" else 4.0,
+                            mixer=legacy_frame_local_pattern(mixer, frame_local_every), pom_heads=4, frames=frames,
+                            n_classes=10)
     return VideoDiT(config).train()
 
 

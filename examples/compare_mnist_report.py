@@ -41,13 +41,25 @@ def parameter_count(folder: Path) -> int | None:
         return None
 
 
+def local_every(config: dict) -> int:
+    """k of a run whose blocks 0, k, 2k, ... are frame-local: from the mixer pattern
+    ("frame-local pom, pom" -> 2), or the field of configs saved before patterns."""
+    if config.get("frame_local_every"):
+        return int(config["frame_local_every"])
+    entries = [e.strip() for e in str(config.get("mixer", "")).split(",")]
+    return len(entries) if entries[0].startswith("frame-local") else 0
+
+
+def base_mixer(config: dict) -> str:
+    """The mixer of a run's pattern without the frame-local marks ("frame-local pom, pom" -> pom)."""
+    return str(config.get("mixer", "")).split(",")[-1].split()[-1]
+
+
 def extra_options(config: dict) -> tuple[list[str], list[str]]:
     """The training options of a run that differ from the comparison's recipe (its EXTRA):
     those every mixer records, and the PoM-only ones (an attention run ignores them)."""
     general, pom_only = [], []
-    if config.get("frame_local_every"):
-        general += ["--frame-local-every", str(config["frame_local_every"])]
-    if config.get("mixer") == "pom" and config.get("pom_heads") not in (None, config.get("heads")):
+    if base_mixer(config) == "pom" and config.get("pom_heads") not in (None, config.get("heads")):
         pom_only += ["--pom-heads", str(config["pom_heads"])]
     return general, pom_only
 
@@ -55,8 +67,8 @@ def extra_options(config: dict) -> tuple[list[str], list[str]]:
 def variant(config: dict) -> str:
     """The options of a run that differ from the comparison's recipe, as a label suffix."""
     parts = []
-    if config.get("frame_local_every"):
-        parts.append(f"spatial every {config['frame_local_every']}")
+    if local_every(config):
+        parts.append(f"spatial every {local_every(config)}")
     if extra_options(config)[1]:
         heads = config["pom_heads"]
         parts.append("full gate" if heads == 1 else f"{heads} gate heads")
@@ -75,7 +87,7 @@ for ev in sorted(runs.glob("*_seed*_eval.json")):
     general, pom_only = extra_options(config)
     seconds = state["seconds_this_session"]  # a resumed run would undercount: these ran in one go
     rows.append({"mixer": mixer + variant(config), "seed": int(seed), "steps": state["step"],
-                 "init_from": train_config.get("init_from"), "frame_local_every": config.get("frame_local_every"),
+                 "init_from": train_config.get("init_from"), "frame_local_every": local_every(config),
                  "extra": shlex.join(general), "pom_extra": shlex.join(pom_only),
                  "seconds_per_step": seconds / state["step"], "parameters": parameter_count(runs / name / "ema_model"),
                  "frechet_distance": result["frechet_distance"],
@@ -113,6 +125,11 @@ if args.video:
     extra = " ".join(o for o in (*general, *pom_only) if o)
     if extra:
         env = f'EXTRA="{extra}" ' + env
+    local = {r["frame_local_every"] for r in rows}
+    if len(local) > 1:
+        raise SystemExit(f"{runs}: runs with different frame-local blocks {sorted(local)}; report them separately")
+    if local != {0}:
+        env = f"LOCAL_EVERY={local.pop()} " + env
     if runs != Path("runs/compare_video"):
         env = f"RUNS={runs} " + env
     recipe = " and ".join(f"`{env}bash examples/compare_video.sh {s} {steps[-1]}`" for s in seeds)

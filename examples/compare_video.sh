@@ -10,9 +10,10 @@
 # The second form starts both mixers from the shipped seed-0 image models (float16 folders
 # checkpoints/compare/{pom,attention}) whatever SEED is, so no image run is needed first.
 # Resume an interrupted pair with the same command plus RESUME=1. Results: runs/compare_video/.
-# Variants: MIXERS="pom" (or "attention") runs one mixer only, EXTRA="--frame-local-every 2" adds
+# Variants: MIXERS="pom" (or "attention") runs one mixer only, LOCAL_EVERY=k makes blocks 0, k,
+# 2k, ... frame-local (the mixer pattern "frame-local pom, pom" for k = 2), EXTRA="..." adds
 # training options to every run, RUNS=runs/compare_video_spatial puts the runs elsewhere, e.g.
-#   MIXERS="pom" EXTRA="--frame-local-every 2" RUNS=runs/compare_video_spatial \
+#   MIXERS="pom" LOCAL_EVERY=2 RUNS=runs/compare_video_spatial \
 #     INIT_ROOT=checkpoints/compare bash examples/compare_video.sh 0 2000
 set -euo pipefail
 seed=${1:-0}
@@ -24,7 +25,12 @@ mkdir -p "$runs"
 for mixer in $mixers; do
   init="runs/compare/${mixer}_seed${seed}/ema_model"
   [ -n "${INIT_ROOT:-}" ] && init="$INIT_ROOT/$mixer"
-  polymixer train --data moving-digits --image-size 32 --frames 8 --preset DiT-M/4 --depth 6 --mixer "$mixer" \
+  pattern="$mixer"
+  if [ "${LOCAL_EVERY:-0}" -gt 0 ]; then
+    pattern="frame-local $mixer"
+    for ((i = 1; i < LOCAL_EVERY; i++)); do pattern="$pattern, $mixer"; done
+  fi
+  polymixer train --data moving-digits --image-size 32 --frames 8 --preset DiT-M/4 --depth 6 --mixer "$pattern" \
     --init-from "$init" \
     --batch-size 16 --lr 5e-4 --warmup-steps 100 --ema-decay 0.998 --steps "$steps" \
     --checkpoint-every 100 --sample-every 500 --sample-steps 20 --keep-last 2 --log-every 20 --progress false \

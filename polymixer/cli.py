@@ -48,7 +48,8 @@ _TRAIN_HELP: dict[str, tuple[str, tuple | None]] = {
                        None),
     "vae": ("a local diffusers AutoencoderKL folder: train on its latents (images)", None),
     "preset": ("model size and patch, e.g. DiT-M/4 (`polymixer presets` lists them)", None),
-    "mixer": ("token mixer", ("pom", "attention")),
+    "mixer": ("token mixer of every block: pom, attention, or a pattern per block repeated over the depth, "
+              "e.g. 'frame-local pom, pom' (every other block mixes inside each frame only)", None),
     "init_from": ("a model folder whose weights start a fresh run (e.g. a video DiT from the image DiT); "
                   "PoM gates with fewer heads are widened exactly", None),
     "patch_size": ("patch side, one token per patch", None),
@@ -66,7 +67,6 @@ _TRAIN_HELP: dict[str, tuple[str, tuple | None]] = {
                  "(0 = none, 3 = Mix-FFN)", None),
     "temporal_patch": ("consecutive frames folded into one token grid (video)", None),
     "noise_levels": ("one noise level per clip, or per frame (diffusion forcing) (video)", ("clip", "frame")),
-    "frame_local_every": ("every k-th block mixes inside each frame only, 0 = none (video)", None),
     "objective": ("training objective", ("flow", "ddpm")),
     "time_sampling": ("training noise levels (flow)", ("logit_normal", "uniform")),
     "shift": ("time shift of the noise levels (> 1: noisier)", None),
@@ -388,9 +388,9 @@ def _cmd_sample_video(args: argparse.Namespace) -> int:
     model.check_frames(frames)
     _warn_past_training_length(frames, cfg.frames)
     if args.mode is None:
-        args.mode = "sequential" if cfg.mixer == "pom" else "joint"
-    if args.mode == "sequential" and cfg.mixer != "pom":
-        raise ValueError("--mode: sequential generation keeps PoM states; this is an attention model "
+        args.mode = model.default_sampling_mode()
+    if args.mode == "sequential" and not model.can_stream():
+        raise ValueError("--mode: a mixer of this model cannot stream, so it cannot generate frame by frame "
                          "(use --mode joint)")
     names = pipeline.class_names or [str(c) for c in range(cfg.n_classes)]
     if args.classes is not None:
@@ -473,7 +473,7 @@ def _demo_video(checkpoint: Path, args: argparse.Namespace) -> None:
     from .video import sample_video
 
     model, pipeline = load_for_sampling(checkpoint, kind="video")
-    mode = "sequential" if model.config.mixer == "pom" else "joint"
+    mode = model.default_sampling_mode()
     frames = args.frames or model.config.frames
     _warn_past_training_length(frames, model.config.frames)
     print(f"demo: generating ten clips of {frames} frames ({mode}) from the video DiT in {checkpoint}")

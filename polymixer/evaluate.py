@@ -145,9 +145,10 @@ def evaluate_checkpoint(
     else:
         n_frames = frames or cfg.frames
         model.check_frames(n_frames)
-        mode = mode or ("sequential" if cfg.mixer == "pom" else "joint")
-        if mode == "sequential" and cfg.mixer != "pom":
-            raise ValueError("mode: sequential generation keeps PoM states; this is an attention model (use joint)")
+        mode = mode or model.default_sampling_mode()
+        if mode == "sequential" and not model.can_stream():
+            raise ValueError("mode: a mixer of this model cannot stream, so it cannot generate frame by frame "
+                             "(use joint)")
     classifier = load_digit_classifier()
     digits = cfg.n_classes == classifier.config.n_classes
     labels = torch.arange(num_samples) % cfg.n_classes

@@ -180,13 +180,13 @@ def write_preview(model: nn.Module, pipeline: SamplingConfig, path: str | Path, 
     """What a training run shows of its model (seed 0), at ``path`` plus a suffix: for
     images, a PNG grid of 8 samples of each of the first ten classes; for clips, a GIF of
     one clip of each of the first ten classes and its PNG filmstrip (generated frame by
-    frame for PoM models, jointly for attention). Returns the main file written."""
+    frame where the model's state stays constant, e.g. PoM, else jointly). Returns the main file written."""
     classes = list(range(min(model.config.n_classes, 10)))
     if model.kind == "video":
         from .media import save_clip, save_filmstrip
         from .video import sample_video
 
-        mode = "sequential" if model.config.mixer == "pom" else "joint"
+        mode = model.default_sampling_mode()
         clips = sample_video(model, pipeline, torch.tensor(classes), frames=model.config.frames, mode=mode,
                              steps=steps, cfg_scale=cfg_scale, seed=0, device=device)
         save_filmstrip(clips, Path(str(path) + ".png"), data_range=pipeline.data_range)

@@ -52,58 +52,48 @@ def video_noise(batch: int, frames: int, frame_shape: tuple[int, ...], seed: int
     return torch.cat([_frame_noise(g, batch, frame_shape) for _ in range(frames)], dim=1)
 
 
-class _StreamedModel:
-    """The network on one frame, reading the states of the finished frames.
+class FrameStream:
+    """The network on one frame at a time, reading the states of the finished frames.
 
-    ``per_evaluation=True`` (shared noise): evaluation k of the sampler reads and extends
-    its own list of block states, ``states[k]``. ``False`` (per-frame noise): every
-    evaluation reads ``clean`` (the states of the finished clean frames) without changing it.
+    ``per_evaluation=True`` (shared noise): evaluation k of the sampler (which the sampler
+    names, ``evaluation=k``) reads and extends its own state, ``states[batch][k]``, the
+    frames before at that evaluation. ``False`` (per-frame noise): every evaluation reads the
+    state of the finished clean frames without changing it; :meth:`add_clean_frame` extends
+    it. States are kept per batch size (the conditional rows, and the doubled rows of
+    guidance) and replaced, never changed in place.
     """
 
     def __init__(self, model: nn.Module, per_evaluation: bool, dtype: torch.dtype):
         self.model, self.per_evaluation, self.dtype = model, per_evaluation, dtype
-        self.states: list[list] = []
-        self.clean: dict[int, list] = {}  # batch size -> states of the finished clean frames
+        self.states: dict[tuple[int, int], object] = {}  # (batch size, evaluation) -> state
+        self.clean: dict[int, object] = {}  # batch size -> state of the finished clean frames
         self.frame = 0
-        self.k = 0
 
-    def _new_states(self, batch: int, device) -> list:
-        return self.model.init_states(batch, device=device, dtype=self.dtype)
+    def _state(self, table: dict, key, batch: int, device):
+        if key not in table:
+            table[key] = self.model.init_state(batch, device=device, dtype=self.dtype)
+        return table[key]
 
-    def start_frame(self, frame: int) -> None:
-        self.frame, self.k = frame, 0
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, evaluation: int) -> torch.Tensor:
         if self.per_evaluation:
-            if self.k == len(self.states):
-                self.states.append(self._new_states(x.shape[0], x.device))
-            states = self.states[self.k]
-            self.k += 1
-            return self.model(x, t, y, frame_offset=self.frame, states=states, update_states=True)
-        states = self.clean_states(x.shape[0], x.device)
-        return self.model(x, t, y, frame_offset=self.frame, states=states)
-
-    def clean_states(self, batch: int, device) -> list:
-        if batch not in self.clean:
-            self.clean[batch] = self._new_states(batch, device)
-        return self.clean[batch]
+            key = (x.shape[0], evaluation)
+            out, self.states[key] = self.model.step(x, t, y, self._state(self.states, key, x.shape[0], x.device),
+                                                    frame_offset=self.frame)
+            return out
+        state = self._state(self.clean, x.shape[0], x.shape[0], x.device)
+        return self.model.step(x, t, y, state, frame_offset=self.frame)[0]
 
     @torch.no_grad()
     def add_clean_frame(self, frame: torch.Tensor, y: torch.Tensor, null_class: int | None) -> None:
-        """Feed a finished clean frame ``(B, 1, C, H, W)`` at t = 0 into the states of every
-        batch layout in use (the conditional rows, and the null-label rows of guidance)."""
+        """Feed a finished clean frame ``(B, 1, C, H, W)`` at t = 0 into the clean states of
+        the conditional rows and, for guidance (``null_class``), of the doubled rows."""
         B = frame.shape[0]
-        for batch, states in self.clean_states_for(B, frame.device, null_class is not None).items():
+        for batch in ([B, 2 * B] if null_class is not None else [B]):
             rows = frame if batch == B else torch.cat([frame, frame])
             labels = y if batch == B else torch.cat([y, torch.full_like(y, null_class)])
             t = torch.zeros(batch, 1, device=frame.device, dtype=frame.dtype)
-            self.model(rows, t, labels, frame_offset=self.frame, states=states, update_states=True)
-
-    def clean_states_for(self, batch: int, device, guided: bool) -> dict[int, list]:
-        self.clean_states(batch, device)
-        if guided:
-            self.clean_states(2 * batch, device)
-        return self.clean
+            state = self._state(self.clean, batch, batch, frame.device)
+            self.clean[batch] = self.model.step(rows, t, labels, state, frame_offset=self.frame)[1]
 
 
 def iter_video_frames(
@@ -134,6 +124,9 @@ def iter_video_frames(
     cfg = model.config
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    if mode == "sequential" and not model.can_stream():
+        raise ValueError("mode: a mixer of this model cannot stream (no init_state/step), so it cannot generate "
+                         "frame by frame; use mode='joint'")
     model.check_frames(frames)
     size = frame_size or cfg.image_size
     model.check_frame_size(size, size)
@@ -179,18 +172,18 @@ def iter_video_frames(
                 clip = sample(model, draw(0, frames).to(device=device, dtype=dtype), labels, progress=progress, **run)
                 yield from clip.split(1, dim=1)
                 return
-            streamed = _StreamedModel(model, per_evaluation=cfg.noise_levels == "clip",
-                                      dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+            streamed = FrameStream(model, per_evaluation=cfg.noise_levels == "clip",
+                                   dtype=torch.float64 if dtype == torch.float64 else torch.float32)
             guided = cfg_scale != 1.0
             from tqdm.auto import tqdm
 
             for f in tqdm(range(0, frames, tp), desc="frames", disable=not progress, leave=False):
-                streamed.start_frame(f)
+                streamed.frame = f
                 frame_noise = draw(f, tp)
                 if f < known:
                     frame = context[:, f:f + tp].to(device=device, dtype=dtype)
                 else:
-                    frame = sample(streamed, frame_noise.to(device=device, dtype=dtype), labels, **run)
+                    frame = sample(streamed, frame_noise.to(device=device, dtype=dtype), labels, indexed=True, **run)
                 if cfg.noise_levels == "frame":
                     streamed.add_clean_frame(frame, labels, cfg.n_classes if guided else None)
                 yield from frame.split(1, dim=1)

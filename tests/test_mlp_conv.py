@@ -58,7 +58,8 @@ def test_bad_mlp_conv(bad):
 def _video_model(noise_levels):
     torch.manual_seed(0)
     cfg = VideoDiTConfig(depth=2, width=32, heads=2, patch_size=4, image_size=8, frames=3, in_channels=1,
-                         n_classes=3, mlp_ratio=2.0, noise_levels=noise_levels, mlp_conv=3, frame_local_every=2)
+                         n_classes=3, mlp_ratio=2.0, noise_levels=noise_levels, mlp_conv=3,
+                         mixer="frame-local pom, pom")
     model = build_model(cfg).double()
     _perturb(model)
     return model
@@ -81,6 +82,5 @@ def test_video_streaming_forward_equals_joint_with_conv():
     t = torch.rand(2, 3, dtype=torch.float64)
     y = torch.tensor([1, 2])
     joint = model(x, t, y)
-    states = model.init_states(2, dtype=torch.float64)
-    streamed = model(x, t, y, states=states, update_states=True)
+    streamed, _ = model.step(x, t, y, model.init_state(2, dtype=torch.float64))
     torch.testing.assert_close(streamed, joint, rtol=0, atol=1e-10)

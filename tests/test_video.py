@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from polymixer.models import VideoDiT, VideoDiTConfig
+from polymixer.models.mixers import legacy_frame_local_pattern
 from polymixer.pipeline import SamplingConfig
 from polymixer.video import sample_video
 
@@ -13,6 +14,8 @@ def tiny_video(mixer="pom", noise_levels="clip", dtype=torch.float32, **kw):
     base = dict(image_size=8, in_channels=1, patch_size=2, width=32, depth=2, heads=2, mlp_ratio=2.0, frames=4,
                 mixer=mixer, noise_levels=noise_levels, n_classes=10)
     base.update(kw)
+    if "frame_local_every" in base:  # blocks 0, k, 2k, ... frame-local
+        base["mixer"] = legacy_frame_local_pattern(mixer, base.pop("frame_local_every"))
     torch.manual_seed(0)
     model = VideoDiT(VideoDiTConfig(**base))
     g = torch.Generator().manual_seed(1)
@@ -79,28 +82,50 @@ def test_frame_local_blocks_mix_inside_each_frame(mixer, noise_levels):
     assert (causal(x, t, y) - out).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("mixer", ["pom", "attention"])
 @pytest.mark.parametrize("noise_levels", ["clip", "frame"])
 @pytest.mark.parametrize("frame_local_every", [0, 2])
-def test_streaming_frames_equals_the_parallel_forward_float64(noise_levels, frame_local_every):
-    model = tiny_video(noise_levels=noise_levels, dtype=torch.float64, frame_local_every=frame_local_every,
+def test_streaming_frames_equals_the_parallel_forward_float64(mixer, noise_levels, frame_local_every):
+    model = tiny_video(mixer, noise_levels=noise_levels, dtype=torch.float64, frame_local_every=frame_local_every,
                        depth=3)
     x, t, y = clip_inputs(F=7, dtype=torch.float64, per_frame=noise_levels == "frame")
     joint = model(x, t, y)
-    states = model.init_states(2, dtype=torch.float64)
+    state = model.init_state(2, dtype=torch.float64)
+    empty = state
     outs = []
     for f in range(7):
         tf = t[:, f:f + 1] if t.dim() == 2 else t
-        outs.append(model(x[:, f:f + 1], tf, y, frame_offset=f, states=states, update_states=True))
+        out, state = model.step(x[:, f:f + 1], tf, y, state, frame_offset=f)
+        outs.append(out)
     assert (torch.cat(outs, 1) - joint).abs().max() < 1e-12
-    assert states[1].total.dtype == torch.float64 and torch.equal(states[1].count, torch.full((2,), 7 * 16.0,
-                                                                                              dtype=torch.float64))
-    for i in range(3):  # a spatial block has no state (no memory), the others do
-        assert (states[i] is None) == (i in model.frame_local_blocks())
-    # several frames at once, read-only, after a prefix of 3 frames: the block-causal rest
-    states = model.init_states(2, dtype=torch.float64)
-    model(x[:, :3], t[:, :3] if t.dim() == 2 else t, y, states=states, update_states=True)
-    rest = model(x[:, 3:], t[:, 3:] if t.dim() == 2 else t, y, frame_offset=3, states=states)
+    # a spatial block has no state (no memory), the others do
+    assert set(state) == {str(i) for i in range(3) if i not in model.frame_local_blocks()}
+    if mixer == "pom":
+        assert state["1"].total.dtype == torch.float64
+        assert torch.equal(state["1"].count, torch.full((2,), 7 * 16.0, dtype=torch.float64))
+        assert torch.equal(empty["1"].count, torch.zeros(2, dtype=torch.float64))  # the step did not change it
+    else:  # a key-value cache of every token seen
+        assert state["1"].length == 7 * 16 and empty["1"].length == 0
+    # several frames in one step after a prefix of 3 frames: the block-causal rest
+    _, prefix = model.step(x[:, :3], t[:, :3] if t.dim() == 2 else t, y, model.init_state(2, dtype=torch.float64))
+    rest, _ = model.step(x[:, 3:], t[:, 3:] if t.dim() == 2 else t, y, prefix, frame_offset=3)
     assert (rest - joint[:, 3:]).abs().max() < 1e-12
+
+
+def test_stream_capabilities():
+    pom, attention = tiny_video("pom"), tiny_video("attention")
+    assert pom.can_stream() and pom.has_constant_state() and pom.default_sampling_mode() == "sequential"
+    assert attention.can_stream() and not attention.has_constant_state()
+    assert attention.default_sampling_mode() == "joint"
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun"])
+def test_attention_samples_frame_by_frame_with_a_kv_cache(sampler):
+    model = tiny_video("attention", dtype=torch.float64)
+    kw = dict(frames=4, steps=3, cfg_scale=2.0, sampler=sampler, seed=1)
+    joint = sample_video(model, SamplingConfig(), torch.tensor([1, 2]), mode="joint", **kw)
+    seq = sample_video(model, SamplingConfig(), torch.tensor([1, 2]), mode="sequential", **kw)
+    assert (seq - joint).abs().max() < 1e-10
 
 
 @pytest.mark.parametrize("frames", [1, 2, 7])
@@ -219,19 +244,23 @@ def test_video_bad_input():
         tiny_video(temporal_patch=2)(torch.zeros(1, 3, 1, 8, 8), torch.rand(1), torch.tensor([1]))
     with pytest.raises(ValueError, match="t:"):
         tiny_video(noise_levels="frame")(torch.zeros(2, 3, 1, 8, 8), torch.rand(2, 2), torch.tensor([1, 2]))
-    with pytest.raises(ValueError, match="PoM"):
-        tiny_video("attention").init_states(1)
-    with pytest.raises(ValueError, match=r"blocks \[0, 1\] mix across frames"):
-        tiny_video()(torch.zeros(1, 1, 1, 8, 8), torch.rand(1), torch.tensor([1]), states=[None, None])
+    with pytest.raises(TypeError, match="StateCache"):
+        tiny_video().step(torch.zeros(1, 1, 1, 8, 8), torch.rand(1), torch.tensor([1]), [None, None])
+    local = tiny_video(frame_local_every=2)
+    with pytest.raises(ValueError, match=r"each block that mixes across frames \['1'\]"):
+        local.step(torch.zeros(1, 1, 1, 8, 8), torch.rand(1), torch.tensor([1]), tiny_video().init_state(1))
     with pytest.raises(ValueError, match="noise_levels"):
         VideoDiTConfig(noise_levels="frame", temporal_patch=2, frames=4)
-    for bad in (-1, 1.5, True):
+    for bad in (-1, 1.5, True):  # the legacy field, in a saved config
         with pytest.raises(ValueError, match="frame_local_every"):
-            VideoDiTConfig(frame_local_every=bad)
-    with pytest.raises(ValueError, match="local_size: 3 does not divide"):
-        model.blocks[0](torch.zeros(1, 8, 32), torch.zeros(1, 32), local_size=3)
-    with pytest.raises(ValueError, match="cannot be combined"):
-        model.blocks[0](torch.zeros(1, 8, 32), torch.zeros(1, 32), local_size=4, block_size=4)
+            VideoDiTConfig.from_dict({"architecture": "polymixer.VideoDiT", "frame_local_every": bad})
+    for bad in ("pom, ", "local pom", "frame-local", "pom attention", "nope"):
+        with pytest.raises(ValueError, match="mixer: bad entry"):
+            VideoDiTConfig(mixer=bad)
+    with pytest.raises(ValueError, match="block_size: a frame-local block needs whole frames"):
+        local.blocks[0](torch.zeros(1, 8, 32), torch.zeros(1, 32), block_size=3)
+    with pytest.raises(ValueError, match="takes only block_size"):
+        local.blocks[0](torch.zeros(1, 8, 32), torch.zeros(1, 32), block_size=4, causal=True)
     per_frame = tiny_video(noise_levels="frame")
     with pytest.raises(ValueError, match="already has"):
         sample_video(per_frame, pipe, torch.tensor([1]), frames=2, context=torch.zeros(1, 2, 1, 8, 8))

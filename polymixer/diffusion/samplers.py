@@ -3,8 +3,10 @@
 A sampler knows nothing about the network beyond the call ``model(x_t, t, y)``
 (``x_t: (B, ...)`` images or clips, ``t: (B,)`` float in [0, 1], one time per sample, which
 the network broadcasts over the samples' other leading dimensions, ``y: (B,)`` int labels).
-Context a network needs beyond that (streaming states, masks) is bound into the callable
-by the caller, e.g. ``functools.partial(model, state=...)``.
+Context a network needs beyond that (masks) is bound into the callable by the caller,
+e.g. ``functools.partial(model, context_mask=...)``. With ``indexed=True`` a sampler also
+says which of its network evaluations a call is, ``model(x_t, t, y, evaluation=k)`` with
+k = 0, 1, ... in order: what a frame-by-frame video sampler keys its states by.
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ def classifier_free_guidance(model: Model, null_class: int, scale: float) -> Mod
     if scale == 1.0:
         return model
 
-    def guided(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def guided(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, **index) -> torch.Tensor:
         null = torch.full_like(y, null_class)
         if scale == 0.0:
-            return model(x, t, null)
-        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
+            return model(x, t, null, **index)
+        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]), **index)
         cond, uncond = out.chunk(2)
         return uncond + scale * (cond - uncond)
 
@@ -47,6 +49,10 @@ def flow_times(steps: int, shift: float = 1.0, device=None) -> torch.Tensor:
     return time_shift(torch.linspace(1.0, 0.0, steps + 1, device=device, dtype=torch.float64), shift)
 
 
+def _index(indexed: bool, k: int) -> dict:
+    return {"evaluation": k} if indexed else {}
+
+
 def _check_steps(steps: int) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected a positive int, got {steps!r}")
@@ -54,20 +60,20 @@ def _check_steps(steps: int) -> None:
 
 @torch.no_grad()
 def euler(model: Model, noise: torch.Tensor, y: torch.Tensor, steps: int, shift: float = 1.0,
-          progress: bool = False) -> torch.Tensor:
+          progress: bool = False, indexed: bool = False) -> torch.Tensor:
     """Integrate ``dx/dt = v(x, t)`` from t = 1 (``noise: (B, C, H, W)``) to t = 0 with Euler steps."""
     _check_steps(steps)
     ts = flow_times(steps, shift, noise.device)
     x = noise
     for i in tqdm(range(steps), desc="euler", disable=not progress, leave=False):
         t = torch.full((x.shape[0],), float(ts[i]), device=x.device, dtype=x.dtype)
-        x = x + (ts[i + 1] - ts[i]).item() * model(x, t, y)
+        x = x + (ts[i + 1] - ts[i]).item() * model(x, t, y, **_index(indexed, i))
     return x
 
 
 @torch.no_grad()
 def heun(model: Model, noise: torch.Tensor, y: torch.Tensor, steps: int, shift: float = 1.0,
-         progress: bool = False) -> torch.Tensor:
+         progress: bool = False, indexed: bool = False) -> torch.Tensor:
     """Heun's second-order method (Euler on the last step, where t reaches 0): 2 steps - 1 calls."""
     _check_steps(steps)
     ts = flow_times(steps, shift, noise.device)
@@ -76,19 +82,20 @@ def heun(model: Model, noise: torch.Tensor, y: torch.Tensor, steps: int, shift: 
     for i in tqdm(range(steps), desc="heun", disable=not progress, leave=False):
         t0, t1 = float(ts[i]), float(ts[i + 1])
         dt = t1 - t0
-        v0 = model(x, torch.full((B,), t0, device=x.device, dtype=x.dtype), y)
+        v0 = model(x, torch.full((B,), t0, device=x.device, dtype=x.dtype), y, **_index(indexed, 2 * i))
         x_euler = x + dt * v0
         if i == steps - 1:
             x = x_euler
         else:
-            v1 = model(x_euler, torch.full((B,), t1, device=x.device, dtype=x.dtype), y)
+            v1 = model(x_euler, torch.full((B,), t1, device=x.device, dtype=x.dtype), y, **_index(indexed, 2 * i + 1))
             x = x + dt * 0.5 * (v0 + v1)
     return x
 
 
 @torch.no_grad()
 def ddim(model: Model, noise: torch.Tensor, y: torch.Tensor, steps: int, ddpm: DDPM, eta: float = 0.0,
-         clip: float | None = None, generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+         clip: float | None = None, generator: torch.Generator | None = None, progress: bool = False,
+         indexed: bool = False) -> torch.Tensor:
     """DDIM (Song et al. 2021) on ``steps`` evenly spaced DDPM steps; eta = 0 is deterministic.
 
     ``clip`` clamps the predicted x_0 to [-clip, clip] (e.g. 1 for pixels in [-1, 1]).
@@ -105,7 +112,7 @@ def ddim(model: Model, noise: torch.Tensor, y: torch.Tensor, steps: int, ddpm: D
         k = ks[i]
         a = abar[k].item()
         a_prev = abar[ks[i + 1]].item() if i + 1 < steps else 1.0
-        eps = model(x, torch.full((B,), k / T, device=x.device, dtype=x.dtype), y)
+        eps = model(x, torch.full((B,), k / T, device=x.device, dtype=x.dtype), y, **_index(indexed, i))
         x0 = (x - (1 - a) ** 0.5 * eps) / a ** 0.5
         if clip is not None:
             x0 = x0.clamp(-clip, clip)
@@ -130,12 +137,14 @@ def sample(
     shift: float = 1.0,
     clip: float | None = None,
     progress: bool = False,
+    indexed: bool = False,
 ) -> torch.Tensor:
     """Sample from ``noise: (B, C, H, W)`` for labels ``y: (B,)`` with classifier-free guidance.
 
     ``sampler``: ``"euler"`` or ``"heun"`` for flow matching (default euler), ``"ddim"``
     for DDPM (default). ``null_class`` (required when ``cfg_scale != 1``) is the label the
     model was trained with for "no class". ``shift``: time shift of the flow sampler's grid.
+    ``indexed``: call ``model(x, t, y, evaluation=k)`` (see the module docstring).
     """
     kind = "flow" if isinstance(objective, FlowMatching) else "ddpm" if isinstance(objective, DDPM) else None
     if kind is None:
@@ -150,7 +159,7 @@ def sample(
         raise ValueError(f"y: expected shape ({noise.shape[0]},), got {tuple(y.shape)}")
     fn = classifier_free_guidance(model, null_class, cfg_scale) if cfg_scale != 1.0 else model
     if sampler == "euler":
-        return euler(fn, noise, y, steps, shift, progress)
+        return euler(fn, noise, y, steps, shift, progress, indexed)
     if sampler == "heun":
-        return heun(fn, noise, y, steps, shift, progress)
-    return ddim(fn, noise, y, steps, objective, clip=clip, progress=progress)
+        return heun(fn, noise, y, steps, shift, progress, indexed)
+    return ddim(fn, noise, y, steps, objective, clip=clip, progress=progress, indexed=indexed)

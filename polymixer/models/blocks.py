@@ -16,15 +16,14 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..nn import MultiHeadAttention, PolynomialMixer
 from ..nn.mixer import IMPLEMENTATIONS
+from ..nn.protocol import can_stream
+from .mixers import LayerMixer, build_mixer, parse_mixer_pattern
 
 __all__ = [
-    "MIXERS", "TransformerConfig", "sincos_1d", "sincos_2d", "TimestepEmbedding", "modulate", "gated",
-    "DiTBlock", "FinalLayer", "run_blocks",
+    "TransformerConfig", "sincos_1d", "sincos_2d", "TimestepEmbedding", "modulate", "gated",
+    "MLP", "DiTBlock", "FinalLayer", "build_blocks", "run_blocks",
 ]
-
-MIXERS = ("pom", "attention")
 
 
 @dataclass
@@ -36,7 +35,9 @@ class TransformerConfig:
         patch_size: side of the square patches, one token each.
         width: token width D; depth: number of blocks; heads: attention heads.
         mlp_ratio: hidden width of the MLP as a multiple of D.
-        mixer: ``"pom"`` or ``"attention"``.
+        mixer: the token mixer of every block, a pattern (``models/mixers.py``): ``"pom"``,
+            ``"attention"``, or per block, repeated over the depth, e.g.
+            ``"frame-local pom, pom"`` (every other block mixes inside each frame only).
         pom_degree, pom_expand, pom_variant: PoM's k, e and variant (spec section 1).
         pom_heads: 1 for a gate of width F, or the number of gate heads (one scalar per
             head, broadcast over F / pom_heads channels).
@@ -83,8 +84,7 @@ class TransformerConfig:
             raise ValueError(
                 f"pom_implementation: expected one of {IMPLEMENTATIONS}, got {self.pom_implementation!r}"
             )
-        if self.mixer not in MIXERS:
-            raise ValueError(f"mixer: expected one of {MIXERS}, got {self.mixer!r}")
+        self.layers()  # raises for a bad mixer pattern
         if self.width % self.heads != 0:
             raise ValueError(f"heads: {self.heads} does not divide width={self.width}")
         k = self.mlp_conv
@@ -92,6 +92,10 @@ class TransformerConfig:
             raise ValueError(f"mlp_conv: expected 0 (none) or an odd kernel size >= 1, got {k!r}")
         if not (isinstance(self.mlp_ratio, (int, float)) and self.mlp_ratio > 0):
             raise ValueError(f"mlp_ratio: expected a positive number, got {self.mlp_ratio!r}")
+
+    def layers(self) -> list[LayerMixer]:
+        """The mixer of each block, from the ``mixer`` pattern."""
+        return parse_mixer_pattern(self.mixer, self.depth)
 
 
 # ------------------------------------------------------------------ embeddings
@@ -149,15 +153,6 @@ def gated(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     return (xg * gate).view_as(x)
 
 
-def build_mixer(config: TransformerConfig) -> nn.Module:
-    """The token mixer a block of ``config`` uses: PoM or SDPA attention."""
-    if config.mixer == "pom":
-        return PolynomialMixer(config.width, degree=config.pom_degree, expand=config.pom_expand,
-                               variant=config.pom_variant, heads=config.pom_heads,
-                               implementation=config.pom_implementation)
-    return MultiHeadAttention(config.width, heads=config.heads, qk_norm=config.qk_norm)
-
-
 class MLP(nn.Sequential):
     """``Linear(D, hidden) -> [depthwise conv over the grid] -> GELU -> Linear(hidden, D)``.
 
@@ -205,49 +200,71 @@ def init_identity_convs(model: nn.Module) -> None:
 class DiTBlock(nn.Module):
     """adaLN-Zero block: ``x + g1 * mixer(mod(LN(x))) ; x + g2 * MLP(mod(LN(x)))``.
 
-    ``forward(x, c, **context)``: ``x: (B, N, D)``, ``c: (B, D)`` or ``(B, G, D)``; the
-    keyword arguments are the mixer's context mode (``block_size``, ``context_mask``,
-    ``state``, ...), passed through unchanged.
+    ``forward(x, c, *, grid=None, **mode)``: ``x: (B, N, D)``, ``c: (B, D)`` or
+    ``(B, G, D)``; ``grid`` the (rows, columns) of each image or frame (for the MLP's
+    convolution); ``mode`` the mixer's context mode (``block_size``, ``context_mask``, ...).
+    A frame-local block (``layer.frame_local``) mixes inside each block of ``block_size``
+    tokens only (the whole sequence without one).
+
+    ``init_state(batch_size)`` and ``step(x, c, state)``: the streaming form (see
+    :mod:`polymixer.nn.protocol`); a frame-local block keeps no state (``None``).
     """
 
-    def __init__(self, config: TransformerConfig):
+    def __init__(self, config: TransformerConfig, layer: LayerMixer | None = None):
         super().__init__()
         D = config.width
+        self.layer = layer if layer is not None else config.layers()[0]
         self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
-        self.mixer = build_mixer(config)
+        self.mixer = build_mixer(self.layer, config)
         self.norm2 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         hidden = int(round(D * config.mlp_ratio))
         self.mlp = MLP(D, hidden, config.mlp_conv)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, *, local_size: int | None = None,
-                grid: tuple[int, int] | None = None, **context) -> torch.Tensor:
-        """The block on ``x``. With ``local_size`` T the mixer runs inside each run of T
-        consecutive tokens only (one frame of a clip: ``N`` must be a multiple of T), as
-        the full mixer of ``(B * N / T, T, D)``; the other context arguments must be
-        absent then."""
-        if local_size is None:
-            return self._residuals(x, c, lambda h: self.mixer(h, **context), grid)
-        if context:
-            raise ValueError(f"local_size: cannot be combined with {sorted(context)}")
+    def extra_repr(self) -> str:
+        return f"layer={str(self.layer)!r}"
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, *, grid: tuple[int, int] | None = None,
+                **mode) -> torch.Tensor:
+        if not self.layer.frame_local:
+            return self._residuals(x, c, lambda h: self.mixer(h, **mode), grid)
+        size = mode.pop("block_size", None)
+        if mode:
+            raise ValueError(f"mode: a frame-local block takes only block_size, got {sorted(mode)}")
+        if size is None:
+            return self._residuals(x, c, self.mixer, grid)
         B, N, D = x.shape
-        if N % local_size != 0:
-            raise ValueError(f"local_size: {local_size} does not divide the {N} tokens")
+        if N % size != 0:
+            raise ValueError(f"block_size: a frame-local block needs whole frames; {size} does not divide the "
+                             f"{N} tokens")
 
         def mix(h):
-            return self.mixer(h.reshape(B * N // local_size, local_size, D)).reshape(B, N, D)
+            return self.mixer(h.reshape(B * N // size, size, D)).reshape(B, N, D)
 
         return self._residuals(x, c, mix, grid)
 
-    def stream(self, x: torch.Tensor, c: torch.Tensor, state, *, update: bool = False,
-               grid: tuple[int, int] | None = None, **context):
-        """The block on new tokens ``x`` of a stream whose earlier tokens are summarised by
-        the mixer's ``state`` (PoM only); returns ``(out, state)``. With ``update`` the new
-        tokens, which must form one block, are added to the returned state (``mixer.step``);
-        otherwise they only read it (``mixer(x, state=state, **context)``) and the state
-        is returned unchanged."""
-        if not update:
-            return self._residuals(x, c, lambda h: self.mixer(h, state=state, **context), grid), state
+    @property
+    def keeps_state(self) -> bool:
+        """Whether a stream through this block keeps a state (not for frame-local blocks)."""
+        return not self.layer.frame_local
+
+    def can_stream(self) -> bool:
+        return self.layer.frame_local or can_stream(self.mixer)
+
+    def init_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None):
+        """The mixer's empty state (``None`` for a frame-local block)."""
+        if not self.keeps_state:
+            return None
+        if not can_stream(self.mixer):
+            raise ValueError(f"mixer: {type(self.mixer).__name__} ({self.layer}) cannot stream (it has no "
+                             "init_state/step)")
+        return self.mixer.init_state(batch_size, device=device, dtype=dtype)
+
+    def step(self, x: torch.Tensor, c: torch.Tensor, state, *, grid: tuple[int, int] | None = None):
+        """The block on the next block of tokens ``x: (B, t, D)`` of a stream (one frame),
+        which reads ``state`` and itself; returns ``(out, new_state)``."""
+        if not self.keeps_state:
+            return self._residuals(x, c, self.mixer, grid), None
         new = []
 
         def mix(h):
@@ -262,6 +279,11 @@ class DiTBlock(nn.Module):
         x = x + gated(mix(modulate(self.norm1(x), shift1, scale1)), gate1)
         x = x + gated(self.mlp(modulate(self.norm2(x), shift2, scale2), grid), gate2)
         return x
+
+
+def build_blocks(config: TransformerConfig) -> nn.ModuleList:
+    """One :class:`DiTBlock` per entry of ``config.layers()``."""
+    return nn.ModuleList([DiTBlock(config, layer) for layer in config.layers()])
 
 
 class FinalLayer(nn.Module):
@@ -279,18 +301,14 @@ class FinalLayer(nn.Module):
 
 
 def run_blocks(blocks: nn.ModuleList, tokens: torch.Tensor, c: torch.Tensor, checkpointing: bool,
-               states=None, contexts=None, **context) -> torch.Tensor:
-    """Apply ``blocks`` in order; ``states`` (one per block, or None) goes to each block's
-    mixer as its ``state``; ``contexts`` (one dict per block, or None) replaces ``context``
-    for the blocks whose entry is not None; activation checkpointing when ``checkpointing``
-    in training."""
-    for i, block in enumerate(blocks):
-        kw = context if contexts is None or contexts[i] is None else contexts[i]
-        kw = kw if states is None else {**kw, "state": states[i]}
+               **mode) -> torch.Tensor:
+    """Apply ``blocks`` in order, each with the keyword arguments ``mode`` (``grid`` and the
+    mixers' context mode); activation checkpointing when ``checkpointing`` in training."""
+    for block in blocks:
         if checkpointing and block.training and torch.is_grad_enabled():
-            tokens = checkpoint(block, tokens, c, use_reentrant=False, **kw)
+            tokens = checkpoint(block, tokens, c, use_reentrant=False, **mode)
         else:
-            tokens = block(tokens, c, **kw)
+            tokens = block(tokens, c, **mode)
     return tokens
 
 

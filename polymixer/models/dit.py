@@ -26,8 +26,7 @@ import torch
 from torch import nn
 
 from .blocks import (
-    MIXERS,
-    DiTBlock,
+    build_blocks,
     FinalLayer,
     TimestepEmbedding,
     TransformerConfig,
@@ -38,11 +37,9 @@ from .blocks import (
 )
 from .registry import config_from_dict, config_to_dict, register_model
 
-__all__ = ["DiTConfig", "DiT", "MIXERS", "check_time"]
+__all__ = ["DiTConfig", "DiT", "check_time"]
 
 ARCHITECTURE = "polymixer.DiT"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass
@@ -112,7 +109,7 @@ class DiT(nn.Module):
         self.class_embed = nn.Embedding(config.n_classes + 1, D)
         grid = config.image_size // p
         self.register_buffer("pos_embed", sincos_2d(grid, grid, D).unsqueeze(0), persistent=False)
-        self.blocks = nn.ModuleList([DiTBlock(config) for _ in range(config.depth)])
+        self.blocks = build_blocks(config)
         self.final = FinalLayer(D, p * p * config.in_channels)
         self.gradient_checkpointing = False
         self.reset_parameters()

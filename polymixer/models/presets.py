@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .blocks import MIXERS
+from .mixers import mixer_names
 from .dit import DiTConfig
 from .video_dit import VideoDiTConfig
 
@@ -47,18 +47,17 @@ def preset_names() -> list[str]:
 
 
 def dit_config(name: str, mixer: str = "pom", **overrides) -> DiTConfig:
-    """The :class:`DiTConfig` of preset ``name`` (e.g. ``"DiT-S/2"``) for ``mixer``.
+    """The :class:`DiTConfig` of preset ``name`` (e.g. ``"DiT-S/2"``) for ``mixer`` (a mixer
+    pattern, see ``models/mixers.py``; a pattern with PoM blocks gets PoM's MLP ratio).
 
     Keyword overrides (``image_size``, ``in_channels``, ``n_classes``, ``pom_variant``,
     ...) replace the preset's values.
     """
     if name not in PRESETS:
         raise ValueError(f"name: unknown preset {name!r}; expected one of {preset_names()}")
-    if mixer not in MIXERS:
-        raise ValueError(f"mixer: expected one of {MIXERS}, got {mixer!r}")
     p = PRESETS[name]
     fields = dict(depth=p["depth"], width=p["width"], heads=p["heads"], patch_size=p["patch_size"], mixer=mixer)
-    if mixer == "pom":
+    if "pom" in mixer_names(mixer):  # any PoM block: the PoM preset's MLP ratio and gate heads
         fields.update(mlp_ratio=p["pom_mlp_ratio"], pom_degree=2, pom_expand=2,
                       pom_heads=overrides.get("heads", p["heads"]))
     else:

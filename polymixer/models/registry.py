@@ -74,6 +74,8 @@ def config_from_dict(data: dict, expected: str | None = None):
     if arch not in _REGISTRY:
         raise ValueError(f"config: unknown architecture {arch!r}; expected one of {architectures()}")
     config_class = _REGISTRY[arch][0]
+    if hasattr(config_class, "upgrade"):  # fields of older releases in today's form
+        data = config_class.upgrade(data)
     known = {f.name for f in dataclasses.fields(config_class)}
     unknown = sorted(set(data) - known)
     if unknown:

@@ -6,25 +6,29 @@ frame, ``N = F/temporal_patch * T`` in all, with 2-D sin-cos positions inside th
 a 1-D sin-cos position of the frame. The blocks are the image DiT's adaLN-Zero blocks
 (``models/blocks.py``); every token mixer runs block-causal with one block per frame
 (``block_size=T``): a frame reads itself and all earlier frames, never a later one, in
-O(N) for PoM (no N x N tensor) and with the same mask for attention. With
-``frame_local_every=k`` every k-th block (0, k, 2k, ...) mixes inside each frame only.
+O(N) for PoM (no N x N tensor) and with the same mask for attention. A block whose entry
+in the ``mixer`` pattern is ``frame-local`` (e.g. ``"frame-local pom, pom"``) mixes inside
+each frame only and keeps no state.
 
 Two ways to condition on time (``noise_levels``):
 
 * ``"clip"`` (the paper's training): one time per clip, ``t: (B,)``. Frame f's whole
   denoising trajectory then depends only on frames <= f, so frames can be generated one
   after another with, per sampling evaluation and layer, the running state of the finished
-  frames (:meth:`VideoDiT.forward` with ``states``), equal to joint denoising.
+  frames (:meth:`VideoDiT.step`), equal to joint denoising.
 * ``"frame"`` (diffusion forcing): one time per frame, ``t: (B, F)``; each frame's tokens
   are modulated by their own frame's time. Clean earlier frames (t = 0) condition the
   next ones, so one state per layer, fed from each finished clean frame, is enough, and a
   given clip can be continued.
 
-Call: ``model(x_t, t, y, *, frame_offset=0, states=None, update_states=False)`` ->
-``(B, F, C, H, W)``. ``frame_offset`` is the index of the first frame of ``x_t`` (its
-temporal position); ``states`` one :class:`~polymixer.nn.MixerState` per block (PoM only)
-of the frames before ``x_t``, which every mixer reads; with ``update_states`` the frames of
-``x_t`` are added to them (the list is updated in place).
+Calls: ``model(x_t, t, y, *, frame_offset=0)`` -> ``(B, F, C, H, W)``, all frames at once;
+``frame_offset`` is the index of the first frame of ``x_t`` (its temporal position).
+Streaming: ``state = model.init_state(B)`` (a :class:`~polymixer.nn.StateCache`, one state
+per block that mixes across frames), then ``out, state = model.step(x_t, t, y, state,
+frame_offset=f)`` for the next frames: they read the state of the frames before and are
+added to the returned state (the given one is not changed). Frame by frame this equals the
+parallel call. Any token mixer that streams works (PoM: a constant-size sum; attention: a
+key-value cache that grows).
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..nn.state import StateCache
 from .blocks import (
-    DiTBlock,
+    build_blocks,
     FinalLayer,
     TimestepEmbedding,
     TransformerConfig,
@@ -47,6 +52,7 @@ from .blocks import (
     sincos_2d,
 )
 from .dit import check_time
+from .mixers import legacy_frame_local_pattern
 from .registry import config_from_dict, config_to_dict, register_model
 
 __all__ = ["VideoDiTConfig", "VideoDiT", "NOISE_LEVELS"]
@@ -66,11 +72,10 @@ class VideoDiTConfig(TransformerConfig):
         temporal_patch: consecutive frames folded into one token grid (1 = every frame).
         noise_levels: ``"clip"`` (one time per clip, the paper's) or ``"frame"`` (one per
             frame, diffusion forcing; needs ``temporal_patch == 1``).
-        frame_local_every: 0 (default: every block is block-causal over frames) or k >= 1:
-            blocks 0, k, 2k, ... mix only inside each frame (spatial blocks, no state),
-            the others stay block-causal (so k = 2 alternates spatial and causal blocks;
-            k = 1 makes the frames independent). Against PoM's dilution of the current
-            frame in the mean over all frames so far; streaming stays exact.
+        The mixer pattern (``mixer``) may make blocks frame-local: ``"frame-local pom, pom"``
+        alternates spatial blocks (inside each frame, no state) and block-causal ones.
+        Configs saved with ``frame_local_every=k`` load as the pattern with blocks 0, k,
+        2k, ... frame-local.
         The other fields are :class:`~polymixer.models.blocks.TransformerConfig`'s.
     """
 
@@ -78,7 +83,6 @@ class VideoDiTConfig(TransformerConfig):
     frames: int = 8
     temporal_patch: int = 1
     noise_levels: str = "clip"
-    frame_local_every: int = 0
 
     INT_FIELDS = TransformerConfig.INT_FIELDS + ("image_size", "frames", "temporal_patch")
 
@@ -92,9 +96,6 @@ class VideoDiTConfig(TransformerConfig):
             raise ValueError(f"noise_levels: expected one of {NOISE_LEVELS}, got {self.noise_levels!r}")
         if self.noise_levels == "frame" and self.temporal_patch != 1:
             raise ValueError("noise_levels: 'frame' needs temporal_patch=1 (one time per token grid)")
-        k = self.frame_local_every
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise ValueError(f"frame_local_every: expected an int >= 0, got {k!r}")
 
     def to_dict(self) -> dict:
         return config_to_dict(self)
@@ -103,14 +104,27 @@ class VideoDiTConfig(TransformerConfig):
     def from_dict(cls, data: dict) -> "VideoDiTConfig":
         return config_from_dict(data, expected=ARCHITECTURE)
 
+    @staticmethod
+    def upgrade(data: dict) -> dict:
+        """A saved config's fields in today's form: ``frame_local_every=k`` becomes the mixer
+        pattern with blocks 0, k, 2k, ... frame-local."""
+        data = dict(data)
+        if "frame_local_every" in data:
+            every = data.pop("frame_local_every")
+            if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+                raise ValueError(f"frame_local_every: expected an int >= 0, got {every!r}")
+            data["mixer"] = legacy_frame_local_pattern(data.get("mixer", "pom"), every)
+        return data
+
 
 @register_model(ARCHITECTURE, VideoDiTConfig)
 class VideoDiT(nn.Module):
     """Video DiT: adaLN-Zero blocks, block-causal over frames, PoM or attention mixers.
 
-    ``forward(x, t, y, *, frame_offset=0, states=None, update_states=False)`` with
-    ``x: (B, F, C, H, W)``, ``t: (B,)`` (or ``(B, F)`` for ``noise_levels="frame"``),
-    ``y: (B,)`` labels in [0, n_classes] -> ``(B, F, C, H, W)``. See the module docstring.
+    ``forward(x, t, y, *, frame_offset=0)`` with ``x: (B, F, C, H, W)``, ``t: (B,)`` (or
+    ``(B, F)`` for ``noise_levels="frame"``), ``y: (B,)`` labels in [0, n_classes] ->
+    ``(B, F, C, H, W)``; ``step(x, t, y, state, *, frame_offset)`` -> ``(out, state)`` for
+    streaming. See the module docstring.
     """
 
     kind = "video"
@@ -126,7 +140,7 @@ class VideoDiT(nn.Module):
         self.class_embed = nn.Embedding(config.n_classes + 1, D)
         grid = config.image_size // p
         self.register_buffer("pos_embed", sincos_2d(grid, grid, D).unsqueeze(0), persistent=False)
-        self.blocks = nn.ModuleList([DiTBlock(config) for _ in range(config.depth)])
+        self.blocks = build_blocks(config)
         self.final = FinalLayer(D, tp * p * p * config.in_channels)
         self.gradient_checkpointing = False
         init_dit_weights(self)
@@ -158,7 +172,7 @@ class VideoDiT(nn.Module):
         self.check_frames(x.shape[1])
         self.check_frame_size(x.shape[3], x.shape[4])
 
-    def _check_inputs(self, x, t, y, states) -> torch.Tensor:
+    def _check_inputs(self, x, t, y) -> torch.Tensor:
         self.check_clip(x)
         B, F = x.shape[:2]
         if self.config.noise_levels == "frame":
@@ -168,17 +182,15 @@ class VideoDiT(nn.Module):
         if not isinstance(y, torch.Tensor) or y.shape != (B,):
             raise ValueError(f"y: expected a ({B},) tensor of labels, got shape {tuple(getattr(y, 'shape', ()))}")
         self.check_labels(y)
-        if states is not None:
-            if self.config.mixer != "pom":
-                raise ValueError("states: streaming states need PoM mixers (this model uses attention)")
-            if len(states) != len(self.blocks):
-                raise ValueError(f"states: expected one state per block ({len(self.blocks)}), got {len(states)}")
-            local = self.frame_local_blocks()
-            missing = [i for i, s in enumerate(states) if s is None and i not in local]
-            if missing:
-                raise ValueError(f"states: blocks {missing} mix across frames and need a state (from init_states), "
-                                 "got None")
         return t
+
+    def _check_state(self, state) -> None:
+        if not isinstance(state, StateCache):
+            raise TypeError(f"state: expected the StateCache of init_state, got {type(state).__name__}")
+        expected = {str(i) for i, block in enumerate(self.blocks) if block.keeps_state}
+        if set(state) != expected:
+            raise ValueError(f"state: expected one state for each block that mixes across frames "
+                             f"{sorted(expected, key=int)}, got {sorted(state)}")
 
     # -------------------------------------------------------------- forward
     def positions(self, grid_h: int, grid_w: int, frames: int, frame_offset: int, device, dtype) -> torch.Tensor:
@@ -196,60 +208,87 @@ class VideoDiT(nn.Module):
         """Training times for clips ``x: (B, F, ...)``: ``(B,)`` or ``(B, F)`` per the config."""
         return (x.shape[0], x.shape[1]) if self.config.noise_levels == "frame" else (x.shape[0],)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, frame_offset: int = 0,
-                states: list | None = None, update_states: bool = False) -> torch.Tensor:
-        """Predict the velocity (or noise) of clips ``x: (B, F, C, H, W)``; see the class docstring."""
-        if not torch.compiler.is_compiling():
-            t = self._check_inputs(x, t, y, states)
+    def _embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, frame_offset: int):
+        """Tokens ``(B, G*T, D)`` and conditioning ``(B, D)`` or ``(B, F, D)`` of clips ``x``."""
         B, F, C, H, W = x.shape
         p, tp = self.config.patch_size, self.config.temporal_patch
         G, gh, gw = F // tp, H // p, W // p
-        if update_states and G > 1:  # a state update takes one frame (group) at a time
-            outs = []
-            for g in range(G):
-                tg = t[:, g * tp:(g + 1) * tp] if t.dim() == 2 else t
-                outs.append(self.forward(x[:, g * tp:(g + 1) * tp], tg, y, frame_offset=frame_offset + g * tp,
-                                         states=states, update_states=True))
-            return torch.cat(outs, dim=1)
         T = gh * gw
         frames = x.reshape(B * G, tp * C, H, W)
         tokens = self.patch_embed(frames).flatten(2).transpose(1, 2).reshape(B, G * T, -1)
         tokens = tokens + self.positions(gh, gw, G, frame_offset // tp, tokens.device, tokens.dtype)
         c = self.time_embed(t)  # (B, D) or (B, F, D)
         c = c + (self.class_embed(y) if c.dim() == 2 else self.class_embed(y)[:, None])
-        local = self.frame_local_blocks()
-        if states is None:
-            contexts = [{"local_size": T, "grid": (gh, gw)} if i in local else None for i in range(len(self.blocks))]
-            tokens = run_blocks(self.blocks, tokens, c, self.gradient_checkpointing, contexts=contexts,
-                                block_size=T, grid=(gh, gw))
-        else:
-            for i, block in enumerate(self.blocks):
-                if i in local:  # a spatial block reads no earlier frame: its state stays empty
-                    tokens = block(tokens, c, local_size=T, grid=(gh, gw))
-                    continue
-                tokens, new = block.stream(tokens, c, states[i], block_size=T, update=update_states, grid=(gh, gw))
-                if update_states:
-                    states[i] = new
+        return tokens, c, (gh, gw)
+
+    def _unembed(self, tokens: torch.Tensor, c: torch.Tensor, shape) -> torch.Tensor:
+        B, F, C, H, W = shape
+        p, tp = self.config.patch_size, self.config.temporal_patch
         out = self.final(tokens, c)  # (B, G*T, tp*p*p*C)
-        out = out.view(B, G, gh, gw, tp, C, p, p).permute(0, 1, 4, 5, 2, 6, 3, 7)
+        out = out.view(B, F // tp, H // p, W // p, tp, C, p, p).permute(0, 1, 4, 5, 2, 6, 3, 7)
         return out.reshape(B, F, C, H, W)
 
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, frame_offset: int = 0) -> torch.Tensor:
+        """Predict the velocity (or noise) of clips ``x: (B, F, C, H, W)``, every frame at
+        once, block-causal over frames; see the class docstring."""
+        if not torch.compiler.is_compiling():
+            t = self._check_inputs(x, t, y)
+        tokens, c, grid = self._embed(x, t, y, frame_offset)
+        tokens = run_blocks(self.blocks, tokens, c, self.gradient_checkpointing, block_size=grid[0] * grid[1],
+                            grid=grid)
+        return self._unembed(tokens, c, x.shape)
+
+    def step(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, state: StateCache, *,
+             frame_offset: int = 0) -> tuple[torch.Tensor, StateCache]:
+        """The next frames ``x: (B, F, C, H, W)`` of a stream whose earlier frames are
+        summarised by ``state`` (from :meth:`init_state` or an earlier step); returns the
+        prediction ``(B, F, C, H, W)`` and the state that also holds these frames. One frame
+        (group of ``temporal_patch`` frames) after another, each reading the ones before:
+        equal to the parallel call on the whole clip. ``state`` is not changed."""
+        if not torch.compiler.is_compiling():
+            t = self._check_inputs(x, t, y)
+            self._check_state(state)
+        tp = self.config.temporal_patch
+        outs = []
+        for g in range(x.shape[1] // tp):
+            xg = x[:, g * tp:(g + 1) * tp]
+            tg = t[:, g * tp:(g + 1) * tp] if t.dim() == 2 else t
+            tokens, c, grid = self._embed(xg, tg, y, frame_offset + g * tp)
+            new = {}
+            for i, block in enumerate(self.blocks):
+                tokens, block_state = block.step(tokens, c, state[str(i)] if block.keeps_state else None, grid=grid)
+                if block.keeps_state:
+                    new[str(i)] = block_state
+            state = StateCache(new)
+            outs.append(self._unembed(tokens, c, xg.shape))
+        return torch.cat(outs, dim=1), state
+
     def frame_local_blocks(self) -> frozenset:
-        """Indices of the blocks that mix inside each frame only (``frame_local_every``)."""
-        k = self.config.frame_local_every
-        return frozenset(range(0, len(self.blocks), k)) if k else frozenset()
+        """Indices of the blocks that mix inside each frame only (``frame-local`` in the pattern)."""
+        return frozenset(i for i, block in enumerate(self.blocks) if block.layer.frame_local)
 
     # -------------------------------------------------------------- streaming
-    def init_states(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> list:
-        """Zero streaming states, one per block (PoM models only); ``dtype`` float64 keeps
-        float64 sums for a float64 model (the mixers' default otherwise). A spatial block
-        (``frame_local_every``) reads no earlier frame and gets ``None``: no memory for it."""
-        if self.config.mixer != "pom":
-            raise ValueError("states: streaming states need PoM mixers (this model uses attention)")
-        local = self.frame_local_blocks()
-        states = [None if i in local else block.mixer.init_state(batch_size, device=device)
-                  for i, block in enumerate(self.blocks)]
-        return states if dtype is None else [s if s is None else s.to(dtype=dtype) for s in states]
+    def can_stream(self) -> bool:
+        """Whether every block can generate frame by frame (every mixer has a state)."""
+        return all(block.can_stream() for block in self.blocks)
+
+    def has_constant_state(self) -> bool:
+        """Whether streaming keeps a state whose size does not grow with the frames (PoM)."""
+        return self.can_stream() and all(getattr(block.mixer, "constant_state", False)
+                                         for block in self.blocks if block.keeps_state)
+
+    def default_sampling_mode(self) -> str:
+        """``"sequential"`` (frame by frame) where the state stays constant, else ``"joint"``."""
+        return "sequential" if self.has_constant_state() else "joint"
+
+    def init_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> StateCache:
+        """The empty streaming state: one state per block that mixes across frames (keyed by
+        the block's index; frame-local blocks read no earlier frame and keep none). ``dtype``
+        float64 keeps float64 sums for a float64 model (each mixer's default otherwise)."""
+        if not self.can_stream():
+            raise ValueError("state: a mixer of this model cannot stream (it has no init_state/step)")
+        return StateCache({str(i): block.init_state(batch_size, device=device, dtype=dtype)
+                           for i, block in enumerate(self.blocks) if block.keeps_state})
 
     # -------------------------------------------------------------- utilities
     def num_tokens(self, frames: int | None = None) -> int:

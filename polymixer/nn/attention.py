@@ -1,7 +1,9 @@
-"""Multi-head attention on PyTorch SDPA with the same interface as PolynomialMixer."""
+"""Multi-head attention on PyTorch SDPA with the same interface as PolynomialMixer, and its
+key-value cache for generating a sequence block after block."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -11,7 +13,39 @@ from torch import nn
 from ..ops.context import dense_context_mask, resolve_context
 from ._checks import check_positive_int, check_tokens
 
-__all__ = ["MultiHeadAttention"]
+__all__ = ["MultiHeadAttention", "KVCache"]
+
+
+@dataclass
+class KVCache:
+    """The keys and values ``(B, heads, L, head_dim)`` of the L tokens an attention layer
+    has seen: its streaming state, which grows with every block (unlike PoM's)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.keys.shape[2]
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "KVCache":
+        return KVCache(self.keys.to(device=device, dtype=dtype), self.values.to(device=device, dtype=dtype))
+
+    def clone(self) -> "KVCache":
+        return KVCache(self.keys.clone(), self.values.clone())
+
+    def detach(self) -> "KVCache":
+        return KVCache(self.keys.detach(), self.values.detach())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"keys": self.keys, "values": self.values}
+
+    def nbytes(self) -> int:
+        return 2 * self.keys.numel() * self.keys.element_size()
 
 
 class MultiHeadAttention(nn.Module):
@@ -45,8 +79,43 @@ class MultiHeadAttention(nn.Module):
             self.q_norm = nn.RMSNorm(self.head_dim, **kw)
             self.k_norm = nn.RMSNorm(self.head_dim, **kw)
 
+    constant_state = False  # the key-value cache grows with every block
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}, heads={self.heads}, qk_norm={self.qk_norm}"
+
+    def _qkv(self, x: torch.Tensor, ctx: torch.Tensor):
+        B, M, N = x.shape[0], x.shape[1], ctx.shape[1]
+        q = self.q_proj(x).view(B, M, self.heads, self.head_dim).transpose(1, 2)
+        k, v = self.kv_proj(ctx).view(B, N, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
+
+    # ---------------------------------------------------------------- streaming
+    def init_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty key-value cache for ``batch_size`` sequences (the layer's device and dtype by default)."""
+        check_positive_int("batch_size", batch_size)
+        weight = self.out_proj.weight
+        empty = torch.zeros(batch_size, self.heads, 0, self.head_dim, device=device or weight.device,
+                            dtype=dtype or weight.dtype)
+        return KVCache(empty, empty.clone())
+
+    def step(self, x: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
+        """Feed the next block ``x: (B, t, D)``: every token attends to the cached tokens and
+        to the whole block; returns ``(y (B, t, D), cache with the block appended)``. Block by
+        block this equals the block-causal forward; ``state`` is not modified."""
+        check_tokens("x", x, self.dim)
+        if not isinstance(state, KVCache):
+            raise TypeError(f"state: expected a KVCache, got {type(state).__name__}")
+        if state.batch_size != x.shape[0]:
+            raise ValueError(f"state: batch size {state.batch_size} does not match the input's {x.shape[0]}")
+        B, M = x.shape[:2]
+        q, k, v = self._qkv(x, x)
+        keys = torch.cat([state.keys, k.to(state.keys.dtype)], dim=2)
+        values = torch.cat([state.values, v.to(state.values.dtype)], dim=2)
+        out = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype))
+        return self.out_proj(out.transpose(1, 2).reshape(B, M, self.dim)), KVCache(keys, values)
 
     def forward(
         self,
@@ -70,10 +139,7 @@ class MultiHeadAttention(nn.Module):
             B, M, N, context_mask=context_mask, causal=causal, block_size=block_size,
             block_lengths=block_lengths, cu_seqlens=cu_seqlens, mask=mask, device=x.device,
         )
-        q = self.q_proj(x).view(B, M, self.heads, self.head_dim).transpose(1, 2)
-        k, v = self.kv_proj(ctx).view(B, N, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self._qkv(x, ctx)
         empty = None
         if mode.kind == "full" and mode.context_mask is None:
             out = F.scaled_dot_product_attention(q, k, v)

@@ -114,6 +114,8 @@ class PolynomialMixer(nn.Module):
             out_bias = False if bias is None else bias
         self.out_proj = nn.Linear(self.state_width, dim, bias=out_bias, **kw)
 
+    constant_state = True  # a sum (B, F) and a count (B,), whatever the tokens seen
+
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, degree={self.degree}, expand={self.expand}, "

@@ -1,4 +1,5 @@
-"""Explicit streaming state of a Polynomial Mixer (spec section 3), and a per-layer cache."""
+"""Explicit streaming state of a Polynomial Mixer (docs/design.md, section 3), and the states
+of a whole network."""
 
 from __future__ import annotations
 
@@ -90,32 +91,36 @@ class MixerState:
 
 
 class StateCache:
-    """One :class:`MixerState` per mixer of a network, keyed by the mixer's module name.
+    """The streaming states of a network: one state per streaming module, keyed by name.
 
-    ``StateCache.for_model(model, batch_size)`` makes zero states for every mixer of
-    ``model`` that has an ``init_state`` method (every :class:`PolynomialMixer`), each in
-    the dtype its mixer chooses (float64 for a float64 mixer, else float32) unless
-    ``dtype`` is given.
+    A value is any state of the token-mixer protocol (:class:`MixerState`,
+    :class:`~polymixer.nn.KVCache`, ...). Models treat a cache as a value: a step returns a
+    new cache and leaves the one it read unchanged (``VideoDiT.step``).
+    ``StateCache.for_model(model, batch_size)`` makes empty states for every outermost
+    module of ``model`` that has ``init_state`` and ``step`` (every mixer of a plain network),
+    each in the dtype its module chooses unless ``dtype`` is given.
     """
 
-    def __init__(self, states: dict[str, MixerState] | None = None):
-        self.states: dict[str, MixerState] = dict(states or {})
+    def __init__(self, states: dict | None = None):
+        self.states: dict = dict(states or {})
 
     @classmethod
     def for_model(cls, model: nn.Module, batch_size: int, device=None, dtype: torch.dtype | None = None) -> "StateCache":
         states = {}
         for name, module in model.named_modules():
-            if hasattr(module, "init_state") and hasattr(module, "step"):
+            if any(name.startswith(f"{outer}.") for outer in states):
+                continue  # inside a module that already streams
+            if callable(getattr(module, "init_state", None)) and callable(getattr(module, "step", None)):
                 kwargs = {} if dtype is None else {"dtype": dtype}
                 states[name] = module.init_state(batch_size, device=device, **kwargs)
         if not states:
             raise ValueError(f"model: {type(model).__name__} has no mixer with a streaming state")
         return cls(states)
 
-    def __getitem__(self, name: str) -> MixerState:
+    def __getitem__(self, name: str):
         return self.states[name]
 
-    def __setitem__(self, name: str, state: MixerState) -> None:
+    def __setitem__(self, name: str, state) -> None:
         self.states[name] = state
 
     def __contains__(self, name: str) -> bool:
@@ -127,11 +132,14 @@ class StateCache:
     def __iter__(self) -> Iterator[str]:
         return iter(self.states)
 
-    def to(self, device) -> "StateCache":
-        return StateCache({k: v.to(device) for k, v in self.states.items()})
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "StateCache":
+        return StateCache({k: v.to(device=device, dtype=dtype) for k, v in self.states.items()})
 
     def clone(self) -> "StateCache":
         return StateCache({k: v.clone() for k, v in self.states.items()})
+
+    def detach(self) -> "StateCache":
+        return StateCache({k: v.detach() for k, v in self.states.items()})
 
     def reset_(self) -> "StateCache":
         for state in self.states.values():
@@ -147,6 +155,7 @@ class StateCache:
 
     @classmethod
     def from_state_dict(cls, flat: dict[str, torch.Tensor]) -> "StateCache":
+        """The cache of :meth:`state_dict` (states of :class:`MixerState`)."""
         grouped: dict[str, dict[str, torch.Tensor]] = {}
         for key, value in flat.items():
             name, _, leaf = key.rpartition(".")

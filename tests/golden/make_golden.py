@@ -73,13 +73,13 @@ def outputs() -> dict[str, torch.Tensor]:
                                                     steps=2, cfg_scale=2.0, seed=3)
     for name, folder in tiny_models().items():
         model, pipe = load_for_sampling(folder)
-        modes = ["joint"] if model.config.mixer == "attention" else ["sequential", "joint"]
+        modes = ["joint"] if "pom" not in model.config.mixer else ["sequential", "joint"]
         for mode in modes:
             for sampler in ("euler", "heun"):
                 result[f"{name}_{mode}_{sampler}"] = sample_video(
                     model, pipe, torch.tensor([0, 2]), frames=3, mode=mode, steps=2, cfg_scale=1.5,
                     sampler=sampler, seed=4)
-        if model.config.noise_levels == "frame" and model.config.mixer == "pom":
+        if model.config.noise_levels == "frame" and "pom" in model.config.mixer:
             ctx = torch.randn(2, 1, 1, 8, 8, generator=torch.Generator().manual_seed(5)).clamp(-1, 1)
             result[f"{name}_continue"] = sample_video(model, pipe, torch.tensor([1, 2]), frames=3,
                                                       mode="sequential", steps=2, cfg_scale=2.0, seed=6,
