@@ -393,15 +393,6 @@ def _cmd_sample_video(args: argparse.Namespace) -> int:
         raise ValueError("--mode: a mixer of this model cannot stream, so it cannot generate frame by frame "
                          "(use --mode joint)")
     names = pipeline.class_names or [str(c) for c in range(cfg.n_classes)]
-    if args.classes is not None:
-        classes = parse_classes(args.classes, cfg.n_classes, pipeline.class_names)
-    elif args.context is not None:
-        raise ValueError(f"--context: say which class each continued clip keeps with --classes (one per clip, a "
-                         f"name or an index; this model's classes: {', '.join(names)})")
-    else:
-        g = torch.Generator().manual_seed(args.seed)
-        classes = torch.randint(cfg.n_classes, (args.num_clips,), generator=g).tolist()
-    context = None
     if args.context is not None:
         if cfg.noise_levels != "frame":
             raise ValueError("--context: this model was trained with one noise level per clip: a frame depends on "
@@ -409,6 +400,16 @@ def _cmd_sample_video(args: argparse.Namespace) -> int:
                              "continuing needs a model trained with --noise-levels frame")
         if args.mode != "sequential":
             raise ValueError("--context: continuing a clip needs --mode sequential")
+        if args.classes is None:  # a random class would contradict the clip (a square moving right told "left")
+            raise ValueError(f"--context: say which class each continued clip keeps with --classes (one per clip, "
+                             f"a name or an index; this model's classes: {', '.join(names)})")
+    if args.classes is not None:
+        classes = parse_classes(args.classes, cfg.n_classes, pipeline.class_names)
+    else:
+        g = torch.Generator().manual_seed(args.seed)
+        classes = torch.randint(cfg.n_classes, (args.num_clips,), generator=g).tolist()
+    context = None
+    if args.context is not None:
         context = _load_context(args.context, model, len(classes))
         if context.shape[1] >= frames:
             raise ValueError(f"--frames: {frames} frames asked for, but the context already has {context.shape[1]}")

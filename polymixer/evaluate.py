@@ -127,8 +127,9 @@ def evaluate_checkpoint(
     _positive_int("frames", frames, allow_none=True)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed: expected an int, got {seed!r}")
-    if not isinstance(cfg_scale, (int, float)) or isinstance(cfg_scale, bool) or not math.isfinite(cfg_scale):
-        raise ValueError(f"cfg_scale: expected a finite number, got {cfg_scale!r}")
+    if not isinstance(cfg_scale, (int, float)) or isinstance(cfg_scale, bool) or not math.isfinite(cfg_scale) \
+            or cfg_scale < 0:
+        raise ValueError(f"cfg_scale: expected a guidance scale >= 0 (1 = off), got {cfg_scale!r}")
     if mode is not None and mode not in ("sequential", "joint"):
         raise ValueError(f"mode: expected 'sequential' or 'joint', got {mode!r}")
     from .sample import generate, load_for_sampling

@@ -107,7 +107,7 @@ def test_cli_continues_a_clip_with_a_per_frame_model(trained, tmp_path):
 
     save_clip(torch.from_numpy(given), tmp_path / "given.gif", scale=1)
     assert cli_main(["sample-video", "--checkpoint", ckpt, "--frames", "3", "--context", str(tmp_path / "given.gif"),
-                     "--steps", "2", "--num-clips", "2", "--out", str(tmp_path / "more2.npy")]) == 0
+                     "--steps", "2", "--classes", "3,5", "--out", str(tmp_path / "more2.npy")]) == 0
     assert np.load(tmp_path / "more2.npy").shape == (2, 3, 1, 16, 16)
 
 
@@ -132,11 +132,11 @@ def test_cli_per_frame_context_errors(trained, tmp_path, capsys):
     ckpt = str(trained / "frame" / "ema_model")
     np.save(tmp_path / "wrong.npy", np.zeros((2, 1, 8, 8), np.float32))
     assert cli_main(["sample-video", "--checkpoint", ckpt, "--context", str(tmp_path / "wrong.npy"),
-                     "--out", str(tmp_path / "o.gif")]) == 2
+                     "--classes", "1", "--out", str(tmp_path / "o.gif")]) == 2
     assert "frames of 8x8; the model makes 16x16" in capsys.readouterr().err
     np.save(tmp_path / "long.npy", np.zeros((5, 1, 16, 16), np.float32))
     assert cli_main(["sample-video", "--checkpoint", ckpt, "--context", str(tmp_path / "long.npy"), "--frames", "4",
-                     "--out", str(tmp_path / "o.gif")]) == 2
+                     "--classes", "1", "--out", str(tmp_path / "o.gif")]) == 2
     assert "already has 5" in capsys.readouterr().err
     assert cli_main(["sample", "--checkpoint", ckpt, "--out", str(tmp_path / "g.png")]) == 2
     assert "holds a video model, not an image model" in capsys.readouterr().err
