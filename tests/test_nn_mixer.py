@@ -5,7 +5,7 @@ import torch
 
 from polymixer import PolynomialMixer
 from polymixer.ops import MixerSettings, product_features, power_features, power_activation
-from polymixer.ops.elementwise import clear_compile_cache, compile_failures
+from polymixer.ops.pom.chunk_ops import clear_compile_cache, compile_failures
 from polymixer.ops.plan import CPU_COMPILE_MIN_ROWS, compile_decision
 
 VARIANTS = [("product", 1), ("power", 1), ("power", 4), ("product", 3)]

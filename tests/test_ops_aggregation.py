@@ -137,7 +137,7 @@ def test_a_new_mode_is_one_class():
 
     from polymixer import PolynomialMixer
     from polymixer.ops import ContextMode, choose_path, mean_dense
-    from polymixer.ops.fused import fused_mix
+    from polymixer.ops.pom import fused_mix
 
     @dataclass(frozen=True, kw_only=True, eq=False)
     class AntiCausal(ContextMode):
@@ -159,7 +159,7 @@ def test_a_new_mode_is_one_class():
     plan = choose_path(mixer.settings, "lean", mixer.spec, mixer.state_width, x, x, mode)
     assert plan.form == "lean" and not plan.chunked
     y = fused_mix(x, None, mixer.weights(), mixer.spec, mode, plan)
-    ref = mixer.select(x, mean_dense(mixer.features(x), mode.dense_mask(2, 10, 10)))
+    ref = mixer.read_out(x, mean_dense(mixer.features(x), mode.dense_mask(2, 10, 10)))
     torch.testing.assert_close(y, ref)
     params = [x] + list(mixer.parameters())
     for a, b in zip(torch.autograd.grad(y.sum(), params), torch.autograd.grad(ref.sum(), params)):

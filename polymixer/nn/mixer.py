@@ -8,13 +8,10 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from ..ops.aggregation import stream_block
-from ..ops.context import ContextMode, aggregate, resolve_context
-from ..ops.features import apply_gate, features, gate
-from ..ops.fused import fused_mix
+from ..ops import pom
+from ..ops.context import ContextMode, resolve_context
 from ..ops.plan import FORMS, ExecutionPlan, MixerSettings, choose_path
-from ..ops.reference import reference_aggregate
-from ..ops.spec import MixerSpec, MixerWeights
+from ..ops.pom import MixerSpec, MixerWeights
 from ._checks import check_positive_int, check_tokens
 from .state import MixerState
 
@@ -136,16 +133,15 @@ class PolynomialMixer(nn.Module):
 
     def features(self, context: torch.Tensor) -> torch.Tensor:
         """Polynomial features ``h: (B, N, F)`` of context tokens ``(B, N, D)``."""
-        return features(self.spec, self.feature_proj(context), self.coeff)
+        return pom.context_features(context, self.weights(), self.spec)
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """Gate ``s: (B, M, F)`` or ``(B, M, heads)`` of the queries ``(B, M, D)``."""
-        return gate(self.variant, self.gate_proj(x))
+        return pom.gate(self.variant, self.gate_proj(x))
 
-    def select(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """``W_o (s(x) * H) + b_o`` for queries ``x: (B, M, D)`` and states ``(B, 1 or M, F)``."""
-        s = self.gate(x)
-        return self.out_proj(apply_gate(s, state.to(s.dtype)))
+    def read_out(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """``W_o (s(x) * H) + b_o`` for queries ``x: (B, M, D)`` and states ``H: (B, 1 or M, F)``."""
+        return pom.read_out(x, state, self.weights(), self.spec)
 
     # ---------------------------------------------------------------- checks
     def _resolve(self, x, context, state, kwargs) -> tuple[torch.Tensor, ContextMode, tuple | None]:
@@ -215,9 +211,7 @@ class PolynomialMixer(nn.Module):
                  block_lengths=block_lengths, cu_seqlens=cu_seqlens, mask=mask),
         )
         plan = self._plan(x, context, mode, prefix is not None)
-        if plan.form != "autograd":
-            return fused_mix(x, None if context is x else context, self.weights(), self.spec, mode, plan)
-        return self.select(x, aggregate(self.features(context), mode, prefix, backend=plan.aggregation_backend))
+        return pom.mix(x, None if context is x else context, self.weights(), self.spec, mode, plan, prefix)
 
     def execution_plan(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
                        state: MixerState | None = None, **context_kwargs) -> ExecutionPlan:
@@ -230,7 +224,7 @@ class PolynomialMixer(nn.Module):
     def forward_reference(self, x: torch.Tensor, context: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """The same function as :meth:`forward` through the slow dense-mask loop (test oracle)."""
         context, mode, _ = self._resolve(x, context, None, kwargs)
-        return self.select(x, reference_aggregate(self.features(context), mode, x.shape[1]))
+        return pom.reference_mix(x, context, self.weights(), self.spec, mode)
 
     # ---------------------------------------------------------------- streaming
     def init_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> MixerState:
@@ -260,13 +254,14 @@ class PolynomialMixer(nn.Module):
         block (spec section 3), so feeding a sequence block by block equals the parallel
         block-causal forward. ``state`` is not modified; the new state keeps its dtype.
         ``context_mask: (B, t)`` leaves padded tokens of the block out of the state.
-        Plain autograd (the form a streaming state runs).
+        Plain autograd (the form a streaming state runs: :meth:`execution_plan` with ``state``).
         """
         if not isinstance(state, MixerState):
             raise TypeError(f"state: expected a MixerState, got {type(state).__name__}")
         _, mode, _ = self._resolve(x, None, state, dict(context_mask=context_mask))
-        H, total, count = stream_block(self.features(x), mode.context_mask, state.total, state.count)
-        return self.select(x, H), MixerState(total, count)
+        plan = self._plan(x, x, mode, streaming=True)
+        y, total, count = pom.step(x, self.weights(), self.spec, plan, state.total, state.count, mode.context_mask)
+        return y, MixerState(total, count)
 
     # ---------------------------------------------------------------- interop
     @classmethod

@@ -1,5 +1,5 @@
-"""Pure tensor functions of the Polynomial Mixer: features, context modes and their
-aggregations, the fused passes, the execution plan, the dense references."""
+"""Pure tensor functions: context modes and their aggregations (any mixer with a mean
+state), the execution plan, the dense references, and the Polynomial Mixer in :mod:`.pom`."""
 
 from .aggregation import (
     Segments,
@@ -20,10 +20,18 @@ from .context import (
     dense_context_mask,
     resolve_context,
 )
-from .features import apply_gate, features, gate, power_activation, power_features, product_features
 from .plan import ExecutionPlan, MixerSettings, choose_path
 from .reference import reference_aggregate, reference_mean
-from .spec import MixerSpec, MixerWeights
+from .pom import (
+    MixerSpec,
+    MixerWeights,
+    apply_gate,
+    features,
+    gate,
+    power_activation,
+    power_features,
+    product_features,
+)
 
 __all__ = [
     "accumulation_dtype",

@@ -14,7 +14,7 @@ per-segment sums (:meth:`Segments.sums`), the mean over segments
 (:func:`segment_means`: a prefix over segments, an optional streaming state, a division
 by the counts) and the read-out of each query's segment (:meth:`Segments.read`).
 :func:`segment_aggregate` chains them on whole tensors; the token-chunked fused pass
-(:mod:`polymixer.ops.chunked`) runs the same pieces chunk by chunk, with
+(:mod:`polymixer.ops.pom.chunked`) runs the same pieces chunk by chunk, with
 :func:`segment_means_adjoint` as the adjoint of the middle one. The packed and dense modes
 have their own forms (:func:`mean_packed`, :func:`mean_dense`); the PyTorch adjoint of
 every form is its autograd.

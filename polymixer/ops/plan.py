@@ -15,13 +15,17 @@ the settings are made (:meth:`MixerSettings.from_env`, once per mixer), never du
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import os
 from dataclasses import dataclass
 from typing import Mapping
 
 import torch
 
-from .spec import MixerSpec
+if TYPE_CHECKING:
+    from .pom.spec import MixerSpec
+
 
 __all__ = [
     "CPU_COMPILE_MIN_ROWS", "MixerSettings", "ExecutionPlan", "choose_path", "compile_decision",
@@ -101,7 +105,7 @@ class MixerSettings:
 class ExecutionPlan:
     """How one mixer call runs (see the module docstring).
 
-    form: ``"fused"`` or ``"lean"`` (:class:`polymixer.ops.fused.FusedPolynomialMix`:
+    form: ``"fused"`` or ``"lean"`` (:class:`polymixer.ops.pom.fused.FusedPolynomialMix`:
         hand-written backward keeping two F-wide tensors, or none), or ``"autograd"``
         (plain PyTorch autograd of features, aggregation and gate).
     chunked: fused/lean only: the mode has a segment form, so the features are summed
@@ -246,7 +250,7 @@ def choose_path(settings: MixerSettings, implementation: str, spec: MixerSpec, w
     if why is not None:
         backend, why_backend = aggregation_backend(settings.triton, x, mode, streaming, dtype)
         return ExecutionPlan("autograd", aggregation_backend=backend, reason=f"{why}; aggregation: {why_backend}")
-    from .elementwise import compile_failures
+    from .pom.chunk_ops import compile_failures
 
     rows = x.shape[0] * max(num_context, x.shape[1])
     compiled, why_compile = compile_decision(settings, device_type, rows)

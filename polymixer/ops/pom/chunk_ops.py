@@ -1,9 +1,9 @@
 """The element-wise work of a chunk of the fused/lean passes, eager or compiled.
 
-The chunked passes (:mod:`polymixer.ops.chunked`) run the element-wise work of a chunk
+The chunked passes (:mod:`polymixer.ops.pom.chunked`) run the element-wise work of a chunk
 through :class:`ChunkOps`, whose five methods each do in one function what would
 otherwise be several passes over F-wide tensors (e.g. features then their column sum),
-built from the one definition of the maths in :mod:`polymixer.ops.features`. In eager
+built from the one definition of the maths in :mod:`.maths` and :mod:`.derivatives`. In eager
 PyTorch every operation is its own pass; on a GPU, where these passes (not the GEMMs)
 dominate the mixer's time, they are compiled with ``torch.compile`` into a few fused
 kernels (on a CPU too for long inputs, where fused loops beat one pass per operation).
@@ -21,7 +21,8 @@ import warnings
 
 import torch
 
-from .features import apply_gate, feature_backward, features, gate, gate_backward, gate_input_grad
+from .derivatives import feature_backward, gate_backward, gate_input_grad
+from .maths import apply_gate, features, gate
 from .spec import MixerSpec
 
 __all__ = ["ChunkOps", "compile_failures", "clear_compile_cache"]
@@ -70,7 +71,7 @@ def _chunk_gate_backward(spec: MixerSpec, z, H, d_gated, sum_rows: bool, acc: to
 
 
 def _chunk_feature_backward(spec: MixerSpec, u, coeff, dh, w, bias_acc: torch.dtype | None):
-    """:func:`~polymixer.ops.features.feature_backward` of a chunk, with the padding weights
+    """:func:`~polymixer.ops.pom.derivatives.feature_backward` of a chunk, with the padding weights
     ``w`` applied to dh. Returns ``(du_parts, d_coeff, d_b_parts)``: d_b_parts, when
     ``bias_acc`` is a dtype, the sums over the chunk's tokens of the parts in it (the
     chunk's part of the feature bias gradient), else None."""

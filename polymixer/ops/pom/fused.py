@@ -10,7 +10,7 @@ projections' outputs, the GELU outputs, running products, the gate, the gated st
 * form ``"lean"``: the inputs and those states only; the projections are recomputed
   too, so the mixer adds no F-wide activation at all.
 
-The passes themselves, token-chunked, are in :mod:`polymixer.ops.chunked`; the backward
+The passes themselves, token-chunked, are in :mod:`polymixer.ops.pom.chunked`; the backward
 pass is written out by hand and tested against plain autograd and the loop reference. It
 is not differentiable again (use the autograd form for double backward).
 """
@@ -21,8 +21,8 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .chunked import mix_backward, mix_forward
-from .elementwise import ChunkOps
-from .plan import ExecutionPlan
+from .chunk_ops import ChunkOps
+from ..plan import ExecutionPlan
 from .spec import MixerSpec, MixerWeights
 
 __all__ = ["FusedPolynomialMix", "fused_mix"]
@@ -32,7 +32,7 @@ class FusedPolynomialMix(torch.autograd.Function):
     """``y = W_o (s(x) * A(h(c))) + b_o`` with a hand-written backward pass.
 
     ``apply(x, c, *weights, spec, mode, plan)``: the weights as the seven entries of
-    :class:`~polymixer.ops.spec.MixerWeights` (autograd needs them as arguments); use
+    :class:`~polymixer.ops.pom.spec.MixerWeights` (autograd needs them as arguments); use
     :func:`fused_mix`.
     """
 

@@ -5,7 +5,7 @@ Working through the flattened ``B*N`` token rows in chunks keeps every F-wide te
 at ``chunk x F`` (in cache on a CPU, and a low peak); the projections run as chunk GEMMs
 written into their buffers, accumulating the weight gradients (in float32 for low
 precision inputs); each chunk's element-wise work is one call of
-:class:`~polymixer.ops.elementwise.ChunkOps` per phase (compiled or not, as planned).
+:class:`~polymixer.ops.pom.chunk_ops.ChunkOps` per phase (compiled or not, as planned).
 
 The aggregation comes in two shapes, one per kind of mode:
 
@@ -28,8 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .aggregation import Segments, segment_counts, segment_means, segment_means_adjoint
-from .elementwise import ChunkOps
+from ..aggregation import Segments, segment_counts, segment_means, segment_means_adjoint
+from .chunk_ops import ChunkOps
 from .spec import MixerSpec, MixerWeights
 
 __all__ = ["mix_forward", "mix_backward"]
@@ -216,7 +216,7 @@ def mix_backward(spec: MixerSpec, mode, dy: torch.Tensor, x: torch.Tensor, c: to
                  weights: MixerWeights, ops: ChunkOps, chunk_rows: int, state, u_all, z_all):
     """Backward pass; ``state``, ``u_all``, ``z_all`` as returned by :func:`mix_forward`
     (None: recomputed). Returns the gradients ``(d_x, d_c, *d_weights)`` in the order of
-    :class:`~polymixer.ops.spec.MixerWeights`.
+    :class:`~polymixer.ops.pom.spec.MixerWeights`.
     """
     call = _Call(mode, x, c, chunk_rows)
     w_h, b_h, coeff, w_s, b_s, w_o, b_o = weights

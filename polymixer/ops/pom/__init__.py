@@ -1,0 +1,53 @@
+"""The Polynomial Mixer as tensor functions, in the layout of flash-linear-attention:
+
+* :mod:`.maths`: the paper's per-token equations (features, gate); :mod:`.derivatives`
+  their derivatives; :mod:`.spec` the static description and the weights;
+* :mod:`.naive`: plain autograd, and the dense-mask oracle;
+* :mod:`.chunked` (passes), :mod:`.chunk_ops` (their element-wise work, eager or
+  compiled) and :mod:`.fused` (the autograd Function): the memory-lean forms with a
+  hand-written backward (``"fused"``, ``"lean"``);
+* :mod:`.recurrent`: one block of a stream, state in, state out;
+* the Triton aggregation kernels are in :mod:`polymixer.ops.triton`.
+
+:func:`mix` and :func:`step` are the entry points; the :class:`~polymixer.ops.plan.ExecutionPlan`
+(:func:`~polymixer.ops.plan.choose_path`) says which form runs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..context import ContextMode
+from ..plan import ExecutionPlan
+from .fused import fused_mix
+from .maths import apply_gate, features, gate, power_activation, power_features, product_features
+from .naive import autograd_mix, context_features, read_out, reference_mix
+from .recurrent import recurrent_step
+from .spec import MixerSpec, MixerWeights
+
+__all__ = ["mix", "step", "MixerSpec", "MixerWeights", "features", "gate", "apply_gate", "product_features",
+           "power_activation", "power_features", "context_features", "read_out", "reference_mix", "autograd_mix",
+           "recurrent_step", "fused_mix"]
+
+
+def mix(x: torch.Tensor, context: torch.Tensor | None, weights: MixerWeights, spec: MixerSpec, mode: ContextMode,
+        plan: ExecutionPlan, prefix: tuple | None = None) -> torch.Tensor:
+    """The mixer's output ``(B, M, D)`` for queries ``x: (B, M, D)`` and ``context: (B, N, D)``
+    (None: self-mixing) in ``mode``, by the form ``plan`` names; ``prefix = (total, count)``
+    a streaming state every query also reads (autograd form only)."""
+    if plan.form != "autograd":
+        if prefix is not None:
+            raise ValueError(f"plan: the {plan.form} form takes no streaming state")
+        return fused_mix(x, context, weights, spec, mode, plan)
+    return autograd_mix(x, x if context is None else context, weights, spec, mode, prefix,
+                        backend=plan.aggregation_backend)
+
+
+def step(x: torch.Tensor, weights: MixerWeights, spec: MixerSpec, plan: ExecutionPlan, total: torch.Tensor,
+         count: torch.Tensor, context_mask: torch.Tensor | None = None):
+    """One block ``x: (B, t, D)`` of a stream: ``(y, new_total, new_count)``
+    (:func:`~.recurrent.recurrent_step`); ``plan`` must be the autograd form (what
+    :func:`~polymixer.ops.plan.choose_path` gives for a streaming call)."""
+    if plan.form != "autograd":
+        raise ValueError(f"plan: a stream runs the autograd form, not {plan.form!r}")
+    return recurrent_step(x, weights, spec, total, count, context_mask)
