@@ -72,7 +72,7 @@ def test_autograd_path_uses_the_triton_kernels():
     h = mixer.features(x)
     from polymixer.ops.context import aggregate
 
-    out = aggregate(h, resolve_context(2, 100, 100, causal=True, device=DEV))
+    out = aggregate(h, resolve_context(2, 100, 100, causal=True, device=DEV), backend="triton")
     assert "TritonAggregate" in type(out.grad_fn).__name__
     plan = mixer.execution_plan(x, causal=True)
     assert plan.form == "autograd" and plan.aggregation_backend == "triton", plan

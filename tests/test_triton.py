@@ -25,6 +25,7 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton")
 
 from polymixer.ops.context import aggregate, resolve_context  # noqa: E402
+from polymixer.ops.plan import aggregation_backend  # noqa: E402
 from polymixer.ops.reference import reference_aggregate  # noqa: E402
 from polymixer import PolynomialMixer  # noqa: E402
 from polymixer.ops import MixerSettings  # noqa: E402
@@ -91,8 +92,7 @@ def _check(h, mode, chunk_size=None, atol=1e-5, rtol=1e-5, grad_atol=None, grad_
     assert out.dtype == (torch.float64 if h.dtype == torch.float64 else torch.float32)
     assert out.shape == ref.shape
     torch.testing.assert_close(out, ref, atol=atol, rtol=rtol)
-    if h.device.type == "cpu":  # on CUDA aggregate() itself dispatches to the kernels
-        torch.testing.assert_close(out, aggregate(h, mode), atol=atol, rtol=rtol)
+    torch.testing.assert_close(out, aggregate(h, mode), atol=atol, rtol=rtol)  # the PyTorch form
     g = torch.randn_like(out)
     out.backward(g)
     ref.backward(g)
@@ -155,17 +155,22 @@ def test_rejects_other_modes(device):
 def test_aggregate_dispatches_on_cuda():
     h = torch.randn(B, 130, F, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     mode = resolve_context(B, 130, 130, causal=True, device="cuda")
-    out = aggregate(h, mode)
+    backend, _ = aggregation_backend("auto", h, mode)
+    assert backend == "triton"
+    out = aggregate(h, mode, backend=backend)
     assert out.dtype == torch.float32
     assert "TritonAggregate" in type(out.grad_fn).__name__, type(out.grad_fn).__name__
     torch.testing.assert_close(out, reference_aggregate(h.detach(), mode, 130), atol=1e-5, rtol=1e-5)
 
 
 def test_aggregate_does_not_dispatch_on_cpu():
-    """Even with the interpreter on, aggregate() keeps the PyTorch forms for CPU tensors."""
+    """Even with the interpreter on, the plan keeps the PyTorch forms for CPU tensors, and
+    aggregate() runs the backend it is given (PyTorch by default)."""
     h = torch.randn(B, 9, F, requires_grad=True)
     for kw in ({}, {"causal": True}, {"block_size": 4}):
-        out = aggregate(h, resolve_context(B, 9, 9, **kw))
+        mode = resolve_context(B, 9, 9, **kw)
+        assert aggregation_backend("auto", h, mode)[0] == "torch"
+        out = aggregate(h, mode)
         assert "TritonAggregate" not in type(out.grad_fn).__name__, type(out.grad_fn).__name__
     mixer = PolynomialMixer(16, implementation="autograd")
     assert mixer.execution_plan(torch.randn(2, 9, 16), causal=True).aggregation_backend == "torch"

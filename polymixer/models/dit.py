@@ -35,6 +35,7 @@ from .blocks import (
     run_blocks,
     sincos_2d,
 )
+from ..ops.plan import compiling
 from .registry import config_from_dict, config_to_dict, register_model
 
 __all__ = ["DiTConfig", "DiT", "check_time"]
@@ -153,7 +154,7 @@ class DiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, **context) -> torch.Tensor:
         """Predict the velocity (or noise) of ``x: (B, C, H, W)`` at times ``t: (B,)`` for labels ``y: (B,)``."""
-        if not torch.compiler.is_compiling():
+        if not compiling():
             t = self._check_inputs(x, t, y)
         elif t.dim() == 0:
             t = t.expand(x.shape[0])

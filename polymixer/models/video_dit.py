@@ -53,6 +53,7 @@ from .blocks import (
 )
 from .dit import check_time
 from .mixers import legacy_frame_local_pattern
+from ..ops.plan import compiling
 from .registry import config_from_dict, config_to_dict, register_model
 
 __all__ = ["VideoDiTConfig", "VideoDiT", "NOISE_LEVELS"]
@@ -231,7 +232,7 @@ class VideoDiT(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, frame_offset: int = 0) -> torch.Tensor:
         """Predict the velocity (or noise) of clips ``x: (B, F, C, H, W)``, every frame at
         once, block-causal over frames; see the class docstring."""
-        if not torch.compiler.is_compiling():
+        if not compiling():
             t = self._check_inputs(x, t, y)
         tokens, c, grid = self._embed(x, t, y, frame_offset)
         tokens = run_blocks(self.blocks, tokens, c, self.gradient_checkpointing, block_size=grid[0] * grid[1],
@@ -245,7 +246,7 @@ class VideoDiT(nn.Module):
         prediction ``(B, F, C, H, W)`` and the state that also holds these frames. One frame
         (group of ``temporal_patch`` frames) after another, each reading the ones before:
         equal to the parallel call on the whole clip. ``state`` is not changed."""
-        if not torch.compiler.is_compiling():
+        if not compiling():
             t = self._check_inputs(x, t, y)
             self._check_state(state)
         tp = self.config.temporal_patch

@@ -15,18 +15,13 @@ import torch
 from torch import nn
 
 from ._checks import check_positive_int
+from ..ops.plan import compiling
 from .mixer import PolynomialMixer
 
 __all__ = ["PolynomialMultiheadAttention", "replace_multihead_attention"]
 
 logger = logging.getLogger(__name__)
 
-
-def _compiling() -> bool:
-    try:
-        return bool(torch.compiler.is_compiling())
-    except AttributeError:  # pragma: no cover - older torch
-        return False
 
 
 class _NoPackedProjection:
@@ -171,7 +166,7 @@ class PolynomialMultiheadAttention(nn.Module):
             return ~m
         if m.dtype.is_floating_point:
             allowed = m == 0
-            if _compiling():  # the value check would break the graph; -inf and any non-zero mask
+            if compiling():  # the value check would break the graph; -inf and any non-zero mask
                 return allowed
             bad = ~(allowed | (m == float("-inf")))
             if bool(bad.any()):

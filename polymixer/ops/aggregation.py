@@ -30,6 +30,8 @@ from typing import Sequence
 
 import torch
 
+from .plan import compiling
+
 __all__ = [
     "accumulation_dtype",
     "Segments",
@@ -46,11 +48,6 @@ __all__ = [
 ]
 
 
-def _compiling() -> bool:
-    try:
-        return torch.compiler.is_compiling()
-    except AttributeError:  # pragma: no cover - torch < 2.3
-        return False
 
 
 @torch.library.custom_op("polymixer::cumsum", mutates_args=())
@@ -80,7 +77,7 @@ def _cumsum(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Prefix sum along ``dim``. Inside torch.compile it is an opaque call of ATen's kernel:
     inductor's own scan codegen for CUDA (torch 2.11) fails on the scans fused with the
     feature computation here ("list indices must be integers or slices, not NoneType")."""
-    return _opaque_cumsum(t, dim) if _compiling() else t.cumsum(dim)
+    return _opaque_cumsum(t, dim) if compiling() else t.cumsum(dim)
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -29,8 +29,8 @@ from typing import ClassVar, Sequence
 import torch
 
 from . import aggregation as agg
-from .aggregation import Segments, _compiling
-from .plan import aggregation_backend
+from .aggregation import Segments
+from .plan import compiling
 
 __all__ = [
     "ContextMode", "SegmentMode", "Full", "Causal", "BlockCausal", "Packed", "Dense",
@@ -262,7 +262,7 @@ def resolve_context(
         lengths = torch.as_tensor(block_lengths)
         if lengths.dim() != 1 or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
             raise TypeError(f"block_lengths: expected a 1-D sequence of ints, got {block_lengths!r}")
-        if not _compiling():
+        if not compiling():
             values = lengths.tolist()
             if any(v < 1 for v in values) or sum(values) != num_context:
                 raise ValueError(
@@ -282,7 +282,7 @@ def resolve_context(
             )
         if cu_seqlens.numel() < 2:
             raise ValueError(f"cu_seqlens: expected at least 2 entries, got {cu_seqlens.numel()}")
-        if not _compiling():
+        if not compiling():
             values = cu_seqlens.tolist()
             if values[0] != 0 or values[-1] != num_context:
                 raise ValueError(
@@ -298,20 +298,18 @@ def resolve_context(
     return Full(context_mask=context_mask)
 
 
-def aggregate(h: torch.Tensor, mode: ContextMode, prefix=None, backend: str = "auto") -> torch.Tensor:
+def aggregate(h: torch.Tensor, mode: ContextMode, prefix=None, backend: str = "torch") -> torch.Tensor:
     """The state each query reads: ``(B, 1, F)`` for the full mode, ``(B, M, F)`` otherwise.
 
     h: (B, N, F) context features; prefix: optional ``(total (B, F), count (B,))`` of
     tokens seen before, read by every query (streamable modes only). Float32 (float64 for
-    float64 input). backend: ``"torch"`` (:meth:`ContextMode.aggregate`), ``"triton"``
-    (:func:`polymixer.ops.triton.triton_aggregate`, segment modes), or ``"auto"``:
-    as :func:`polymixer.ops.plan.aggregation_backend` decides with the default settings
-    (Triton for CUDA tensors of the segment modes when Triton is installed).
+    float64 input). backend: ``"torch"`` (:meth:`ContextMode.aggregate`, default) or
+    ``"triton"`` (:func:`polymixer.ops.triton.triton_aggregate`, segment modes). Which one a
+    mixer call uses is the plan's decision (:func:`polymixer.ops.plan.aggregation_backend`,
+    shown by ``execution_plan()``), not this function's.
     """
     if prefix is not None and not mode.streamable:
         raise ValueError(f"a streaming state cannot be combined with the {mode.kind} context mode")
-    if backend == "auto":
-        backend = aggregation_backend("auto", h, mode, streaming=prefix is not None)[0]
     if backend == "triton":
         if prefix is not None:
             raise ValueError("backend: the Triton kernels take no streaming state")
@@ -319,7 +317,7 @@ def aggregate(h: torch.Tensor, mode: ContextMode, prefix=None, backend: str = "a
 
         return triton_aggregate(h, mode)
     if backend != "torch":
-        raise ValueError(f"backend: expected 'auto', 'torch' or 'triton', got {backend!r}")
+        raise ValueError(f"backend: expected 'torch' or 'triton', got {backend!r}")
     return mode.aggregate(h, prefix)
 
 
