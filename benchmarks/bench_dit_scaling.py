@@ -94,8 +94,8 @@ def _call(what: str, model: DiT, x, y, t, args):
         model.eval()
 
         def call():
-            sample(model, x, y, objective=FlowMatching(), steps=args.sampling_steps, cfg_scale=args.cfg,
-                   null_class=10)
+            sample(model, x, model.condition(y), objective=FlowMatching(), steps=args.sampling_steps,
+                   cfg_scale=args.cfg)
     return call
 
 

@@ -126,7 +126,7 @@ def generate(
                                                                                       and cfg_scale >= 0):
         raise ValueError(f"cfg_scale: expected a guidance scale >= 0 (1 = off), got {cfg_scale!r}")
     labels = torch.tensor([c for c in classes for _ in range(per_class)], dtype=torch.int64)
-    model.check_labels(labels)
+    cond = model.condition(labels)
     size = image_size or cfg.image_size
     model.check_image_size(size, size)
     sampler = pipeline.check_sampler(sampler)
@@ -139,9 +139,9 @@ def generate(
     outs = []
     try:
         for start in range(0, len(labels), batch_size):
-            x = sample(model, noise[start:start + batch_size].to(device), labels[start:start + batch_size].to(device),
+            x = sample(model, noise[start:start + batch_size].to(device), cond.rows(slice(start, start + batch_size)).to(device),
                        objective=objective, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                       null_class=cfg.n_classes, shift=pipeline.shift,
+                       shift=pipeline.shift,
                        clip=None if latent else 1.0, progress=progress)
             outs.append(x.float().cpu())
     finally:

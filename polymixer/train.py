@@ -45,6 +45,7 @@ from .models.blocks import TransformerConfig
 from .models.video_dit import VideoDiTConfig
 from .models.io import load_state_checked, widen_gates
 from .models.presets import config_for_data, dit_config
+from .conditioning import ClassLabels
 from .pipeline import SamplingConfig
 
 __all__ = ["TrainConfig", "train", "prepare", "build", "restore", "fit", "train_step", "Run", "TrainingInterrupted",
@@ -567,9 +568,9 @@ def train_step(run: Run) -> tuple[float, float | None, float]:
     idx = batch_indices(len(run.data), config.batch_size, run.step, config.seed, run.dist.rank, run.dist.world_size)
     x0, y = run.data.batch(idx)
     x0, y = x0.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    y = ClassLabels(y, run.data.n_classes)  # the conditioning object (owns the null label)
     if config.label_dropout > 0:
-        drop = torch.rand(y.shape, device=device) < config.label_dropout
-        y = torch.where(drop, torch.full_like(y, run.data.n_classes), y)
+        y = y.drop(torch.rand(y.labels.shape, device=device) < config.label_dropout)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.bf16
                 else contextlib.nullcontext())
     with autocast:

@@ -84,13 +84,13 @@ class FrameStream:
         return self.model.step(x, t, y, state, frame_offset=self.frame)[0]
 
     @torch.no_grad()
-    def add_clean_frame(self, frame: torch.Tensor, y: torch.Tensor, null_class: int | None) -> None:
+    def add_clean_frame(self, frame: torch.Tensor, cond, guided: bool) -> None:
         """Feed a finished clean frame ``(B, 1, C, H, W)`` at t = 0 into the clean states of
-        the conditional rows and, for guidance (``null_class``), of the doubled rows."""
+        the conditional rows and, for guidance, of the doubled rows (``cond`` then its null)."""
         B = frame.shape[0]
-        for batch in ([B, 2 * B] if null_class is not None else [B]):
+        for batch in ([B, 2 * B] if guided else [B]):
             rows = frame if batch == B else torch.cat([frame, frame])
-            labels = y if batch == B else torch.cat([y, torch.full_like(y, null_class)])
+            labels = cond if batch == B else cond.cat(cond.null())
             t = torch.zeros(batch, 1, device=frame.device, dtype=frame.dtype)
             state = self._state(self.clean, batch, batch, frame.device)
             self.clean[batch] = self.model.step(rows, t, labels, state, frame_offset=self.frame)[1]
@@ -130,11 +130,11 @@ def iter_video_frames(
     model.check_frames(frames)
     size = frame_size or cfg.image_size
     model.check_frame_size(size, size)
-    model.check_labels(labels)
+    cond = model.condition(labels)  # labels (B,) or ClassLabels: the conditioning object
     sampler = pipeline.check_sampler(sampler)
     objective = pipeline.make_objective()
     shape = (cfg.in_channels, size, size)
-    B = labels.shape[0]
+    B = cond.batch_size
     known = 0
     if context is not None:
         if cfg.noise_levels != "frame":
@@ -155,8 +155,8 @@ def iter_video_frames(
                          f"{frames} frames, got {tuple(noise.shape)}")
     tp = cfg.temporal_patch
     dtype = next(model.parameters()).dtype
-    labels = labels.to(device)
-    run = dict(objective=objective, sampler=sampler, steps=steps, cfg_scale=cfg_scale, null_class=cfg.n_classes,
+    cond = cond.to(device)
+    run = dict(objective=objective, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
                shift=pipeline.shift, clip=None if pipeline.latent else 1.0)
     gen = torch.Generator().manual_seed(seed)
 
@@ -169,7 +169,7 @@ def iter_video_frames(
     try:
         with torch.no_grad():
             if mode == "joint":
-                clip = sample(model, draw(0, frames).to(device=device, dtype=dtype), labels, progress=progress, **run)
+                clip = sample(model, draw(0, frames).to(device=device, dtype=dtype), cond, progress=progress, **run)
                 yield from clip.split(1, dim=1)
                 return
             streamed = FrameStream(model, per_evaluation=cfg.noise_levels == "clip",
@@ -183,9 +183,9 @@ def iter_video_frames(
                 if f < known:
                     frame = context[:, f:f + tp].to(device=device, dtype=dtype)
                 else:
-                    frame = sample(streamed, frame_noise.to(device=device, dtype=dtype), labels, indexed=True, **run)
+                    frame = sample(streamed, frame_noise.to(device=device, dtype=dtype), cond, indexed=True, **run)
                 if cfg.noise_levels == "frame":
-                    streamed.add_clean_frame(frame, labels, cfg.n_classes if guided else None)
+                    streamed.add_clean_frame(frame, cond, guided)
                 yield from frame.split(1, dim=1)
     finally:
         model.train(was_training)
@@ -195,8 +195,6 @@ def sample_video(model: nn.Module, pipeline: SamplingConfig, labels: torch.Tenso
                  mode: str = "sequential", **kwargs) -> torch.Tensor:
     """Clips ``(B, frames, C, H, W)`` in the data range (float32 on the CPU) for ``labels: (B,)``;
     keyword arguments as for :func:`iter_video_frames`."""
-    if not isinstance(labels, torch.Tensor):
-        labels = torch.as_tensor(labels, dtype=torch.int64)
     out = [f.float().cpu() for f in iter_video_frames(model, pipeline, labels, frames=frames, mode=mode, **kwargs)]
     lo, hi = pipeline.data_range
     return torch.cat(out, dim=1).clamp(lo, hi)

@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from polymixer.conditioning import ClassLabels
+
 from polymixer.diffusion import (
     DDPM,
     FlowMatching,
@@ -167,17 +169,34 @@ def test_classifier_free_guidance_combination():
     calls = []
 
     def model(x, t, y):
-        calls.append(y.clone())
-        return x * 0 + y.view(-1, 1, 1, 1).float()  # predicts its label
+        calls.append(y.labels.clone())
+        return x * 0 + y.labels.view(-1, 1, 1, 1).float()  # predicts its label
 
     x = torch.zeros(3, 1, 2, 2)
     t = torch.full((3,), 0.5)
-    y = torch.tensor([1, 2, 3])
-    out = classifier_free_guidance(model, null_class=10, scale=4.0)(x, t, y)
+    y = ClassLabels(torch.tensor([1, 2, 3]), n_classes=10)
+    out = classifier_free_guidance(model, scale=4.0)(x, t, y)
     # u + w (c - u) with u = 10 (the null label), c = y
-    assert torch.allclose(out[:, 0, 0, 0], 10 + 4.0 * (y.float() - 10))
+    assert torch.allclose(out[:, 0, 0, 0], 10 + 4.0 * (y.labels.float() - 10))
     assert len(calls) == 1 and torch.equal(calls[0], torch.tensor([1, 2, 3, 10, 10, 10]))  # one batched call
-    assert classifier_free_guidance(model, 10, 1.0) is model
+    assert classifier_free_guidance(model, 1.0) is model
+    with pytest.raises(TypeError, match="conditioning object"):
+        classifier_free_guidance(model, 2.0)(x, t, y.labels)
+
+
+def test_class_labels_condition():
+    y = ClassLabels(torch.tensor([0, 3, 9]), n_classes=10)
+    assert y.batch_size == 3 and torch.equal(y.null().labels, torch.full((3,), 10))
+    assert torch.equal(y.cat(y.null()).labels, torch.tensor([0, 3, 9, 10, 10, 10]))
+    assert torch.equal(y.rows(slice(1, 3)).labels, torch.tensor([3, 9]))
+    assert torch.equal(y.drop(torch.tensor([True, False, True])).labels, torch.tensor([10, 3, 10]))
+    assert torch.equal(y.labels, torch.tensor([0, 3, 9]))  # a value: never changed in place
+    for bad, error in ((torch.tensor([11]), ValueError), (torch.tensor([-1]), ValueError),
+                       (torch.tensor([0.5]), TypeError), ([1], TypeError), (torch.zeros(2, 2, dtype=torch.long), ValueError)):
+        with pytest.raises(error, match="y:"):
+            ClassLabels(bad, n_classes=10)
+    with pytest.raises(ValueError, match="other"):
+        y.cat(ClassLabels(torch.tensor([1]), n_classes=5))
 
 
 def test_sample_dispatch_and_errors():
@@ -189,8 +208,10 @@ def test_sample_dispatch_and_errors():
         sample(gaussian_velocity, noise, y, objective=FlowMatching(), sampler="ddim")
     with pytest.raises(ValueError, match="sampler"):
         sample(gaussian_velocity, noise, y, objective=DDPM(), sampler="euler")
-    with pytest.raises(ValueError, match="null_class"):
+    with pytest.raises(TypeError, match="conditioning object"):
         sample(gaussian_velocity, noise, y, objective=FlowMatching(), cfg_scale=2.0)
+    with pytest.raises(ValueError, match="one per sample"):
+        sample(gaussian_velocity, noise, y[:1], objective=FlowMatching())
     with pytest.raises(ValueError, match="steps"):
         sample(gaussian_velocity, noise, y, objective=FlowMatching(), steps=0)
     with pytest.raises(ValueError, match="objective"):
@@ -203,13 +224,13 @@ def test_samplers_are_deterministic_and_only_call_the_model():
     seen = []
 
     def model(x, t, y):
-        seen.append((tuple(x.shape), tuple(t.shape), tuple(y.shape)))
+        seen.append((tuple(x.shape), tuple(t.shape), tuple(y.labels.shape)))
         return -x
 
     noise = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
-    y = torch.tensor([0, 1, 2])
-    a = sample(model, noise, y, objective=FlowMatching(), steps=5, cfg_scale=2.0, null_class=3)
-    b = sample(model, noise, y, objective=FlowMatching(), steps=5, cfg_scale=2.0, null_class=3)
+    y = ClassLabels(torch.tensor([0, 1, 2]), n_classes=3)
+    a = sample(model, noise, y, objective=FlowMatching(), steps=5, cfg_scale=2.0)
+    b = sample(model, noise, y, objective=FlowMatching(), steps=5, cfg_scale=2.0)
     assert torch.equal(a, b)
     assert all(s == ((6, 2, 4, 4), (6,), (6,)) for s in seen)
     assert math.isfinite(a.abs().max().item())

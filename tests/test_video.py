@@ -223,7 +223,7 @@ def test_per_frame_model_continues_a_clip(cfg):
 
     from polymixer.diffusion import classifier_free_guidance
 
-    ref = euler(classifier_free_guidance(frame3, 10, cfg), noise, y, steps=3).clamp(-1, 1)
+    ref = euler(classifier_free_guidance(frame3, cfg), noise, model.condition(y), steps=3).clamp(-1, 1)
     assert (ref.float() - out[:, 3:4]).abs().max() < 1e-6
 
 

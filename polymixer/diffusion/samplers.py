@@ -1,8 +1,9 @@
 """Samplers: Euler and Heun for flow matching, DDIM for DDPM; classifier-free guidance.
 
-A sampler knows nothing about the network beyond the call ``model(x_t, t, y)``
+A sampler knows nothing about the network beyond the call ``model(x_t, t, cond)``
 (``x_t: (B, ...)`` images or clips, ``t: (B,)`` float in [0, 1], one time per sample, which
-the network broadcasts over the samples' other leading dimensions, ``y: (B,)`` int labels).
+the network broadcasts over the samples' other leading dimensions, ``cond`` a conditioning
+object of B rows, :mod:`polymixer.conditioning`, which owns its null value for guidance).
 Context a network needs beyond that (masks) is bound into the callable by the caller,
 e.g. ``functools.partial(model, context_mask=...)``. With ``indexed=True`` a sampler also
 says which of its network evaluations a call is, ``model(x_t, t, y, evaluation=k)`` with
@@ -16,6 +17,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ..conditioning import Condition
 from .objectives import DDPM, FlowMatching, time_shift
 
 __all__ = ["classifier_free_guidance", "euler", "heun", "ddim", "sample", "SAMPLERS", "flow_times"]
@@ -24,8 +26,9 @@ Model = Callable[..., torch.Tensor]
 SAMPLERS = {"flow": ("euler", "heun"), "ddpm": ("ddim",)}
 
 
-def classifier_free_guidance(model: Model, null_class: int, scale: float) -> Model:
-    """``u + w (c - u)`` with c the conditional and u the null-label prediction.
+def classifier_free_guidance(model: Model, scale: float) -> Model:
+    """``u + w (c - u)`` with c the conditional and u the unconditional prediction (the
+    condition's ``null()``).
 
     Both are computed in one batched call. ``scale = 1`` returns the plain conditional
     model, ``scale = 0`` the unconditional one.
@@ -33,11 +36,11 @@ def classifier_free_guidance(model: Model, null_class: int, scale: float) -> Mod
     if scale == 1.0:
         return model
 
-    def guided(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, **index) -> torch.Tensor:
-        null = torch.full_like(y, null_class)
+    def guided(x: torch.Tensor, t: torch.Tensor, cond, **index) -> torch.Tensor:
+        _check_condition(cond)
         if scale == 0.0:
-            return model(x, t, null, **index)
-        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]), **index)
+            return model(x, t, cond.null(), **index)
+        out = model(torch.cat([x, x]), torch.cat([t, t]), cond.cat(cond.null()), **index)
         cond, uncond = out.chunk(2)
         return uncond + scale * (cond - uncond)
 
@@ -47,6 +50,12 @@ def classifier_free_guidance(model: Model, null_class: int, scale: float) -> Mod
 def flow_times(steps: int, shift: float = 1.0, device=None) -> torch.Tensor:
     """The ``steps + 1`` times from 1 (noise) to 0 (data), time-shifted by ``shift``."""
     return time_shift(torch.linspace(1.0, 0.0, steps + 1, device=device, dtype=torch.float64), shift)
+
+
+def _check_condition(cond) -> None:
+    if not isinstance(cond, Condition):
+        raise TypeError(f"cond: guidance needs a conditioning object with a null value (e.g. "
+                        f"polymixer.conditioning.ClassLabels(labels, n_classes)), got {type(cond).__name__}")
 
 
 def _index(indexed: bool, k: int) -> dict:
@@ -133,17 +142,17 @@ def sample(
     sampler: str | None = None,
     steps: int = 50,
     cfg_scale: float = 1.0,
-    null_class: int | None = None,
     shift: float = 1.0,
     clip: float | None = None,
     progress: bool = False,
     indexed: bool = False,
 ) -> torch.Tensor:
-    """Sample from ``noise: (B, C, H, W)`` for labels ``y: (B,)`` with classifier-free guidance.
+    """Sample from ``noise: (B, C, H, W)`` for the condition ``y`` (B rows, e.g.
+    :class:`~polymixer.conditioning.ClassLabels`) with classifier-free guidance.
 
     ``sampler``: ``"euler"`` or ``"heun"`` for flow matching (default euler), ``"ddim"``
-    for DDPM (default). ``null_class`` (required when ``cfg_scale != 1``) is the label the
-    model was trained with for "no class". ``shift``: time shift of the flow sampler's grid.
+    for DDPM (default). Guidance (``cfg_scale != 1``) uses the condition's ``null()``.
+    ``shift``: time shift of the flow sampler's grid.
     ``indexed``: call ``model(x, t, y, evaluation=k)`` (see the module docstring).
     """
     kind = "flow" if isinstance(objective, FlowMatching) else "ddpm" if isinstance(objective, DDPM) else None
@@ -153,11 +162,12 @@ def sample(
     if sampler not in SAMPLERS[kind]:
         raise ValueError(f"sampler: {sampler!r} does not go with the {kind} objective; expected one of {SAMPLERS[kind]}")
     _check_steps(steps)
-    if cfg_scale != 1.0 and null_class is None:
-        raise ValueError("null_class: needed for classifier-free guidance (cfg_scale != 1)")
-    if y.shape != (noise.shape[0],):
-        raise ValueError(f"y: expected shape ({noise.shape[0]},), got {tuple(y.shape)}")
-    fn = classifier_free_guidance(model, null_class, cfg_scale) if cfg_scale != 1.0 else model
+    if cfg_scale != 1.0:
+        _check_condition(y)
+    rows = y.batch_size if isinstance(y, Condition) else y.shape[0] if isinstance(y, torch.Tensor) else None
+    if rows != noise.shape[0]:
+        raise ValueError(f"y: expected a condition of {noise.shape[0]} rows (one per sample), got {rows}")
+    fn = classifier_free_guidance(model, cfg_scale) if cfg_scale != 1.0 else model
     if sampler == "euler":
         return euler(fn, noise, y, steps, shift, progress, indexed)
     if sampler == "heun":

@@ -16,13 +16,14 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..conditioning import ClassLabels, check_labels
 from ..nn.mixer import IMPLEMENTATIONS
 from ..nn.protocol import can_stream
 from .mixers import LayerMixer, build_mixer, parse_mixer_pattern
 
 __all__ = [
     "TransformerConfig", "sincos_1d", "sincos_2d", "TimestepEmbedding", "modulate", "gated",
-    "MLP", "DiTBlock", "FinalLayer", "build_blocks", "run_blocks",
+    "MLP", "DiTBlock", "FinalLayer", "build_blocks", "run_blocks", "check_labels", "check_condition", "labels_of",
 ]
 
 
@@ -336,14 +337,23 @@ def init_dit_weights(model: nn.Module) -> None:
         nn.init.zeros_(p)
 
 
-def check_labels(y, n_classes: int) -> None:
-    """Raise for labels that are not integers in [0, n_classes] (n_classes is the null label)."""
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"y: expected a torch.Tensor of class labels, got {type(y).__name__}")
-    if y.dtype.is_floating_point or y.dtype == torch.bool:
-        raise TypeError(f"y: expected integer class labels, got dtype {y.dtype}")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) > n_classes):
-        bad = y[(y < 0) | (y > n_classes)][0].item()
-        raise ValueError(
-            f"y: unknown class index {bad}; expected 0..{n_classes - 1} (or {n_classes}, the null label)"
-        )
+def check_condition(y, n_classes: int, batch: int) -> None:
+    """Raise unless ``y`` conditions ``batch`` samples of a model of ``n_classes`` classes:
+    :class:`~polymixer.conditioning.ClassLabels`, or a ``(batch,)`` tensor of labels."""
+    if isinstance(y, ClassLabels):
+        if y.n_classes != n_classes:
+            raise ValueError(f"y: labels of {y.n_classes} classes given to a model of {n_classes}")
+        labels = y.labels
+    else:
+        labels = y
+        if not isinstance(y, torch.Tensor) or y.shape != (batch,):
+            raise ValueError(f"y: expected ClassLabels or a ({batch},) tensor of labels, got "
+                             f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}")
+        check_labels(y, n_classes)
+    if labels.shape != (batch,):
+        raise ValueError(f"y: expected {batch} labels (one per sample), got {labels.shape[0]}")
+
+
+def labels_of(y) -> torch.Tensor:
+    """The label tensor of ``y`` (ClassLabels or a tensor of labels)."""
+    return y.labels if isinstance(y, ClassLabels) else y

@@ -11,7 +11,8 @@ The network is called as ``model(x_t, t, y, **context)``:
     x_t: (B, C, H, W) noisy images or latents, H and W divisible by the patch size
     t:   (B,) float times in [0, 1] (flow-matching time, or DDPM step / num_steps), or a
          scalar tensor for the whole batch
-    y:   (B,) int64 class labels in [0, n_classes]; ``n_classes`` is the null label
+    y:   the condition: :class:`~polymixer.conditioning.ClassLabels` (or a (B,) int64 tensor of
+         labels in [0, n_classes]; ``n_classes`` is the null label)
     context: keyword arguments passed to every token mixer (e.g. ``context_mask``, a
          (B, N) padding mask over the tokens)
 returning a tensor of the shape of ``x_t`` (a velocity or a noise prediction).
@@ -30,11 +31,14 @@ from .blocks import (
     FinalLayer,
     TimestepEmbedding,
     TransformerConfig,
+    check_condition,
     check_labels,
+    labels_of,
     init_dit_weights,
     run_blocks,
     sincos_2d,
 )
+from ..conditioning import ClassLabels, as_condition
 from ..ops.plan import compiling
 from .registry import config_from_dict, config_to_dict, register_model
 
@@ -128,6 +132,10 @@ class DiT(nn.Module):
                 f"image size: {height}x{width} is not divisible by the model's patch size {p}"
             )
 
+    def condition(self, labels) -> ClassLabels:
+        """Class labels ``(B,)`` (a tensor or a list) as this model's conditioning object."""
+        return as_condition(labels, self.config.n_classes)
+
     def check_labels(self, y: torch.Tensor) -> None:
         """Raise ValueError for labels outside [0, n_classes] (n_classes is the null label)."""
         check_labels(y, self.config.n_classes)
@@ -140,9 +148,7 @@ class DiT(nn.Module):
             raise ValueError(f"x: expected {self.config.in_channels} channels, got {x.shape[1]}")
         self.check_image_size(x.shape[2], x.shape[3])
         t = check_time(t, (x.shape[0],))
-        if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
-            raise ValueError(f"y: expected a ({x.shape[0]},) tensor of labels, got shape {tuple(getattr(y, 'shape', ()))}")
-        self.check_labels(y)
+        check_condition(y, self.config.n_classes, x.shape[0])
         return t
 
     # -------------------------------------------------------------- forward
@@ -163,7 +169,7 @@ class DiT(nn.Module):
         gh, gw = H // p, W // p
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
         tokens = tokens + self.positions(gh, gw, tokens.device, tokens.dtype)
-        c = self.time_embed(t) + self.class_embed(y)  # (B, D)
+        c = self.time_embed(t) + self.class_embed(labels_of(y))  # (B, D)
         tokens = run_blocks(self.blocks, tokens, c, self.gradient_checkpointing, grid=(gh, gw), **context)
         out = self.final(tokens, c)  # (B, N, p*p*C)
         out = out.view(B, gh, gw, p, p, C).permute(0, 5, 1, 3, 2, 4)

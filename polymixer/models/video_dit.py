@@ -45,7 +45,9 @@ from .blocks import (
     FinalLayer,
     TimestepEmbedding,
     TransformerConfig,
+    check_condition,
     check_labels,
+    labels_of,
     init_dit_weights,
     run_blocks,
     sincos_1d,
@@ -53,6 +55,7 @@ from .blocks import (
 )
 from .dit import check_time
 from .mixers import legacy_frame_local_pattern
+from ..conditioning import ClassLabels, as_condition
 from ..ops.plan import compiling
 from .registry import config_from_dict, config_to_dict, register_model
 
@@ -160,6 +163,10 @@ class VideoDiT(nn.Module):
         if frames % tp != 0:
             raise ValueError(f"frames: {frames} is not a multiple of the model's temporal patch {tp}")
 
+    def condition(self, labels) -> ClassLabels:
+        """Class labels ``(B,)`` (a tensor or a list) as this model's conditioning object."""
+        return as_condition(labels, self.config.n_classes)
+
     def check_labels(self, y: torch.Tensor) -> None:
         check_labels(y, self.config.n_classes)
 
@@ -180,9 +187,7 @@ class VideoDiT(nn.Module):
             t = check_time(t, (B, F))
         else:
             t = check_time(t, (B,))
-        if not isinstance(y, torch.Tensor) or y.shape != (B,):
-            raise ValueError(f"y: expected a ({B},) tensor of labels, got shape {tuple(getattr(y, 'shape', ()))}")
-        self.check_labels(y)
+        check_condition(y, self.config.n_classes, B)
         return t
 
     def _check_state(self, state) -> None:
@@ -219,7 +224,8 @@ class VideoDiT(nn.Module):
         tokens = self.patch_embed(frames).flatten(2).transpose(1, 2).reshape(B, G * T, -1)
         tokens = tokens + self.positions(gh, gw, G, frame_offset // tp, tokens.device, tokens.dtype)
         c = self.time_embed(t)  # (B, D) or (B, F, D)
-        c = c + (self.class_embed(y) if c.dim() == 2 else self.class_embed(y)[:, None])
+        label = self.class_embed(labels_of(y))
+        c = c + (label if c.dim() == 2 else label[:, None])
         return tokens, c, (gh, gw)
 
     def _unembed(self, tokens: torch.Tensor, c: torch.Tensor, shape) -> torch.Tensor:
