@@ -6,6 +6,11 @@
 folder is written under a temporary name and renamed into place, so a killed run never
 leaves a partial checkpoint under a real name; a truncated or corrupt one raises
 :class:`~polymixer.io.CheckpointError` before anything is loaded.
+
+The newest ``step_*`` folder is the one a plain ``--resume`` continues. Resuming from an
+older step starts a new line of work: :func:`set_aside_later_checkpoints` moves the later
+folders into ``abandoned_after_step_<N>/`` (kept, never listed again), and
+:func:`prune_checkpoints` spares the checkpoint a session started from.
 """
 
 from __future__ import annotations

@@ -434,13 +434,12 @@ def _start_line_of_work(ckpt_dir: Path, step: int, dist_info: "Dist") -> None:
     rank 0 moves the later ones aside (kept) so that the newest checkpoint is always this
     line's own, and says so in one line."""
     if dist_info.main:
-        later = [p.name for p in sorted(ckpt_dir.glob("step_*"))
-                 if STEP_RE.match(p.name) and int(STEP_RE.match(p.name).group(1)) > step]
         aside = set_aside_later_checkpoints(ckpt_dir, step)
         if aside is not None:
+            later = ", ".join(sorted(p.name for p in aside.iterdir()))
             print(f"resume: step {step} is older than this run's newest checkpoint: the later checkpoints "
-                  f"({', '.join(later)}) are moved to {aside} (kept, no longer resumed from); this run continues "
-                  f"a new line of work from step {step}", flush=True)
+                  f"({later}) are moved to {aside} (kept, no longer resumed from); this run continues a new line "
+                  f"of work from step {step}", flush=True)
     if dist_info.world_size > 1:
         dist.barrier()
 
