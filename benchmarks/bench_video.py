@@ -5,7 +5,7 @@ run, each (rival, F) in a fresh subprocess (time, and peak resident memory added
 generation, Linux VmHWM after a reset):
 
 * ``pom-sequential``: PoM, one frame at a time, with per-evaluation block states
-  (``polymixer.video``, spec section 4): memory and time per frame should not grow.
+  (``polymixer.video``, docs/design.md, section 4): memory and time per frame should not grow.
 * ``pom-joint``: PoM, every frame denoised together (the whole clip in every call).
 * ``attention-joint``: the same model with attention and the same frame-causal mask.
 * ``attention-kv-cache``: attention generating frame by frame with a key-value cache per

@@ -6,7 +6,7 @@
 #   pom_fullgate   k=2, e=2, a full-width gate (--pom-heads 1)                 2.46M
 #   pom_e1         k=2, e=1, a full-width gate: attention's parameter count    1.87M
 #   attention      the attention preset                                        1.87M
-# and, chosen with NAMES="...", the power variant (spec section 1) at equal parameter counts:
+# and, chosen with NAMES="...", the power variant (docs/design.md, section 1) at equal parameter counts:
 #   power_fullgate     power, k=2, e=2, full gate: attention's parameter count   1.87M
 #   power_k3_fullgate  the same with degree 3 (a larger state, no more weights)  1.87M
 #   power_e4           power, k=2, e=4, 4 gate heads: the PoM preset's count     2.07M

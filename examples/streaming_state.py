@@ -1,5 +1,5 @@
 """Stream frames through a Polynomial Mixer at constant memory, and check it against the
-parallel block-causal forward (the contract of spec section 3).
+parallel block-causal forward (the contract of docs/design.md, section 3).
 
     python examples/streaming_state.py
 """

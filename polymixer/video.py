@@ -4,7 +4,7 @@
 ``(B, F, C, H, W)`` in the data range. Both modes draw the same noise (one
 ``(B, C, H, W)`` draw per frame, in frame order, from a generator seeded with ``seed``),
 so for a shared-noise model (``noise_levels="clip"``) and the same seed they give the
-same video (spec section 4):
+same video (docs/design.md, section 4):
 
 * ``"joint"``: every frame denoised together, the whole clip in every network call
   (memory and time per call grow with the number of frames).

@@ -1,7 +1,7 @@
 """from_reference: state dicts in the authors' layouts give the same outputs as that code.
 
 The oracle here re-implements the reference forward directly from the raw tensors of the
-state dict (spec sections 1 and 6), independently of PolynomialMixer's modules.
+state dict (docs/design.md, sections 1 and 6), independently of PolynomialMixer's modules.
 """
 
 import pytest

@@ -32,13 +32,13 @@ def test_streaming_equals_parallel_for_random_splits(variant, heads, trial):
         outs.append(y)
     torch.testing.assert_close(torch.cat(outs, 1), mixer(x, block_lengths=sizes))
     assert state.count.tolist() == [63.0, 63.0]
-    assert state.total.dtype == torch.float64  # a float64 mixer streams in float64 (spec section 3)
+    assert state.total.dtype == torch.float64  # a float64 mixer streams in float64 (docs/design.md, section 3)
     torch.testing.assert_close(state.total, mixer.features(x).sum(1), rtol=1e-12, atol=1e-10)
 
 
 @pytest.mark.parametrize("variant,heads", [("product", 1), ("power", 6)])
 def test_float64_stream_equals_float64_parallel_to_1e12(variant, heads):
-    """Spec section 3: a float64 stream keeps float64 sums and equals the float64 parallel
+    """docs/design.md, section 3: a float64 stream keeps float64 sums and equals the float64 parallel
     block-causal form to ~1e-12 (a float32 state would leave about 1e-7)."""
     gen = torch.Generator().manual_seed(7)
     mixer = PolynomialMixer(60, degree=3, variant=variant, heads=heads).double()

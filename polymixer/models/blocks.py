@@ -39,7 +39,7 @@ class TransformerConfig:
         mixer: the token mixer of every block, a pattern (``models/mixers.py``): ``"pom"``,
             ``"attention"``, or per block, repeated over the depth, e.g.
             ``"frame-local pom, pom"`` (every other block mixes inside each frame only).
-        pom_degree, pom_expand, pom_variant: PoM's k, e and variant (spec section 1).
+        pom_degree, pom_expand, pom_variant: PoM's k, e and variant (docs/design.md, section 1).
         pom_heads: 1 for a gate of width F, or the number of gate heads (one scalar per
             head, broadcast over F / pom_heads channels).
         pom_implementation: backward pass of the PoM mixers: ``"fused"`` (default, two

@@ -4,7 +4,7 @@ Every block is adaLN-Zero: the conditioning vector ``c = t_emb + y_emb`` gives a
 scale and gate for the token mixer and for the MLP, zero-initialised so each block starts
 as the identity. The token mixer is either the Polynomial Mixer (``mixer="pom"``) or
 multi-head softmax attention (``mixer="attention"``); nothing else differs, so the two are
-compared on the same work (spec section 7). The blocks are shared with the video DiT
+compared on the same work (docs/design.md, section 7). The blocks are shared with the video DiT
 (``models/blocks.py``).
 
 The network is called as ``model(x_t, t, y, **context)``:

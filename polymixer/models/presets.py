@@ -1,4 +1,4 @@
-"""Size presets: DiT-S/B/L/XL with patch 2, 4 or 8 (spec section 7) and small CPU sizes.
+"""Size presets: DiT-S/B/L/XL with patch 2, 4 or 8 (docs/design.md, section 7) and small CPU sizes.
 
 ``dit_config("DiT-S/2", mixer="pom")`` gives the PoM version of DiT-S/2 (k = 2, e = 2,
 the paper's MLP ratio: 3 for S/B, 2 for L/XL); ``mixer="attention"`` the original DiT

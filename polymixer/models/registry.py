@@ -21,7 +21,7 @@ from typing import Callable
 
 from torch import nn
 
-__all__ = ["register_model", "architectures", "model_class", "config_from_dict", "config_to_dict", "build_model"]
+__all__ = ["register_model", "architectures", "config_from_dict", "config_to_dict", "build_model"]
 
 _REGISTRY: dict[str, tuple[type, type[nn.Module]]] = {}
 
@@ -46,12 +46,6 @@ def register_model(architecture: str, config_class: type) -> Callable[[type[nn.M
 def architectures() -> list[str]:
     """The registered architecture names."""
     return sorted(_REGISTRY)
-
-
-def model_class(architecture: str) -> type[nn.Module]:
-    if architecture not in _REGISTRY:
-        raise ValueError(f"architecture: unknown {architecture!r}; expected one of {architectures()}")
-    return _REGISTRY[architecture][1]
 
 
 def config_to_dict(config) -> dict:

@@ -1,4 +1,4 @@
-"""The Polynomial Mixer layer (spec sections 1-3, 6)."""
+"""The Polynomial Mixer layer (docs/design.md, sections 1-3, 6)."""
 
 from __future__ import annotations
 
@@ -251,7 +251,7 @@ class PolynomialMixer(nn.Module):
         """Feed the next block ``x: (B, t, D)`` of a stream; returns ``(y (B, t, D), new_state)``.
 
         Every token of the block reads the state of all earlier tokens plus the whole
-        block (spec section 3), so feeding a sequence block by block equals the parallel
+        block (docs/design.md, section 3), so feeding a sequence block by block equals the parallel
         block-causal forward. ``state`` is not modified; the new state keeps its dtype.
         ``context_mask: (B, t)`` leaves padded tokens of the block out of the state.
         Plain autograd (the form a streaming state runs: :meth:`execution_plan` with ``state``).
@@ -280,7 +280,7 @@ class PolynomialMixer(nn.Module):
         power: ``qc_proj.weight`` ``(e*D + G, D)`` (W_h rows then W_s rows), ``se_bias``
         ``(G,)``, ``po_coeff`` ``(e*D, k)``, ``ag_proj.weight`` (+ optional bias); or, for
         grouped projections, ``po_proj.weight`` ``(e*D, D/groups, 1)`` with
-        ``se_proj.weight``/``se_proj.bias``. Spec section 6.
+        ``se_proj.weight``/``se_proj.bias``. docs/design.md, section 6.
         """
         from .reference_io import load_reference
 

@@ -1,4 +1,4 @@
-"""Loading mixers stored in the layout of the authors' public reference code (spec section 6)."""
+"""Loading mixers stored in the layout of the authors' public reference code (docs/design.md, section 6)."""
 
 from __future__ import annotations
 

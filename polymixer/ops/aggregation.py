@@ -208,7 +208,7 @@ def segment_aggregate(h: torch.Tensor, seg: Segments, context_mask: torch.Tensor
 
 
 def stream_block(h: torch.Tensor, context_mask: torch.Tensor | None, total: torch.Tensor, count: torch.Tensor):
-    """One block of a stream (spec section 3): every token of the block reads the tokens
+    """One block of a stream (docs/design.md, section 3): every token of the block reads the tokens
     seen before and the whole block.
 
     h: (B, t, F) features of the block; context_mask: (B, t) or None (padded tokens are

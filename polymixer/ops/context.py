@@ -1,4 +1,4 @@
-"""Context modes: which context tokens ``C_i`` each query i reads (spec section 2).
+"""Context modes: which context tokens ``C_i`` each query i reads (docs/design.md, section 2).
 
 A context mode is a small frozen object, one class per mode, that owns its aggregation
 (the PyTorch form, :meth:`ContextMode.aggregate`) and its dense (B, M, N) mask (the test

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..aggregation import Segments, segment_counts, segment_means, segment_means_adjoint
 from .chunk_ops import ChunkOps
-from .spec import MixerSpec, MixerWeights
+from .spec import MixerWeights
 
 __all__ = ["mix_forward", "mix_backward"]
 
@@ -38,7 +38,7 @@ __all__ = ["mix_forward", "mix_backward"]
 def _chunks(seg: Segments | None, batch: int, tokens: int, step: int):
     """``(start, stop)`` ranges of at most ``step`` flattened token rows. In the full mode
     a chunk never crosses a batch row unless it holds whole rows (so its states are one
-    row of the table per batch row, see :class:`_Rows`)."""
+    row of the table per batch row, see :class:`_TableRows`)."""
     total = batch * tokens
     if seg is None or not seg.shared or tokens == 0:
         return [(a, min(a + step, total)) for a in range(0, total, step)]
@@ -50,7 +50,7 @@ def _chunks(seg: Segments | None, batch: int, tokens: int, step: int):
     return [(b * tokens + a, b * tokens + min(a + size, tokens)) for b in range(batch) for a in range(0, tokens, size)]
 
 
-class _Rows:
+class _TableRows:
     """How the token rows ``start:stop`` of a chunk map to a flattened (B * rows, F) table.
 
     * one table row per token (causal, and the whole-tensor modes: ``seg`` None): ``slice``;
@@ -136,7 +136,7 @@ def _add_mm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         out += a @ b
 
 
-class _Call:
+class _ChunkedCall:
     """The shapes and flattened views of one call, shared by the forward and backward."""
 
     def __init__(self, mode, x, c, chunk_rows: int):
@@ -154,7 +154,7 @@ class _Call:
 
     def rows(self, tokens: int):
         for start, stop in _chunks(self.seg, self.B, tokens, self.chunk):
-            yield start, stop, _Rows(self.seg, tokens, start, stop, self.x2.device)
+            yield start, stop, _TableRows(self.seg, tokens, start, stop, self.x2.device)
 
     def counts(self) -> torch.Tensor:
         w = None if self.w2 is None else self.w2.view(self.B, self.N)
@@ -187,7 +187,7 @@ class _Call:
         return state.view(self.B * seg.count, width)
 
 
-def mix_forward(spec: MixerSpec, mode, x: torch.Tensor, c: torch.Tensor | None, weights: MixerWeights,
+def mix_forward(mode, x: torch.Tensor, c: torch.Tensor | None, weights: MixerWeights,
                 ops: ChunkOps, chunk_rows: int, keep_projections: bool):
     """Forward pass: x (B, M, D) queries, c (B, N, D) context or None (self-mixing).
 
@@ -195,7 +195,7 @@ def mix_forward(spec: MixerSpec, mode, x: torch.Tensor, c: torch.Tensor | None, 
     for the backward pass (segment modes with fewer than N/4 segments), else None; u and
     z the two projections' rows when ``keep_projections`` (else None).
     """
-    call = _Call(mode, x, c, chunk_rows)
+    call = _ChunkedCall(mode, x, c, chunk_rows)
     w_s, b_s, w_o, b_o = weights.w_s, weights.b_s, weights.w_o, weights.b_o
     u_all = _buffer(call.B * call.N, weights.w_h.shape[0], weights.b_h, x) if keep_projections else None
     state = call.state_table(ops, weights, None, u_all)
@@ -212,13 +212,13 @@ def mix_forward(spec: MixerSpec, mode, x: torch.Tensor, c: torch.Tensor | None, 
     return y.view(call.B, call.M, -1), state, u_all, z_all
 
 
-def mix_backward(spec: MixerSpec, mode, dy: torch.Tensor, x: torch.Tensor, c: torch.Tensor | None,
+def mix_backward(mode, dy: torch.Tensor, x: torch.Tensor, c: torch.Tensor | None,
                  weights: MixerWeights, ops: ChunkOps, chunk_rows: int, state, u_all, z_all):
     """Backward pass; ``state``, ``u_all``, ``z_all`` as returned by :func:`mix_forward`
     (None: recomputed). Returns the gradients ``(d_x, d_c, *d_weights)`` in the order of
     :class:`~polymixer.ops.pom.spec.MixerWeights`.
     """
-    call = _Call(mode, x, c, chunk_rows)
+    call = _ChunkedCall(mode, x, c, chunk_rows)
     w_h, b_h, coeff, w_s, b_s, w_o, b_o = weights
     B, N, M, acc, x2 = call.B, call.N, call.M, call.acc, call.x2
     dy2 = dy.reshape(B * M, -1)

@@ -41,8 +41,8 @@ class FusedPolynomialMix(torch.autograd.Function):
         weights = MixerWeights(w_h, b_h, coeff, w_s, b_s, w_o, b_o)
         ops = ChunkOps(spec, plan.compiled, x.device.type, x.dtype)
         keep = plan.form != "lean" and any(ctx.needs_input_grad)
-        y, state, u, z = mix_forward(spec, mode, x, c, weights, ops, plan.chunk_rows, keep)
-        ctx.spec, ctx.mode, ctx.ops, ctx.chunk_rows = spec, mode, ops, plan.chunk_rows
+        y, state, u, z = mix_forward(mode, x, c, weights, ops, plan.chunk_rows, keep)
+        ctx.mode, ctx.ops, ctx.chunk_rows = mode, ops, plan.chunk_rows
         ctx.save_for_backward(x, c, *weights, u, z, state)
         return y
 
@@ -51,7 +51,7 @@ class FusedPolynomialMix(torch.autograd.Function):
     def backward(ctx, dy):
         x, c, *rest = ctx.saved_tensors
         weights, (u, z, state) = MixerWeights(*rest[:7]), rest[7:]
-        grads = mix_backward(ctx.spec, ctx.mode, dy.contiguous(), x, c, weights, ctx.ops, ctx.chunk_rows,
+        grads = mix_backward(ctx.mode, dy.contiguous(), x, c, weights, ctx.ops, ctx.chunk_rows,
                              state, u, z)
         return grads + (None, None, None)
 

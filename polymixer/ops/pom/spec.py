@@ -13,7 +13,7 @@ __all__ = ["MixerSpec", "MixerWeights"]
 
 
 class MixerSpec(NamedTuple):
-    """The static description of a mixer (spec section 1).
+    """The static description of a mixer (docs/design.md, section 1).
 
     variant: ``"product"`` or ``"power"``; degree: k; heads: 1 for a gate of width F,
     G > 1 for one gate scalar per head, broadcast over F/G consecutive channels.
