@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: the machine's description and peak-memory probes."""
+"""Helpers shared by the benchmark scripts: peak-memory probes, plots, the GEMM floor; the
+machine line comes from the package (:mod:`polymixer.environment`)."""
 
 from __future__ import annotations
 
@@ -6,22 +7,12 @@ import os
 import platform
 
 import torch
+from torch import nn
 
-__all__ = ["machine", "status_kb", "reset_peak_rss", "pyplot", "finish_log_plot"]
+from polymixer import PolynomialMixer
+from polymixer.environment import device_name, machine, versions
 
-
-def machine() -> str:
-    """CPU model, logical cores and torch version (the threads are the caller's to add)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}"
+__all__ = ["machine", "device_name", "versions", "status_kb", "reset_peak_rss", "pyplot", "finish_log_plot", "GemmFloor"]
 
 
 def status_kb(field: str) -> int:
@@ -63,3 +54,19 @@ def finish_log_plot(fig, axes, xlabel: str, path) -> None:
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+class GemmFloor(nn.Module):
+    """The projections of a mixer and nothing else: the cost no PoM implementation can beat."""
+
+    def __init__(self, mixer: PolynomialMixer):
+        super().__init__()
+        self.mixer = mixer
+
+    def forward(self, x, **_):
+        m = self.mixer
+        u = m.feature_proj(x)
+        s = m.gate_proj(x)
+        if s.shape[-1] != u.shape[-1]:
+            s = s.repeat_interleave(u.shape[-1] // s.shape[-1], dim=-1)
+        return m.out_proj(u + s)

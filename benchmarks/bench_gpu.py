@@ -34,7 +34,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -43,14 +42,11 @@ import time
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from polymixer import MultiHeadAttention, PolynomialMixer  # noqa: E402
-from polymixer.ops import MixerSettings  # noqa: E402
-from polymixer.ops import triton as pom_triton  # noqa: E402
-from polymixer.ops.context import aggregate, resolve_context  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_mixer import GemmFloor  # noqa: E402
+from _common import GemmFloor, device_name, versions  # benchmarks/_common.py (this script's folder)
+from polymixer import MultiHeadAttention, PolynomialMixer
+from polymixer.ops import MixerSettings
+from polymixer.ops import triton as pom_triton
+from polymixer.ops.context import aggregate, resolve_context
 
 PAPER_POM_S, PAPER_ATTENTION_S, PAPER_N = 0.012, 0.23, 2 ** 16
 
@@ -179,26 +175,6 @@ def peak_mib(rival, x, grad, kwargs, backward, autocast_dtype) -> float | None:
     run_pass(rival, x, grad, kwargs, backward, autocast_dtype)
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        return f"{p.name} ({p.total_memory / 2 ** 30:.0f} GiB, {p.multi_processor_count} SMs)"
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-
-
-def versions() -> str:
-    parts = [f"torch {torch.__version__}"]
-    if torch.version.cuda:
-        parts.append(f"CUDA {torch.version.cuda}")
-    try:
-        import triton
-
-        parts.append(f"triton {triton.__version__}")
-    except Exception:
-        parts.append("no triton")
-    return ", ".join(parts)
 
 
 def fmt(v, spec=".2f"):

@@ -39,27 +39,10 @@ import time
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import _common  # noqa: E402  (benchmarks/_common.py)
-from _common import reset_peak_rss, status_kb  # noqa: E402
+import _common  # benchmarks/_common.py (this script's folder is on sys.path)
+from _common import GemmFloor, reset_peak_rss, status_kb
 from polymixer import MultiHeadAttention, PolynomialMixer
-from polymixer.ops import MixerSettings  # noqa: E402
-
-
-class GemmFloor(nn.Module):
-    """The projections of a mixer and nothing else: the cost no PoM implementation can beat."""
-
-    def __init__(self, mixer: PolynomialMixer):
-        super().__init__()
-        self.mixer = mixer
-
-    def forward(self, x, **_):
-        m = self.mixer
-        u = m.feature_proj(x)
-        s = m.gate_proj(x)
-        if s.shape[-1] != u.shape[-1]:
-            s = s.repeat_interleave(u.shape[-1] // s.shape[-1], dim=-1)
-        return m.out_proj(u + s)
+from polymixer.ops import MixerSettings
 
 
 def make_rival(name: str, dim: int, heads: int) -> nn.Module:

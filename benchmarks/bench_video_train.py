@@ -1,4 +1,4 @@
-"""Training-step time of the video DiT of examples/compare_video.sh: PoM vs attention, with
+"""Training-step time of the video DiT of experiments/compare_video.sh: PoM vs attention, with
 and without spatial blocks (``--frame-local-every``), measured in one run.
 
 Each variant is the comparison's model (DiT-M/4 with 6 blocks, width 128; 8 frames of 32x32,
@@ -94,7 +94,7 @@ def main(argv=None) -> None:
         "",
         f"- command: `{command}`, {today}",
         f"- machine: {machine()}, {args.threads} thread(s)",
-        f"- model: the video DiT of examples/compare_video.sh (DiT-M/4, 6 blocks, width 128), batch {args.batch} "
+        f"- model: the video DiT of experiments/compare_video.sh (DiT-M/4, 6 blocks, width 128), batch {args.batch} "
         f"clips of {args.frames} frames of 32x32 ({args.frames * 64} tokens per clip); one step = forward, backward, "
         f"AdamW; median of {args.rounds} steps per variant, variants in turns",
         "",

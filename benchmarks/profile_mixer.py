@@ -18,19 +18,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import shlex
 import sys
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from polymixer import PolynomialMixer  # noqa: E402
-from polymixer.nn.mixer import IMPLEMENTATIONS  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gpu import device_name, versions  # noqa: E402
+from _common import device_name, versions  # benchmarks/_common.py (this script's folder)
+from polymixer import PolynomialMixer
+from polymixer.nn.mixer import IMPLEMENTATIONS
 
 
 def step(mixer: PolynomialMixer, x: torch.Tensor, grad: torch.Tensor, kwargs: dict, dtype) -> None:

@@ -1,6 +1,6 @@
-"""Table of examples/compare_gate.sh: PoM configurations against attention on single moving-digit frames.
+"""Table of experiments/compare_gate.sh: PoM configurations against attention on single moving-digit frames.
 
-    python examples/compare_gate_report.py [--runs runs/compare_gate [OTHER ...]] [--out benchmarks/results/compare_gate_cpu]
+    python experiments/compare_gate_report.py [--runs runs/compare_gate [OTHER ...]] [--out benchmarks/results/compare_gate_cpu]
 
 For every run RUNS/NAME_seedS/ with its RUNS/NAME_seedS_eval.json (`polymixer eval`) it
 writes the parameters, the s/step, the Fréchet distance and conditional accuracy, and the
@@ -101,7 +101,7 @@ def command(runs: str, seed: int) -> str:
     env += f"RUNS={runs} " if Path(runs) != Path("runs/compare_gate") else ""
     lrs = {r["lr"] for r in here}
     env += f"LR={lrs.pop():g} " if lrs != {1e-3} else ""
-    return f"`{env}bash examples/compare_gate.sh {seed} {steps}`"
+    return f"`{env}bash experiments/compare_gate.sh {seed} {steps}`"
 
 
 made = dict.fromkeys((r["runs"], r["seed"]) for r in rows)
@@ -112,7 +112,7 @@ lines = [
     + " (a 16x16 MNIST digit anywhere on a 32x32 canvas, 64 tokens; DiT-M/4 with 6 blocks, batch 64, lr 1e-3 (or LR), "
     "300 warm-up steps, EMA 0.999; the runs of one command trained at the same time, one thread each), then "
     f"`polymixer eval --num-samples {rows[0]['num_samples']} --steps 20 --batch-size 50 --seed 0` (Euler, cfg 2)",
-    f"- table: `{shlex.join(['python', 'examples/compare_gate_report.py', *sys.argv[1:]])}`, "
+    f"- table: `{shlex.join(['python', 'experiments/compare_gate_report.py', *sys.argv[1:]])}`, "
     f"{datetime.date.today().isoformat()}",
     "- Fréchet distance on the bundled digit classifier's features against 5,000 real frames (lower is better; "
     "`real` = as many real frames scored the same way); accuracy = samples classified as their digit",

@@ -1,10 +1,10 @@
-"""Tables of the PoM vs attention comparison runs made by examples/compare_mnist.sh (images)
-and examples/compare_video.sh (moving-digit clips).
+"""Tables of the PoM vs attention comparison runs made by experiments/compare_mnist.sh (images)
+and experiments/compare_video.sh (moving-digit clips).
 
-    python examples/compare_mnist_report.py                 # images -> benchmarks/results/compare_mnist_cpu.md/.json
-    python examples/compare_mnist_report.py --video         # clips  -> benchmarks/results/compare_video_cpu.md/.json
-    python examples/compare_mnist_report.py --runs DIR --out PREFIX
-    python examples/compare_mnist_report.py --video --runs runs/compare_video_spatial \
+    python experiments/compare_mnist_report.py                 # images -> benchmarks/results/compare_mnist_cpu.md/.json
+    python experiments/compare_mnist_report.py --video         # clips  -> benchmarks/results/compare_video_cpu.md/.json
+    python experiments/compare_mnist_report.py --runs DIR --out PREFIX
+    python experiments/compare_mnist_report.py --video --runs runs/compare_video_spatial \
         --out benchmarks/results/compare_video_spatial_cpu --include benchmarks/results/compare_video_cpu.json
 
 reads RUNS/{pom,attention}_seed*/ (training checkpoints) and *_eval.json (`polymixer eval`),
@@ -102,7 +102,7 @@ steps = sorted({r["steps"] for r in rows})
 seeds = sorted({r["seed"] for r in rows})
 n = rows[0]["num_samples"]
 today = datetime.date.today().isoformat()
-command = shlex.join(["python", "examples/compare_mnist_report.py", *sys.argv[1:]])
+command = shlex.join(["python", "experiments/compare_mnist_report.py", *sys.argv[1:]])
 included = []
 for path in args.include:
     # a row that an earlier table had itself included keeps the mark of the table it came from
@@ -132,7 +132,7 @@ if args.video:
         env = f"LOCAL_EVERY={local.pop()} " + env
     if runs != Path("runs/compare_video"):
         env = f"RUNS={runs} " + env
-    recipe = " and ".join(f"`{env}bash examples/compare_video.sh {s} {steps[-1]}`" for s in seeds)
+    recipe = " and ".join(f"`{env}bash experiments/compare_video.sh {s} {steps[-1]}`" for s in seeds)
     init = ("each mixer starts from its own shipped seed-0 image model (checkpoints/compare) for every video seed, "
             "so only the video training seed differs between seeds" if shipped
             else "each mixer starts from its own seed-matched image model of compare_mnist.sh")
@@ -156,7 +156,7 @@ if args.video:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
 else:
-    recipe = " and ".join(f"`bash examples/compare_mnist.sh {s} {steps[-1]}`" for s in seeds)
+    recipe = " and ".join(f"`bash experiments/compare_mnist.sh {s} {steps[-1]}`" for s in seeds)
     lines = [
         "# PoM-DiT vs attention-DiT on MNIST 32x32, same budget (CPU)",
         "",

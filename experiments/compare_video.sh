@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # PoM video DiT against attention video DiT on moving digits (issue 11, the video half): each
-# starts from its own mixer's image model of examples/compare_mnist.sh (the same seed), then
+# starts from its own mixer's image model of experiments/compare_mnist.sh (the same seed), then
 # trains on 8-frame clips (block-causal over frames, one noise level per clip) with the same
 # preset, data, steps, batch, learning rate and seed, and is measured per frame by
 # `polymixer eval` (PoM generates frame by frame, attention denoises the clip jointly; the two
 # are the same computation for PoM, tested in tests/test_video*.py).
-#   bash examples/compare_video.sh SEED [STEPS]     # needs runs/compare/{pom,attention}_seedSEED/ema_model
-#   INIT_ROOT=checkpoints/compare bash examples/compare_video.sh SEED [STEPS]
+#   bash experiments/compare_video.sh SEED [STEPS]     # needs runs/compare/{pom,attention}_seedSEED/ema_model
+#   INIT_ROOT=checkpoints/compare bash experiments/compare_video.sh SEED [STEPS]
 # The second form starts both mixers from the shipped seed-0 image models (float16 folders
 # checkpoints/compare/{pom,attention}) whatever SEED is, so no image run is needed first.
 # Resume an interrupted pair with the same command plus RESUME=1. Results: runs/compare_video/.
@@ -14,7 +14,7 @@
 # 2k, ... frame-local (the mixer pattern "frame-local pom, pom" for k = 2), EXTRA="..." adds
 # training options to every run, RUNS=runs/compare_video_spatial puts the runs elsewhere, e.g.
 #   MIXERS="pom" LOCAL_EVERY=2 RUNS=runs/compare_video_spatial \
-#     INIT_ROOT=checkpoints/compare bash examples/compare_video.sh 0 2000
+#     INIT_ROOT=checkpoints/compare bash experiments/compare_video.sh 0 2000
 set -euo pipefail
 seed=${1:-0}
 steps=${2:-1000}

@@ -1,6 +1,6 @@
 """How recognisable are the bundled demo's digits? A logistic regression trained on 4,000
 real MNIST digits (32x32) classifies 100 samples (10 per digit); compare with its accuracy
-on 1,000 held-out real digits. Usage: python examples/check_demo_samples.py [model folder]"""
+on 1,000 held-out real digits. Usage: python experiments/check_demo_samples.py [model folder]"""
 
 import sys
 

@@ -3,7 +3,7 @@
 # blocks, width 128: PoM 2.07M parameters with one gate scalar per head, attention 1.87M, +11%),
 # the same data (bundled MNIST at 32x32), steps, batch, learning rate, seed and sampler, each
 # trained by `polymixer train`, then measured by `polymixer eval`.
-#   bash examples/compare_mnist.sh SEED [STEPS]       # both mixers in parallel, one thread each
+#   bash experiments/compare_mnist.sh SEED [STEPS]       # both mixers in parallel, one thread each
 # Resume an interrupted pair with the same command plus RESUME=1. Results: runs/compare/.
 set -euo pipefail
 seed=${1:-0}

@@ -31,8 +31,8 @@ the same initialisation seed; evaluation on one fixed held-out set of sequences 
 (task, N). Results (mean +- std over seeds) go to ``<out>/universal_approximation.md``
 and ``.json``.
 
-    python examples/universal_approximation.py                 # the full grid (~20 CPU min)
-    python examples/universal_approximation.py --quick --out /tmp/ua   # smoke run (seconds)
+    python experiments/universal_approximation.py                 # the full grid (~20 CPU min)
+    python experiments/universal_approximation.py --quick --out /tmp/ua   # smoke run (seconds)
 """
 
 from __future__ import annotations
@@ -42,10 +42,8 @@ import datetime
 import json
 import math
 import os
-import platform
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -54,6 +52,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from polymixer import MultiHeadAttention, PolynomialMixer
+from polymixer.environment import machine
+from polymixer.io import atomic_write
 
 TASKS = ("rank", "median", "mean")
 MIXERS = ("pom", "pom-power", "attention", "none")
@@ -349,25 +349,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def _write_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
 
-
-def _machine() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores, {platform.system()}"
+    atomic_write(path, write)
 
 
 def run(config: Config, out: str, command: str, name: str = "universal_approximation", log=print) -> dict:
@@ -390,7 +376,7 @@ def run(config: Config, out: str, command: str, name: str = "universal_approxima
     meta = {
         "command": command,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": _machine(),
+        "machine": machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "total_seconds": time.perf_counter() - t_start,
@@ -462,7 +448,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(config, name)}")
     if any(n < 2 for n in config.lengths):
         raise SystemExit(f"--lengths: every N must be >= 2, got {config.lengths}")
-    command = "python examples/universal_approximation.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python experiments/universal_approximation.py " + " ".join(sys.argv[1:] if argv is None else argv)
     return run(config, os.path.normpath(args.out), command.strip())
 
 

@@ -14,9 +14,9 @@
 # convolution inside every MLP (Mix-FFN), for either mixer:
 #   pom_conv, attention_conv   the presets with --mlp-conv 3
 # then `polymixer eval` on each EMA model. Results: RUNS (default runs/compare_gate).
-#   bash examples/compare_gate.sh [SEED] [STEPS]
-#   NAMES="power_fullgate power_k3_fullgate power_e4" RUNS=runs/compare_gate_power bash examples/compare_gate.sh 0 4000
-#   python examples/compare_gate_report.py --runs runs/compare_gate
+#   bash experiments/compare_gate.sh [SEED] [STEPS]
+#   NAMES="power_fullgate power_k3_fullgate power_e4" RUNS=runs/compare_gate_power bash experiments/compare_gate.sh 0 4000
+#   python experiments/compare_gate_report.py --runs runs/compare_gate
 # LR sets the learning rate (default 1e-3). Resume an interrupted set with RESUME=1 and the same command.
 set -euo pipefail
 seed=${1:-0}

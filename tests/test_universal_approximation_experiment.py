@@ -1,4 +1,4 @@
-"""examples/universal_approximation.py: task targets, equal model sizes, a --quick run."""
+"""experiments/universal_approximation.py: task targets, equal model sizes, a --quick run."""
 
 import importlib.util
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "universal_approximation.py"
+EXAMPLE = Path(__file__).resolve().parents[1] / "experiments" / "universal_approximation.py"
 
 
 @pytest.fixture(scope="module")
