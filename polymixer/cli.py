@@ -21,10 +21,8 @@ from pathlib import Path
 
 from ._optional import MissingDependencyError
 
-__all__ = ["main", "build_parser", "DEMO_CHECKPOINT"]
+__all__ = ["main", "build_parser"]
 
-# The checkpoint shipped in the package (polymixer/bundled/demo); prefer polymixer.bundled_checkpoint("demo").
-DEMO_CHECKPOINT = Path(__file__).resolve().parent / "bundled" / "demo"
 
 
 def _bool(text: str) -> bool:
@@ -238,15 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
-    values: dict = {}
-    if args.config:
-        import json
-
-        path = Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"--config: file {str(path)!r} not found")
-        with open(path, encoding="utf-8") as fh:
-            values.update(json.load(fh))
+    values: dict = TrainConfig.from_json(args.config).to_dict() if args.config else {}
     for f in dataclasses.fields(TrainConfig):
         v = getattr(args, f.name, None)
         if v is not None:

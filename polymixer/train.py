@@ -182,7 +182,7 @@ class TrainConfig(ModelOverrides):
     def from_json(cls, path: str | Path) -> "TrainConfig":
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"config: file {str(path)!r} not found")
+            raise FileNotFoundError(f"--config: file {str(path)!r} not found")
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(json.load(f))
 
