@@ -1,4 +1,5 @@
-"""Time the mixer of two source trees (e.g. a commit and its parent) in one run, interleaved.
+"""Time the mixer, and a DiT training step, of two source trees (e.g. a commit and its
+parent) in one run, interleaved.
 
 Two versions of the package cannot share a process (they register the same operators), so
 each tree gets one persistent worker process, and the parent alternates single calls between
@@ -8,6 +9,11 @@ the ratios to the first tree. Use ``git worktree add /tmp/base <commit>`` for th
 
     python benchmarks/compare_trees.py --trees /tmp/base,. --ns 4096,16384 --threads 1 \\
         --out benchmarks/results/refactor_vs_base_cpu.md
+
+Rivals ``pom-product:fused`` etc. are one mixer of width D on N tokens; ``dit-pom`` and
+``dit-attention`` one DiT-M/4 (6 blocks, 32x32 grey images, 64 tokens, batch 16): its
+forward, and its forward + backward of the flow-matching loss (a training step without the
+optimizer), whatever N.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ def worker(args) -> None:
     state = {}
 
     def call(m, backward):
+        if isinstance(m, tuple):  # a DiT: (model, x0, t, labels)
+            return _time_dit(m, backward)
         start = time.perf_counter()
         if backward:
             m(state["x"], **state["kwargs"]).backward(state["grad"])
@@ -52,6 +60,9 @@ def worker(args) -> None:
             torch.manual_seed(0)
             state["mixers"] = {}
             for name in args.rivals.split(","):
+                if name.startswith("dit-"):
+                    state["mixers"][name] = _dit_step(name[len("dit-"):])
+                    continue
                 base, _, impl = name.partition(":")
                 state["mixers"][name] = PolynomialMixer(args.dim, degree=2, expand=2, variant=base.split("-")[1],
                                                         implementation=impl or "fused")
@@ -65,6 +76,34 @@ def worker(args) -> None:
             print("ok", flush=True)
         elif cmd[0] == "time":
             print(f"{call(state['mixers'][cmd[1]], cmd[2] == 'fwd_bwd'):.4f}", flush=True)
+
+
+def _dit_step(mixer: str):
+    """A DiT-M/4 of ``mixer`` with one batch of inputs: (model, x0, t, labels)."""
+    import torch
+
+    from polymixer.models import DiT, dit_config
+
+    torch.manual_seed(0)
+    model = DiT(dit_config("DiT-M/4", mixer, image_size=32, in_channels=1, n_classes=10, depth=6)).train()
+    g = torch.Generator().manual_seed(1)
+    return model, torch.randn(16, 1, 32, 32, generator=g), torch.rand(16, generator=g), torch.arange(16) % 10
+
+
+def _time_dit(m, backward: bool) -> float:
+    import torch
+
+    model, x0, t, y = m
+    noise = torch.randn_like(x0)
+    x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * noise
+    start = time.perf_counter()
+    if backward:
+        model.zero_grad(set_to_none=True)
+        ((model(x_t, t, y) - (noise - x0)) ** 2).mean().backward()
+    else:
+        with torch.no_grad():
+            model(x_t, t, y)
+    return (time.perf_counter() - start) * 1e3
 
 
 def main(argv=None) -> None:
@@ -136,13 +175,16 @@ def main(argv=None) -> None:
     except (OSError, StopIteration):
         pass
     lines = [
-        f"# Mixer time, {len(trees)} source trees in one run ({args.mode} mode)",
+        f"# Mixer and DiT time, {len(trees)} source trees in one run ({args.mode} mode)",
         "",
         f"- command: `python benchmarks/compare_trees.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
         f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {cpu}, {os.cpu_count()} logical cores (shared), torch {torch.__version__}, {args.threads} thread(s)",
-        f"- D={args.dim}, batch={args.batch}, degree 2, expand 2, float32, default settings "
-        f"(compile=auto: eager below 8192 token rows, compiled from there)",
+        (f"- mixers: D={args.dim}, batch={args.batch}, degree 2, expand 2, float32, default settings "
+         f"(compile=auto: eager below 8192 token rows, compiled from there)"
+         if any(not r.startswith("dit-") for r in args.rivals.split(",")) else
+         "- DiT-M/4 (6 blocks, width 128), 32x32 grey images (64 tokens), batch 16, float32: forward, and "
+         "forward + backward of the flow-matching loss (a training step without the optimizer); N is unused"),
         f"- one persistent process per tree; every call alternates between the trees (who goes first "
         f"alternates too), after one warm-up call per rival (which compiles what is compiled); "
         f"{args.repeats} calls per (rival, N, pass) and tree; table: median [min-max] ms; ratio = median of "
