@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from ..conditioning import ClassLabels, check_labels
 from ..nn.mixer import IMPLEMENTATIONS
 from ..nn.protocol import can_stream
-from .mixers import LayerMixer, build_mixer, parse_mixer_pattern
+from .mixers import LayerMixer, build_mixer, frame_local_call, parse_mixer_pattern
 
 __all__ = [
     "TransformerConfig", "sincos_1d", "sincos_2d", "TimestepEmbedding", "modulate", "gated",
@@ -229,20 +229,7 @@ class DiTBlock(nn.Module):
                 **mode) -> torch.Tensor:
         if not self.layer.frame_local:
             return self._residuals(x, c, lambda h: self.mixer(h, **mode), grid)
-        size = mode.pop("block_size", None)
-        if mode:
-            raise ValueError(f"mode: a frame-local block takes only block_size, got {sorted(mode)}")
-        if size is None:
-            return self._residuals(x, c, self.mixer, grid)
-        B, N, D = x.shape
-        if N % size != 0:
-            raise ValueError(f"block_size: a frame-local block needs whole frames; {size} does not divide the "
-                             f"{N} tokens")
-
-        def mix(h):
-            return self.mixer(h.reshape(B * N // size, size, D)).reshape(B, N, D)
-
-        return self._residuals(x, c, mix, grid)
+        return self._residuals(x, c, lambda h: frame_local_call(self.mixer, h, mode), grid)
 
     @property
     def keeps_state(self) -> bool:

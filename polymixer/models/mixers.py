@@ -3,11 +3,14 @@
 A config's ``mixer`` field is a *pattern*: comma-separated entries, one per block, repeated
 over the depth when shorter. Each entry is the name of a registered mixer, optionally
 prefixed by ``frame-local``: such a block mixes inside each frame only (in a video model;
-in an image model the whole image is one frame), so it keeps no state across frames.
+in an image model the whole image is one frame), so it keeps no state across frames. An
+entry may also be a *hybrid*, mixers joined by ``+`` whose outputs are summed
+(:class:`MixerSum`), each member frame-local or not.
 
-    "pom"                      every block PoM (a one-entry pattern)
-    "attention"                every block attention
-    "frame-local pom, pom"     blocks 0, 2, 4, ... mix inside each frame, the others across frames
+    "pom"                            every block PoM (a one-entry pattern)
+    "attention"                      every block attention
+    "frame-local pom, pom"           blocks 0, 2, 4, ... mix inside each frame, the others across frames
+    "pom + frame-local attention"    every block: PoM across frames plus softmax inside the frame
 
 A mixer is registered with a builder that makes it for a model config::
 
@@ -24,12 +27,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import nn
 
 from ..nn import MultiHeadAttention, PolynomialMixer
+from ..nn.protocol import can_stream
 
 __all__ = ["register_mixer", "registered_mixers", "build_mixer", "LayerMixer", "parse_mixer_pattern",
-           "mixer_names", "legacy_frame_local_pattern", "FRAME_LOCAL"]
+           "mixer_names", "legacy_frame_local_pattern", "FRAME_LOCAL", "MixerSum", "StateTuple", "frame_local_call"]
 
 FRAME_LOCAL = "frame-local"
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
@@ -54,13 +59,32 @@ def registered_mixers() -> list[str]:
 
 @dataclass(frozen=True)
 class LayerMixer:
-    """The mixer of one block: a registered ``name``, and whether it stays inside each frame."""
+    """The mixer of one block: a registered ``name`` and whether it stays inside each frame,
+    or a hybrid of ``members`` (LayerMixers of single mixers) whose outputs are summed."""
 
     name: str
     frame_local: bool = False
+    members: tuple = ()
+
+    @property
+    def hybrid(self) -> bool:
+        return bool(self.members)
 
     def __str__(self) -> str:
+        if self.members:
+            return " + ".join(str(m) for m in self.members)
         return f"{FRAME_LOCAL} {self.name}" if self.frame_local else self.name
+
+
+def _parse_member(raw: str, pattern: str) -> LayerMixer:
+    words = raw.split()
+    local = bool(words) and words[0] == FRAME_LOCAL
+    if local:
+        words = words[1:]
+    if len(words) != 1 or words[0] not in _BUILDERS:
+        raise ValueError(f"mixer: bad entry {raw.strip()!r} in {pattern!r}; expected one of "
+                         f"{registered_mixers()}, optionally after '{FRAME_LOCAL}', or several joined by '+'")
+    return LayerMixer(words[0], local)
 
 
 def parse_mixer_pattern(pattern: str, depth: int | None = None) -> list[LayerMixer]:
@@ -71,14 +95,11 @@ def parse_mixer_pattern(pattern: str, depth: int | None = None) -> list[LayerMix
                         f"{type(pattern).__name__}")
     entries = []
     for raw in pattern.split(","):
-        words = raw.split()
-        local = bool(words) and words[0] == FRAME_LOCAL
-        if local:
-            words = words[1:]
-        if len(words) != 1 or words[0] not in _BUILDERS:
-            raise ValueError(f"mixer: bad entry {raw.strip()!r} in {pattern!r}; expected one of "
-                             f"{registered_mixers()}, optionally after '{FRAME_LOCAL}'")
-        entries.append(LayerMixer(words[0], local))
+        members = [_parse_member(part, pattern) for part in raw.split("+")]
+        if len(members) == 1:
+            entries.append(members[0])
+        else:
+            entries.append(LayerMixer("+".join(m.name for m in members), members=tuple(members)))
     if depth is None:
         return entries
     return [entries[i % len(entries)] for i in range(depth)]
@@ -86,7 +107,7 @@ def parse_mixer_pattern(pattern: str, depth: int | None = None) -> list[LayerMix
 
 def mixer_names(pattern: str) -> set[str]:
     """The registered names a pattern uses (``{"pom"}`` for ``"frame-local pom, pom"``)."""
-    return {layer.name for layer in parse_mixer_pattern(pattern)}
+    return {member.name for layer in parse_mixer_pattern(pattern) for member in (layer.members or (layer,))}
 
 
 def legacy_frame_local_pattern(mixer: str, every: int) -> str:
@@ -98,8 +119,101 @@ def legacy_frame_local_pattern(mixer: str, every: int) -> str:
 
 
 def build_mixer(layer: LayerMixer, config) -> nn.Module:
-    """The token mixer of ``layer`` for a model ``config`` (a TransformerConfig)."""
+    """The token mixer of ``layer`` for a model ``config`` (a TransformerConfig); a hybrid
+    gives a :class:`MixerSum` (which handles its members' frame-locality itself)."""
+    if layer.hybrid:
+        return MixerSum([_BUILDERS[m.name](config) for m in layer.members], [m.frame_local for m in layer.members])
     return _BUILDERS[layer.name](config)
+
+
+def frame_local_call(mixer: nn.Module, x: torch.Tensor, mode: dict) -> torch.Tensor:
+    """``mixer`` inside each frame of ``x: (B, N, D)``: the frames are the blocks of
+    ``mode["block_size"]`` tokens (the whole sequence without one), mixed as a batch of
+    ``(B * N / T, T, D)``. Any other context mode is an error."""
+    mode = dict(mode)
+    size = mode.pop("block_size", None)
+    if mode:
+        raise ValueError(f"mode: a frame-local mixer takes only block_size, got {sorted(mode)}")
+    if size is None:
+        return mixer(x)
+    B, N, D = x.shape
+    if N % size != 0:
+        raise ValueError(f"block_size: a frame-local block needs whole frames; {size} does not divide the "
+                         f"{N} tokens")
+    return mixer(x.reshape(B * N // size, size, D)).reshape(B, N, D)
+
+
+@dataclass
+class StateTuple:
+    """The states of the members of a :class:`MixerSum` (``None`` for a frame-local member)."""
+
+    states: tuple
+
+    def _map(self, fn) -> "StateTuple":
+        return StateTuple(tuple(None if s is None else fn(s) for s in self.states))
+
+    def to(self, device=None, dtype=None) -> "StateTuple":
+        return self._map(lambda s: s.to(device=device, dtype=dtype))
+
+    def clone(self) -> "StateTuple":
+        return self._map(lambda s: s.clone())
+
+    def detach(self) -> "StateTuple":
+        return self._map(lambda s: s.detach())
+
+    def state_dict(self) -> dict:
+        return {f"{i}.{k}": v for i, s in enumerate(self.states) if s is not None for k, v in s.state_dict().items()}
+
+    def nbytes(self) -> int:
+        return sum(s.nbytes() for s in self.states if s is not None)
+
+
+class MixerSum(nn.Module):
+    """A hybrid token mixer: the sum of its members' outputs, ``y = sum_m mixer_m(x)``.
+
+    A frame-local member mixes inside each frame (``block_size``) and keeps no state; the
+    others get the call's context mode. It streams when every other member streams; its
+    state is a :class:`StateTuple`, constant in size when theirs are.
+    """
+
+    def __init__(self, mixers: list[nn.Module], frame_local: list[bool]):
+        super().__init__()
+        if len(mixers) != len(frame_local) or len(mixers) < 2:
+            raise ValueError("mixers: a hybrid sums at least two mixers, each with its frame_local flag")
+        self.mixers = nn.ModuleList(mixers)
+        self.frame_local = tuple(bool(f) for f in frame_local)
+        crossing = [m for m, local in zip(self.mixers, self.frame_local) if not local]
+        self.streams = all(can_stream(m) for m in crossing)
+        self.constant_state = self.streams and all(getattr(m, "constant_state", False) for m in crossing)
+
+    def extra_repr(self) -> str:
+        return f"frame_local={self.frame_local}"
+
+    def forward(self, x: torch.Tensor, **mode) -> torch.Tensor:
+        out = None
+        for mixer, local in zip(self.mixers, self.frame_local):
+            y = frame_local_call(mixer, x, mode) if local else mixer(x, **mode)
+            out = y if out is None else out + y
+        return out
+
+    def init_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> StateTuple:
+        if not self.streams:
+            raise ValueError("state: a member of this hybrid mixer cannot stream")
+        return StateTuple(tuple(None if local else m.init_state(batch_size, device=device, dtype=dtype)
+                                for m, local in zip(self.mixers, self.frame_local)))
+
+    def step(self, x: torch.Tensor, state: StateTuple) -> tuple[torch.Tensor, StateTuple]:
+        if not isinstance(state, StateTuple) or len(state.states) != len(self.mixers):
+            raise TypeError(f"state: expected the StateTuple of init_state, got {type(state).__name__}")
+        out, new = None, []
+        for mixer, local, s in zip(self.mixers, self.frame_local, state.states):
+            if local:  # x is one frame: the member mixes it alone
+                y, s = mixer(x), None
+            else:
+                y, s = mixer.step(x, s)
+            out = y if out is None else out + y
+            new.append(s)
+        return out, StateTuple(tuple(new))
 
 
 @register_mixer("pom")

@@ -52,8 +52,10 @@ class StreamingMixer(TokenMixer, Protocol):
 
 
 def can_stream(mixer: nn.Module) -> bool:
-    """Whether ``mixer`` can carry a state (has ``init_state`` and ``step``)."""
-    return callable(getattr(mixer, "init_state", None)) and callable(getattr(mixer, "step", None))
+    """Whether ``mixer`` can carry a state: it has ``init_state`` and ``step`` (and does not
+    say otherwise with ``streams = False``, as a hybrid of a non-streaming member does)."""
+    return (callable(getattr(mixer, "init_state", None)) and callable(getattr(mixer, "step", None))
+            and getattr(mixer, "streams", True) is not False)
 
 
 def has_constant_state(mixer: nn.Module) -> bool:
