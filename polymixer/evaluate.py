@@ -14,6 +14,24 @@ training data's), after MNIST's own normalisation (:func:`~polymixer.metrics.rec
 the digit is cropped to its ink, resized to a 20-px box and centred), applied to the real and
 the generated frames alike. The JSON holds the per-frame values and their averages.
 
+Beside those two (unchanged, so old results stay comparable), measures of how the digits are
+drawn (:mod:`polymixer.metrics.stroke`; the classifier's penultimate features are nearly
+blind to speckled or broken strokes, issue 23):
+
+- ``stroke_frechet_distance``: the Fréchet distance of per-image stroke statistics (ink,
+  edge per ink, ink fragments beyond the first, stray ink pixels, pinholes), each in units
+  of the real digits' standard deviation; ``stroke_statistics`` gives their means, generated
+  against real.
+- ``texture_frechet_distance``: the Fréchet distance of the classifier's three convolution
+  layers averaged over the image (160 features), each feature in units of the real one's
+  standard deviation.
+- ``precision`` and ``recall``: k-nearest-neighbour manifold precision and recall (k = 3) in
+  the same standardised texture features, the first ``min(N, M // 2)`` samples against as
+  many real images.
+
+Each comes with its real-data floor (``..._real``): real images drawn from the reference
+(seeded) scored the same way.
+
 The real statistics are computed at each call (a few seconds), nothing is cached.
 """
 
@@ -29,13 +47,16 @@ import torch
 from ._optional import require
 from .metrics import (feature_statistics, frechet_distance, load_digit_classifier, per_class_accuracy,
                       recenter_digits, to_classifier_input)
+from .metrics.stroke import STROKE_STATISTICS, precision_recall, stroke_statistics
 
-__all__ = ["evaluate_checkpoint", "REFERENCE_SEED", "REFERENCE_FRAMES"]
+__all__ = ["evaluate_checkpoint", "summary_lines", "REFERENCE_SEED", "REFERENCE_FRAMES", "PRECISION_RECALL_K"]
 
 # Real moving-digit clips for the video reference come from this seed (training data use seed 0 by default).
 REFERENCE_SEED = 1234
 # About this many real frames make the video reference statistics.
 REFERENCE_FRAMES = 5000
+# Neighbours that set the radius of the k-NN manifolds of precision and recall (Kynkäänniemi et al. use 3).
+PRECISION_RECALL_K = 3
 
 
 def _positive_int(name: str, value, allow_none: bool = False) -> None:
@@ -45,14 +66,41 @@ def _positive_int(name: str, value, allow_none: bool = False) -> None:
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
 
 
-def _features_and_predictions(classifier, x: torch.Tensor, batch_size: int) -> tuple[np.ndarray, torch.Tensor]:
-    feats, preds = [], []
+def _measurements(classifier, x: torch.Tensor, batch_size: int) -> dict:
+    """Everything measured on classifier inputs ``x: (N, 1, 32, 32)``: penultimate features,
+    texture features (float64 numpy), predictions (int64 tensor), stroke statistics."""
+    feats, texture, preds = [], [], []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            h = classifier.features(x[i:i + batch_size])
+            h, t = classifier.features_and_texture(x[i:i + batch_size])
             feats.append(h.double())
+            texture.append(t.double())
             preds.append(classifier.head(torch.relu(h)).argmax(1))
-    return torch.cat(feats).numpy(), torch.cat(preds)
+    return {"features": torch.cat(feats).numpy(), "texture": torch.cat(texture).numpy(),
+            "predictions": torch.cat(preds), "strokes": stroke_statistics(x)}
+
+
+class _Standardised:
+    """Statistics of reference features, each column in units of its standard deviation:
+    ``distance(features)`` is the Fréchet distance of ``features: (N, d)`` to the reference."""
+
+    def __init__(self, reference: np.ndarray):
+        self.mean = reference.mean(0)
+        std = reference.std(0)
+        self.scale = np.where(std > 1e-12, std, 1.0)
+        self.reference = self(reference)
+        self.mu, self.sigma = feature_statistics(self.reference)
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        return (features - self.mean) / self.scale
+
+    def distance(self, features: np.ndarray) -> float:
+        return frechet_distance(*feature_statistics(self(features)), self.mu, self.sigma)
+
+
+# Per-frame lists of a video model's evaluation (the first two are the original ones).
+_PER_FRAME = ("frechet_distance", "conditional_accuracy", "stroke_frechet_distance", "texture_frechet_distance",
+              "precision", "recall")
 
 
 def _real_images(model, pipeline) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -115,9 +163,11 @@ def evaluate_checkpoint(
     ``reference_accuracy`` (the classifier on the real reference), ``frechet_distance_real``
     (the same distance for ``num_samples`` real images drawn from the reference, seeded: what
     a perfect generator would score at this N, a little optimistic since they are part of the
-    reference) and, for video models,
-    ``per_frame`` (lists of both metrics by frame position; the top-level values are their
-    averages).
+    reference); the stroke-quality measures (module docstring) ``stroke_frechet_distance``,
+    ``texture_frechet_distance``, ``precision``, ``recall`` (None below 4 samples), each with
+    its ``..._real`` floor, and ``stroke_statistics`` (``{name: {"generated", "real"}}``, the
+    mean of each statistic); and, for video models, ``per_frame`` (lists of the metrics by frame
+    position; the top-level values are their averages; ``stroke_statistics`` pools all frames).
     """
     _positive_int("num_samples", num_samples)
     if num_samples < 2:
@@ -156,20 +206,34 @@ def evaluate_checkpoint(
     t0 = time.time()
 
     real_x, real_labels, reference = _real_images(model, pipeline)
-    real_feats, real_pred = _features_and_predictions(classifier, real_x, 200)
+    real = _measurements(classifier, real_x, 200)
+    real_feats, real_pred = real["features"], real["predictions"]
     mu_r, sigma_r = feature_statistics(real_feats)
     reference_accuracy = float((real_pred == real_labels).float().mean()) if digits else None
     # the yardstick at this N: num_samples real images (drawn from the reference, seeded) against it
-    pick = torch.randperm(len(real_feats), generator=torch.Generator().manual_seed(seed))[:num_samples]
-    real_floor = frechet_distance(*feature_statistics(real_feats[pick.numpy()]), mu_r, sigma_r)
+    order = torch.randperm(len(real_feats), generator=torch.Generator().manual_seed(seed)).numpy()
+    pick = order[:num_samples]
+    real_floor = frechet_distance(*feature_statistics(real_feats[pick]), mu_r, sigma_r)
+    strokes_ref, texture_ref = _Standardised(real["strokes"]), _Standardised(real["texture"])
+    # precision / recall: equal sets, n_pr generated against n_pr real; the floor: n_pr other real ones
+    n_pr = min(num_samples, len(real_feats) // 2)
+    manifold = texture_ref.reference[order[:n_pr]]
+    with_pr = n_pr > PRECISION_RECALL_K
+    precision_real, recall_real = precision_recall(manifold, texture_ref.reference[order[n_pr:2 * n_pr]],
+                                                   PRECISION_RECALL_K) if with_pr else (None, None)
 
-    def measure(x: torch.Tensor) -> tuple[float, float | None, list | None]:
-        feats, pred = _features_and_predictions(classifier, x, 200)
-        mu, sigma = feature_statistics(feats)
-        fd = frechet_distance(mu, sigma, mu_r, sigma_r)
-        if not digits:
-            return fd, None, None
-        return fd, float((pred == labels).float().mean()), per_class_accuracy(pred, labels, cfg.n_classes)
+    def measure(x: torch.Tensor) -> dict:
+        m = _measurements(classifier, x, 200)
+        pred = m["predictions"]
+        precision, recall = precision_recall(manifold, texture_ref(m["texture"][:n_pr]),
+                                             PRECISION_RECALL_K) if with_pr else (None, None)
+        out = {"frechet_distance": frechet_distance(*feature_statistics(m["features"]), mu_r, sigma_r),
+               "conditional_accuracy": float((pred == labels).float().mean()) if digits else None,
+               "per_class_accuracy": per_class_accuracy(pred, labels, cfg.n_classes) if digits else None,
+               "stroke_frechet_distance": strokes_ref.distance(m["strokes"]),
+               "texture_frechet_distance": texture_ref.distance(m["texture"]),
+               "precision": precision, "recall": recall, "strokes": m["strokes"]}
+        return out
 
     result: dict = {"checkpoint": str(checkpoint), "kind": model.kind, "num_samples": num_samples, "seed": seed,
                     "steps": steps, "cfg_scale": float(cfg_scale), "sampler": sampler,
@@ -177,7 +241,16 @@ def evaluate_checkpoint(
                                   f"{classifier.info.get('heldout_accuracy')})",
                     "features": "digit classifier penultimate layer (64)", "reference": reference,
                     "reference_accuracy": reference_accuracy,
-                    "frechet_distance_real": real_floor}
+                    "frechet_distance_real": real_floor,
+                    "stroke_features": "per-image stroke statistics (" + ", ".join(STROKE_STATISTICS)
+                                       + "), each in units of the reference's standard deviation",
+                    "texture_features": f"digit classifier's 3 conv layers averaged over the image "
+                                        f"({classifier.texture_dim}), in units of the reference's standard "
+                                        "deviation",
+                    "stroke_frechet_distance_real": strokes_ref.distance(real["strokes"][pick]),
+                    "texture_frechet_distance_real": texture_ref.distance(real["texture"][pick]),
+                    "precision_real": precision_real, "recall_real": recall_real,
+                    "precision_recall": {"k": PRECISION_RECALL_K, "samples": n_pr, "real": n_pr}}
     if num_samples < 1000:
         result["warning"] = (f"{num_samples} samples: the Fréchet distance is biased upwards at small N (compare "
                              "with frechet_distance_real, and numbers at the same N only)")
@@ -191,8 +264,9 @@ def evaluate_checkpoint(
                                        cfg_scale=cfg_scale, sampler=sampler, seed=seed, device=device,
                                        progress=progress, batch_size=batch_size)
         sampling_seconds = time.time() - t_sampling
-        fd, acc, per_class = measure(to_classifier_input(samples, (lo, hi)))
-        result.update(frechet_distance=fd, conditional_accuracy=acc, per_class_accuracy=per_class)
+        m = measure(to_classifier_input(samples, (lo, hi)))
+        strokes = m.pop("strokes")
+        result.update(m)
     else:
         from .video import sample_video, video_noise
 
@@ -206,20 +280,48 @@ def evaluate_checkpoint(
         videos = torch.cat(clips)
         sampling_seconds = time.time() - t_sampling
         x01 = ((videos - lo) / (hi - lo) * 2 - 1).clamp(-1, 1)
-        fds, accs, per_class = [], [], []
-        for f in range(n_frames):
-            fd, acc, pc = measure(recenter_digits(x01[:, f]))
-            fds.append(fd)
-            accs.append(acc)
-            per_class.append(pc)
+        frames_measured = [measure(recenter_digits(x01[:, f])) for f in range(n_frames)]
+        per_frame = {key: [m[key] for m in frames_measured] for key in _PER_FRAME}
+        fds, accs, per_class = per_frame["frechet_distance"], per_frame["conditional_accuracy"], \
+            [m["per_class_accuracy"] for m in frames_measured]
+        strokes = np.concatenate([m["strokes"] for m in frames_measured])
         result.update(frames=n_frames, mode=mode,
                       frechet_distance=float(np.mean(fds)),
                       conditional_accuracy=float(np.mean(accs)) if digits else None,
                       per_class_accuracy=([float(np.mean([pc[c] for pc in per_class if pc[c] is not None]))
                                            if any(pc[c] is not None for pc in per_class) else None
                                            for c in range(cfg.n_classes)] if digits else None),
-                      per_frame={"frechet_distance": fds, "conditional_accuracy": accs if digits else None})
+                      **{key: float(np.mean(per_frame[key])) if per_frame[key][0] is not None else None
+                         for key in _PER_FRAME[2:]},
+                      per_frame={**per_frame, "conditional_accuracy": accs if digits else None})
+    result["stroke_statistics"] = {name: {"generated": float(strokes[:, j].mean()),
+                                          "real": float(real["strokes"][:, j].mean())}
+                                   for j, name in enumerate(STROKE_STATISTICS)}
     result["sampling_seconds"] = round(sampling_seconds, 2)
     result["samples_per_second"] = round(num_samples / max(sampling_seconds, 1e-9), 3)  # clips for video models
     result["seconds"] = round(time.time() - t0, 1)
     return result
+
+
+def summary_lines(result: dict) -> list[str]:
+    """The stroke-quality lines of ``polymixer eval``'s printed summary, from
+    :func:`evaluate_checkpoint`'s ``result`` (video: the averages over frames)."""
+    video = "per_frame" in result
+    real = "real frames" if video else "real digits"
+
+    def pair(key: str) -> str:
+        value, floor = result[key], result[f"{key}_real"]
+        return "-" if value is None else f"{value:.3f} ({real}, same N: {floor:.3f})"
+
+    stats = result["stroke_statistics"]
+    lines = [f"stroke Fréchet distance{' (mean over frames)' if video else ''}: "
+             f"{pair('stroke_frechet_distance')}",
+             f"texture Fréchet distance{' (mean over frames)' if video else ''}: "
+             f"{pair('texture_frechet_distance')}",
+             f"precision / recall (k = {result['precision_recall']['k']}, texture features): "
+             + ("-" if result["precision"] is None else
+                f"{result['precision']:.3f} / {result['recall']:.3f} ({real}: {result['precision_real']:.3f} / "
+                f"{result['recall_real']:.3f})"),
+             "stroke statistics per image, generated (real): "
+             + ", ".join(f"{name} {v['generated']:.3g} ({v['real']:.3g})" for name, v in stats.items())]
+    return lines

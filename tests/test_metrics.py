@@ -198,10 +198,21 @@ def test_eval_bundled_demo(tmp_path, monkeypatch, capsys):
     assert main(["eval", "--checkpoint", "demo", "--num-samples", "20", "--steps", "2", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "Fréchet distance" in out and "conditional accuracy" in out
+    assert "stroke Fréchet distance" in out and "texture Fréchet distance" in out and "precision / recall" in out
+    assert "stroke statistics per image" in out and "fragments" in out
     result = json.loads((tmp_path / "eval.json").read_text())
     for key in ("frechet_distance", "conditional_accuracy", "per_class_accuracy", "num_samples", "seed", "steps",
                 "reference", "reference_accuracy", "kind", "checkpoint", "frechet_distance_real", "warning"):
         assert key in result
+    # stroke quality (issue 23): new keys beside the old ones
+    for key in ("stroke_frechet_distance", "texture_frechet_distance", "precision", "recall"):
+        assert isinstance(result[key], float) and isinstance(result[f"{key}_real"], float), key
+        assert result[key] >= 0 and result[f"{key}_real"] >= 0
+    assert 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
+    assert result["precision_recall"] == {"k": 3, "samples": 20, "real": 20}
+    assert set(result["stroke_statistics"]) == {"ink", "edge_per_ink", "fragments", "stray_pixels", "pinholes"}
+    assert all(set(v) == {"generated", "real"} for v in result["stroke_statistics"].values())
+    assert result["stroke_statistics"]["ink"]["real"] > 50  # about 103 on MNIST at 32x32
     assert result["num_samples"] == 20 and result["kind"] == "image" and len(result["per_class_accuracy"]) == 10
     assert result["frechet_distance"] > 0 and 0 <= result["conditional_accuracy"] <= 1
     assert result["samples_per_second"] > 0 and 0 < result["sampling_seconds"] <= result["seconds"]
@@ -244,12 +255,25 @@ def test_eval_video_model_per_frame(tmp_path, monkeypatch):
     assert len(per_frame["frechet_distance"]) == 3 and len(per_frame["conditional_accuracy"]) == 3
     assert result["frechet_distance"] == pytest.approx(float(np.mean(per_frame["frechet_distance"])))
     assert result["conditional_accuracy"] == pytest.approx(float(np.mean(per_frame["conditional_accuracy"])))
+    for key in ("stroke_frechet_distance", "texture_frechet_distance", "precision", "recall"):
+        assert len(per_frame[key]) == 3 and result[key] == pytest.approx(float(np.mean(per_frame[key])))
+        assert result[f"{key}_real"] >= 0
+    assert result["stroke_statistics"]["fragments"]["real"] >= 0
     assert "moving-digits" in result["reference"]
     json.dumps(result)
     # the batch size changes nothing but the batching: the same clips, the same numbers
     again = evaluate_checkpoint(folder, num_samples=6, steps=1, batch_size=5, frames=3)
     for key in ("frechet_distance", "conditional_accuracy"):
         assert again["per_frame"][key] == pytest.approx(per_frame[key], rel=1e-5)
+    # below k + 1 = 4 samples there is no precision / recall, the rest is measured
+    from polymixer.evaluate import summary_lines
+
+    few = evaluate_checkpoint(folder, num_samples=3, steps=1, frames=3)
+    assert few["precision"] is None and few["recall"] is None and few["per_frame"]["precision"] == [None] * 3
+    assert few["stroke_frechet_distance"] >= 0 and len(few["per_frame"]["stroke_frechet_distance"]) == 3
+    lines = summary_lines(few)
+    assert any(line.startswith("precision / recall") and line.endswith(": -") for line in lines), lines
+    assert any(line.startswith("stroke Fréchet distance (mean over frames)") for line in lines), lines
     SamplingConfig(dataset="mnist").save(folder)
     with pytest.raises(ValueError, match="compares its frames with moving digits"):
         evaluate_checkpoint(folder, num_samples=2, steps=1)

@@ -11,6 +11,7 @@ still judged fairly. Nothing is downloaded.
     clf = load_digit_classifier()
     feats = clf.features(images)      # images (N, 1, 32, 32) in [-1, 1] -> (N, 64)
     classes = clf.predict(images)     # (N,) int64
+    texture = clf.texture_features(images)  # (N, 160): each conv layer averaged over the image
 """
 
 from __future__ import annotations
@@ -81,17 +82,40 @@ class DigitClassifier(nn.Module):
             raise ValueError(f"x: expected digits (N, {c.in_channels}, {c.image_size}, {c.image_size}) in [-1, 1], "
                              f"got shape {tuple(x.shape)} (see to_classifier_input for other sizes)")
 
-    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+    def _trunk(self, x: torch.Tensor, texture: bool = False):
         x = x.to(self.head.weight.dtype)
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv3(x)), 2)
-        return self.hidden(x.flatten(1))
+        pooled = []
+        for conv in (self.conv1, self.conv2, self.conv3):
+            x = F.relu(conv(x))
+            if texture:
+                pooled.append(x.mean((2, 3)))
+            x = F.max_pool2d(x, 2)
+        h = self.hidden(x.flatten(1))
+        return (h, torch.cat(pooled, 1)) if texture else h
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features ``(N, feature_dim)`` of digits ``x: (N, 1, 32, 32)``."""
         self._check(x)
         return self._trunk(x)
+
+    @property
+    def texture_dim(self) -> int:
+        """Width of :meth:`texture_features`: the channels of the three convolutions, summed."""
+        return sum(self.config.channels)
+
+    def texture_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Texture features ``(N, texture_dim)`` of digits ``x: (N, 1, 32, 32)``: each
+        convolution's ReLU outputs (32x32, 16x16 and 8x8 maps, receptive fields of 3, 8 and
+        18 pixels) averaged over the image, concatenated: which local patterns occur and how
+        often, not where. The penultimate layer learned to discard how a stroke is drawn (its
+        training shifted, scaled and rotated the digits); these early layers still see it."""
+        self._check(x)
+        return self._trunk(x, texture=True)[1]
+
+    def features_and_texture(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`features` and :meth:`texture_features` of ``x: (N, 1, 32, 32)`` in one pass."""
+        self._check(x)
+        return self._trunk(x, texture=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, n_classes)`` of digits ``x: (N, 1, 32, 32)``."""
