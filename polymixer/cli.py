@@ -496,7 +496,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from .bundled import bundled_checkpoint, bundled_checkpoints
-    from .evaluate import evaluate_checkpoint
+    from .evaluate import evaluate_checkpoint, summary_lines
     from .io import write_json
 
     if args.num_samples < 2:
@@ -531,6 +531,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"Fréchet distance (digit-classifier features): {result['frechet_distance']:.3f} "
               f"(real digits, same N: {result['frechet_distance_real']:.3f})")
         print("conditional accuracy: " + (f"{acc:.3f}" if acc is not None else "- (not ten digit classes)"))
+    for line in summary_lines(result):  # stroke quality (issue 23)
+        print(line)
     if "warning" in result:
         print(f"warning: {result['warning']}")
     out = write_json(args.out, result)
