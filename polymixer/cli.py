@@ -63,6 +63,8 @@ _TRAIN_HELP: dict[str, tuple[str, tuple | None]] = {
     "qk_norm": ("RMS-normalise queries and keys (attention)", None),
     "mlp_conv": ("side of an identity-initialised depthwise convolution over the token grid in every MLP "
                  "(0 = none, 3 = Mix-FFN)", None),
+    "pom_rotary": ("rotary positions inside PoM: 0 = off, 2 = (row, column) for images, 3 = (frame, row, "
+                   "column) for video; runs PoM's autograd form", None),
     "temporal_patch": ("consecutive frames folded into one token grid (video)", None),
     "noise_levels": ("one noise level per clip, or per frame (diffusion forcing) (video)", ("clip", "frame")),
     "objective": ("training objective", ("flow", "ddpm")),
@@ -405,7 +407,7 @@ def _cmd_sample_video(args: argparse.Namespace) -> int:
             raise ValueError(f"--frames: {frames} frames asked for, but the context already has {context.shape[1]}")
     t0 = time.time()
     clips = sample_video(model, pipeline, torch.tensor(classes), frames=frames, mode=args.mode, steps=args.steps,
-                         cfg_scale=args.cfg, sampler=args.sampler, seed=args.seed, context=context,
+                         cfg_scale=args.cfg, sampler=args.sampler, seed=args.seed, given_frames=context,
                          device=args.device, progress=True)
     out = save_clip(clips, args.out, fps=args.fps or pipeline.frames_per_second, data_range=pipeline.data_range)
     print(f"generated {len(classes)} clips of {frames} frames ({args.mode}, {args.steps} steps, cfg {args.cfg}; "

@@ -14,7 +14,7 @@ same video (docs/design.md, section 4):
   finished frames at evaluation k: ``evaluations x blocks`` states of (batch, F_state)
   each, whatever the number of frames. For a per-frame-noise model (diffusion forcing),
   the new frame reads one state per block, fed afterwards from the finished clean frame
-  at t = 0; given ``context`` frames are fed the same way first (continuing a clip).
+  at t = 0; ``given_frames`` (clean frames of a clip to continue) are fed the same way first.
 
 :func:`iter_video_frames` yields the finished frames one by one, so a caller that
 streams them out (to a file, to a screen) keeps only the states in memory.
@@ -108,13 +108,13 @@ def iter_video_frames(
     sampler: str | None = None,
     seed: int = 0,
     frame_size: int | None = None,
-    context: torch.Tensor | None = None,
+    given_frames: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Yield the frames ``(B, 1, C, H, W)`` of clips for ``labels: (B,)``, first to last,
-    in the model's dtype, before clamping to the data range. ``context: (B, K, C, H, W)``
+    in the model's dtype, before clamping to the data range. ``given_frames: (B, K, C, H, W)``
     clean frames to continue (per-frame-noise models, sequential mode): they are yielded
     first, then ``frames - K`` generated ones. ``noise: (B, frames, C, H, W)`` replaces the
     seeded draws (``seed`` is then unused): rows of :func:`video_noise` for ``N >= B`` clips
@@ -136,20 +136,20 @@ def iter_video_frames(
     shape = (cfg.in_channels, size, size)
     B = cond.batch_size
     known = 0
-    if context is not None:
+    if given_frames is not None:
         if cfg.noise_levels != "frame":
-            raise ValueError("context: this model was trained with one noise level per clip, so a frame depends on "
+            raise ValueError("given_frames: this model was trained with one noise level per clip, so a frame depends on "
                              "the noisy states of earlier frames, which a given clip does not have; continuing a "
                              "clip needs a model trained with noise_levels='frame'")
         if mode != "sequential":
-            raise ValueError("context: continuing a clip needs mode='sequential'")
-        model.check_clip(context)
-        if context.shape[0] != B or tuple(context.shape[2:]) != shape:
-            raise ValueError(f"context: expected clean frames ({B}, K, {', '.join(map(str, shape))}), "
-                             f"got {tuple(context.shape)}")
-        known = context.shape[1]
+            raise ValueError("given_frames: continuing a clip needs mode='sequential'")
+        model.check_clip(given_frames)
+        if given_frames.shape[0] != B or tuple(given_frames.shape[2:]) != shape:
+            raise ValueError(f"given_frames: expected clean frames ({B}, K, {', '.join(map(str, shape))}), "
+                             f"got {tuple(given_frames.shape)}")
+        known = given_frames.shape[1]
         if known >= frames:
-            raise ValueError(f"frames: {frames} frames asked for, but the context already has {known}")
+            raise ValueError(f"frames: {frames} frames asked for, but given_frames already has {known}")
     if noise is not None and tuple(noise.shape) != (B, frames, *shape):
         raise ValueError(f"noise: expected ({B}, {frames}, {', '.join(map(str, shape))}) for {B} clips of "
                          f"{frames} frames, got {tuple(noise.shape)}")
@@ -181,7 +181,7 @@ def iter_video_frames(
                 streamed.frame = f
                 frame_noise = draw(f, tp)
                 if f < known:
-                    frame = context[:, f:f + tp].to(device=device, dtype=dtype)
+                    frame = given_frames[:, f:f + tp].to(device=device, dtype=dtype)
                 else:
                     frame = sample(streamed, frame_noise.to(device=device, dtype=dtype), cond, indexed=True, **run)
                 if cfg.noise_levels == "frame":

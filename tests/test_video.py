@@ -203,11 +203,11 @@ def test_per_frame_model_continues_a_clip(cfg):
     y = torch.tensor([4, 6])
     given = torch.rand(2, 3, 1, 8, 8, dtype=torch.float64) * 2 - 1
     kw = dict(frames=6, steps=3, cfg_scale=cfg, seed=2)
-    out = sample_video(model, SamplingConfig(), y, context=given, **kw)
+    out = sample_video(model, SamplingConfig(), y, given_frames=given, **kw)
     assert out.shape == (2, 6, 1, 8, 8)
     assert torch.equal(out[:, :3], given.float())
     # the generated frames depend on the given ones ...
-    other = sample_video(model, SamplingConfig(), y, context=given.flip(1), **kw)
+    other = sample_video(model, SamplingConfig(), y, given_frames=given.flip(1), **kw)
     assert (other[:, 3:] - out[:, 3:]).abs().max() > 1e-4
     # ... exactly as a generation whose first frames came out as the given ones: frame 3
     # denoised by hand against a parallel forward over [given, frame 3] at t = (0, 0, 0, t)
@@ -233,7 +233,7 @@ def test_video_bad_input():
     with pytest.raises(ValueError, match="frames: expected a positive int"):
         sample_video(model, pipe, torch.tensor([1]), frames=0)
     with pytest.raises(ValueError, match="noise level per clip"):
-        sample_video(model, pipe, torch.tensor([1]), frames=4, context=torch.zeros(1, 2, 1, 8, 8))
+        sample_video(model, pipe, torch.tensor([1]), frames=4, given_frames=torch.zeros(1, 2, 1, 8, 8))
     with pytest.raises(ValueError, match="mode"):
         sample_video(model, pipe, torch.tensor([1]), frames=2, mode="parallel")
     with pytest.raises(ValueError, match="channels"):
@@ -263,9 +263,9 @@ def test_video_bad_input():
         local.blocks[0](torch.zeros(1, 8, 32), torch.zeros(1, 32), block_size=4, causal=True)
     per_frame = tiny_video(noise_levels="frame")
     with pytest.raises(ValueError, match="already has"):
-        sample_video(per_frame, pipe, torch.tensor([1]), frames=2, context=torch.zeros(1, 2, 1, 8, 8))
-    with pytest.raises(ValueError, match=r"context: expected clean frames"):
-        sample_video(per_frame, pipe, torch.tensor([1, 2]), frames=4, context=torch.zeros(1, 2, 1, 8, 8))
+        sample_video(per_frame, pipe, torch.tensor([1]), frames=2, given_frames=torch.zeros(1, 2, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"given_frames: expected clean frames"):
+        sample_video(per_frame, pipe, torch.tensor([1, 2]), frames=4, given_frames=torch.zeros(1, 2, 1, 8, 8))
 
 
 def test_video_save_load_round_trip(tmp_path):

@@ -83,7 +83,7 @@ def outputs() -> dict[str, torch.Tensor]:
             ctx = torch.randn(2, 1, 1, 8, 8, generator=torch.Generator().manual_seed(5)).clamp(-1, 1)
             result[f"{name}_continue"] = sample_video(model, pipe, torch.tensor([1, 2]), frames=3,
                                                       mode="sequential", steps=2, cfg_scale=2.0, seed=6,
-                                                      context=ctx)
+                                                      given_frames=ctx)
     return {k: v.detach().contiguous() for k, v in result.items()}
 
 
