@@ -22,7 +22,7 @@ from ..nn.protocol import can_stream
 from .mixers import LayerMixer, build_mixer, frame_local_call, parse_mixer_pattern
 
 __all__ = [
-    "TransformerConfig", "sincos_1d", "sincos_2d", "TimestepEmbedding", "modulate", "gated",
+    "TransformerConfig", "sincos_1d", "sincos_2d", "token_coordinates", "check_rotary_axes", "TimestepEmbedding", "modulate", "gated",
     "MLP", "DiTBlock", "FinalLayer", "build_blocks", "run_blocks", "check_labels", "check_condition", "labels_of",
 ]
 
@@ -51,6 +51,10 @@ class TransformerConfig:
             (after its first linear map, on the hidden channels; one frame at a time for
             video), initialised as the identity so a new model starts as without it;
             0 (default) for none, e.g. 3 for the Mix-FFN of SANA.
+        pom_rotary: rotary positions inside the PoM mixers (docs/design.md, section 8): 0
+            (default) for none, else the number of position axes of the model's tokens, 2
+            (row, column) for the image DiT, 3 (frame, row, column) for the video DiT;
+            those mixers then run the plain autograd form.
     """
 
     in_channels: int = 1
@@ -68,6 +72,7 @@ class TransformerConfig:
     n_classes: int = 10
     qk_norm: bool = False
     mlp_conv: int = 0
+    pom_rotary: int = 0
 
     # fields that change how the network computes, not its weights or its function
     NON_ARCHITECTURAL = ("pom_implementation",)
@@ -91,6 +96,9 @@ class TransformerConfig:
         k = self.mlp_conv
         if isinstance(k, bool) or not isinstance(k, int) or k < 0 or (k and k % 2 == 0):
             raise ValueError(f"mlp_conv: expected 0 (none) or an odd kernel size >= 1, got {k!r}")
+        r = self.pom_rotary
+        if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= 3:
+            raise ValueError(f"pom_rotary: expected 0 (none) or the number of position axes (1, 2 or 3), got {r!r}")
         if not (isinstance(self.mlp_ratio, (int, float)) and self.mlp_ratio > 0):
             raise ValueError(f"mlp_ratio: expected a positive number, got {self.mlp_ratio!r}")
 
@@ -114,6 +122,28 @@ def sincos_2d(grid_h: int, grid_w: int, dim: int) -> torch.Tensor:
         raise ValueError(f"width: the 2-D sin-cos positions need a width divisible by 4, got {dim}")
     ys, xs = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
     return torch.cat([sincos_1d(ys.flatten(), dim // 2), sincos_1d(xs.flatten(), dim // 2)], dim=1)
+
+
+def token_coordinates(grid_h: int, grid_w: int, frames: int | None = None, frame_offset: int = 0,
+                      device=None) -> torch.Tensor:
+    """Integer coordinates of the tokens, in token order: ``(grid_h * grid_w, 2)`` (row,
+    column) of one image, or with ``frames`` ``(frames * grid_h * grid_w, 3)`` (frame, row,
+    column) of consecutive frames numbered from ``frame_offset`` (the rotary positions)."""
+    rows, cols = torch.meshgrid(torch.arange(grid_h, device=device), torch.arange(grid_w, device=device),
+                                indexing="ij")
+    space = torch.stack([rows.flatten(), cols.flatten()], dim=-1)
+    if frames is None:
+        return space
+    frame = torch.arange(frame_offset, frame_offset + frames, device=device)
+    frame = frame.repeat_interleave(grid_h * grid_w)[:, None]
+    return torch.cat([frame, space.repeat(frames, 1)], dim=-1)
+
+
+def check_rotary_axes(config: TransformerConfig, axes: int, what: str) -> None:
+    """Raise unless ``config.pom_rotary`` is 0 or ``axes``, the coordinates a model's tokens have."""
+    if config.pom_rotary not in (0, axes):
+        raise ValueError(f"pom_rotary: the tokens of {what} have {axes} coordinates; expected 0 (off) or {axes}, "
+                         f"got {config.pom_rotary}")
 
 
 class TimestepEmbedding(nn.Module):
@@ -201,9 +231,11 @@ def init_identity_convs(model: nn.Module) -> None:
 class DiTBlock(nn.Module):
     """adaLN-Zero block: ``x + g1 * mixer(mod(LN(x))) ; x + g2 * MLP(mod(LN(x)))``.
 
-    ``forward(x, c, *, grid=None, **mode)``: ``x: (B, N, D)``, ``c: (B, D)`` or
-    ``(B, G, D)``; ``grid`` the (rows, columns) of each image or frame (for the MLP's
-    convolution); ``mode`` the mixer's context mode (``block_size``, ``context_mask``, ...).
+    ``forward(x, c, *, grid=None, positions=None, **mode)``: ``x: (B, N, D)``, ``c: (B, D)``
+    or ``(B, G, D)``; ``grid`` the (rows, columns) of each image or frame (for the MLP's
+    convolution); ``positions: (N, A)`` the tokens' coordinates, passed to a mixer that
+    declares ``uses_positions`` (rotary PoM) and ignored by the others; ``mode`` the
+    mixer's context mode (``block_size``, ``context_mask``, ...).
     A frame-local block (``layer.frame_local``) mixes inside each block of ``block_size``
     tokens only (the whole sequence without one).
 
@@ -225,8 +257,22 @@ class DiTBlock(nn.Module):
     def extra_repr(self) -> str:
         return f"layer={str(self.layer)!r}"
 
+    @property
+    def uses_positions(self) -> bool:
+        """Whether the mixer takes the tokens' ``positions`` (rotary PoM, or a hybrid with one)."""
+        return bool(getattr(self.mixer, "uses_positions", False))
+
+    def _position_kwargs(self, positions) -> dict:
+        if not self.uses_positions:
+            return {}
+        if positions is None:
+            raise ValueError(f"positions: the mixer of this block ({self.layer}) takes the tokens' positions "
+                             "(rotary); the model must pass them")
+        return {"positions": positions}
+
     def forward(self, x: torch.Tensor, c: torch.Tensor, *, grid: tuple[int, int] | None = None,
-                **mode) -> torch.Tensor:
+                positions: torch.Tensor | None = None, **mode) -> torch.Tensor:
+        mode.update(self._position_kwargs(positions))
         if not self.layer.frame_local:
             return self._residuals(x, c, lambda h: self.mixer(h, **mode), grid)
         return self._residuals(x, c, lambda h: frame_local_call(self.mixer, h, mode), grid)
@@ -248,15 +294,18 @@ class DiTBlock(nn.Module):
                              "init_state/step)")
         return self.mixer.init_state(batch_size, device=device, dtype=dtype)
 
-    def step(self, x: torch.Tensor, c: torch.Tensor, state, *, grid: tuple[int, int] | None = None):
+    def step(self, x: torch.Tensor, c: torch.Tensor, state, *, grid: tuple[int, int] | None = None,
+             positions: torch.Tensor | None = None):
         """The block on the next block of tokens ``x: (B, t, D)`` of a stream (one frame),
-        which reads ``state`` and itself; returns ``(out, new_state)``."""
+        which reads ``state`` and itself (``positions: (t, A)`` the block's coordinates, for
+        a mixer that uses them); returns ``(out, new_state)``."""
+        kw = self._position_kwargs(positions)
         if not self.keeps_state:
-            return self._residuals(x, c, self.mixer, grid), None
+            return self._residuals(x, c, lambda h: self.mixer(h, **kw), grid), None
         new = []
 
         def mix(h):
-            y, s = self.mixer.step(h, state)
+            y, s = self.mixer.step(h, state, **kw)
             new.append(s)
             return y
 
@@ -290,8 +339,9 @@ class FinalLayer(nn.Module):
 
 def run_blocks(blocks: nn.ModuleList, tokens: torch.Tensor, c: torch.Tensor, checkpointing: bool,
                **mode) -> torch.Tensor:
-    """Apply ``blocks`` in order, each with the keyword arguments ``mode`` (``grid`` and the
-    mixers' context mode); activation checkpointing when ``checkpointing`` in training."""
+    """Apply ``blocks`` in order, each with the keyword arguments ``mode`` (``grid``, the
+    tokens' ``positions`` and the mixers' context mode); activation checkpointing when
+    ``checkpointing`` in training."""
     for block in blocks:
         if checkpointing and block.training and torch.is_grad_enabled():
             tokens = checkpoint(block, tokens, c, use_reentrant=False, **mode)

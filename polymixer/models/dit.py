@@ -33,10 +33,12 @@ from .blocks import (
     TransformerConfig,
     check_condition,
     check_labels,
+    check_rotary_axes,
     labels_of,
     init_dit_weights,
     run_blocks,
     sincos_2d,
+    token_coordinates,
 )
 from ..conditioning import ClassLabels, as_condition
 from ..ops.plan import compiling
@@ -114,7 +116,9 @@ class DiT(nn.Module):
         self.class_embed = nn.Embedding(config.n_classes + 1, D)
         grid = config.image_size // p
         self.register_buffer("pos_embed", sincos_2d(grid, grid, D).unsqueeze(0), persistent=False)
+        check_rotary_axes(config, 2, "an image (row, column)")
         self.blocks = build_blocks(config)
+        self.uses_positions = any(block.uses_positions for block in self.blocks)
         self.final = FinalLayer(D, p * p * config.in_channels)
         self.gradient_checkpointing = False
         self.reset_parameters()
@@ -170,6 +174,8 @@ class DiT(nn.Module):
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
         tokens = tokens + self.positions(gh, gw, tokens.device, tokens.dtype)
         c = self.time_embed(t) + self.class_embed(labels_of(y))  # (B, D)
+        if self.uses_positions:  # rotary mixers: the (row, column) of each token
+            context = {**context, "positions": token_coordinates(gh, gw, device=tokens.device)}
         tokens = run_blocks(self.blocks, tokens, c, self.gradient_checkpointing, grid=(gh, gw), **context)
         out = self.final(tokens, c)  # (B, N, p*p*C)
         out = out.view(B, gh, gw, p, p, C).permute(0, 5, 1, 3, 2, 4)

@@ -24,6 +24,7 @@ follows the token-mixer protocol (:mod:`polymixer.nn.protocol`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -129,18 +130,25 @@ def build_mixer(layer: LayerMixer, config) -> nn.Module:
 def frame_local_call(mixer: nn.Module, x: torch.Tensor, mode: dict) -> torch.Tensor:
     """``mixer`` inside each frame of ``x: (B, N, D)``: the frames are the blocks of
     ``mode["block_size"]`` tokens (the whole sequence without one), mixed as a batch of
-    ``(B * N / T, T, D)``. Any other context mode is an error."""
+    ``(B * N / T, T, D)``; ``mode["positions"]`` (``(N, A)`` or ``(B, N, A)``, for a mixer
+    that uses them) is cut the same way. Any other context mode is an error."""
     mode = dict(mode)
     size = mode.pop("block_size", None)
+    positions = mode.pop("positions", None)
     if mode:
         raise ValueError(f"mode: a frame-local mixer takes only block_size, got {sorted(mode)}")
     if size is None:
-        return mixer(x)
+        return mixer(x) if positions is None else mixer(x, positions=positions)
     B, N, D = x.shape
     if N % size != 0:
         raise ValueError(f"block_size: a frame-local block needs whole frames; {size} does not divide the "
                          f"{N} tokens")
-    return mixer(x.reshape(B * N // size, size, D)).reshape(B, N, D)
+    frames = x.reshape(B * N // size, size, D)
+    if positions is None:
+        return mixer(frames).reshape(B, N, D)
+    positions = positions.expand(B, *positions.shape[-2:]) if positions.dim() == 2 else positions
+    positions = positions.reshape(B * N // size, size, positions.shape[-1])
+    return mixer(frames, positions=positions).reshape(B, N, D)
 
 
 @dataclass
@@ -173,7 +181,8 @@ class MixerSum(nn.Module):
 
     A frame-local member mixes inside each frame (``block_size``) and keeps no state; the
     others get the call's context mode. It streams when every other member streams; its
-    state is a :class:`StateTuple`, constant in size when theirs are.
+    state is a :class:`StateTuple`, constant in size when theirs are. The tokens'
+    ``positions`` go to the members that declare ``uses_positions`` (rotary PoM).
     """
 
     def __init__(self, mixers: list[nn.Module], frame_local: list[bool]):
@@ -185,14 +194,16 @@ class MixerSum(nn.Module):
         crossing = [m for m, local in zip(self.mixers, self.frame_local) if not local]
         self.streams = all(can_stream(m) for m in crossing)
         self.constant_state = self.streams and all(getattr(m, "constant_state", False) for m in crossing)
+        self.uses_positions = any(getattr(m, "uses_positions", False) for m in self.mixers)
 
     def extra_repr(self) -> str:
         return f"frame_local={self.frame_local}"
 
-    def forward(self, x: torch.Tensor, **mode) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None, **mode) -> torch.Tensor:
         out = None
         for mixer, local in zip(self.mixers, self.frame_local):
-            y = frame_local_call(mixer, x, mode) if local else mixer(x, **mode)
+            kw = _positions_for(mixer, positions)
+            y = frame_local_call(mixer, x, {**mode, **kw}) if local else mixer(x, **mode, **kw)
             out = y if out is None else out + y
         return out
 
@@ -202,25 +213,44 @@ class MixerSum(nn.Module):
         return StateTuple(tuple(None if local else m.init_state(batch_size, device=device, dtype=dtype)
                                 for m, local in zip(self.mixers, self.frame_local)))
 
-    def step(self, x: torch.Tensor, state: StateTuple) -> tuple[torch.Tensor, StateTuple]:
+    def step(self, x: torch.Tensor, state: StateTuple,
+             positions: torch.Tensor | None = None) -> tuple[torch.Tensor, StateTuple]:
         if not isinstance(state, StateTuple) or len(state.states) != len(self.mixers):
             raise TypeError(f"state: expected the StateTuple of init_state, got {type(state).__name__}")
         out, new = None, []
         for mixer, local, s in zip(self.mixers, self.frame_local, state.states):
+            kw = _positions_for(mixer, positions)
             if local:  # x is one frame: the member mixes it alone
-                y, s = mixer(x), None
+                y, s = mixer(x, **kw), None
             else:
-                y, s = mixer.step(x, s)
+                y, s = mixer.step(x, s, **kw)
             out = y if out is None else out + y
             new.append(s)
         return out, StateTuple(tuple(new))
 
 
+def _positions_for(mixer: nn.Module, positions: torch.Tensor | None) -> dict:
+    """``{"positions": positions}`` for a mixer that declares ``uses_positions``, else ``{}``."""
+    if not getattr(mixer, "uses_positions", False):
+        return {}
+    if positions is None:
+        raise ValueError(f"positions: {type(mixer).__name__} takes the tokens' positions (rotary); pass them")
+    return {"positions": positions}
+
+
 @register_mixer("pom")
 def _pom(config) -> nn.Module:
+    rotary = getattr(config, "pom_rotary", 0)
+    if not rotary:
+        return PolynomialMixer(config.width, degree=config.pom_degree, expand=config.pom_expand,
+                               variant=config.pom_variant, heads=config.pom_heads,
+                               implementation=config.pom_implementation)
+    # slowest pair: a quarter turn over the token grid (at least 8 tokens)
+    grid = max(8, getattr(config, "image_size", 0) // config.patch_size, getattr(config, "frames", 0))
     return PolynomialMixer(config.width, degree=config.pom_degree, expand=config.pom_expand,
                            variant=config.pom_variant, heads=config.pom_heads,
-                           implementation=config.pom_implementation)
+                           implementation=config.pom_implementation, rotary_axes=rotary,
+                           rotary_min_freq=math.pi / (4 * grid))
 
 
 @register_mixer("attention")

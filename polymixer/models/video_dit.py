@@ -47,11 +47,13 @@ from .blocks import (
     TransformerConfig,
     check_condition,
     check_labels,
+    check_rotary_axes,
     labels_of,
     init_dit_weights,
     run_blocks,
     sincos_1d,
     sincos_2d,
+    token_coordinates,
 )
 from .dit import check_time
 from .mixers import legacy_frame_local_pattern
@@ -144,7 +146,9 @@ class VideoDiT(nn.Module):
         self.class_embed = nn.Embedding(config.n_classes + 1, D)
         grid = config.image_size // p
         self.register_buffer("pos_embed", sincos_2d(grid, grid, D).unsqueeze(0), persistent=False)
+        check_rotary_axes(config, 3, "a video (frame, row, column)")
         self.blocks = build_blocks(config)
+        self.uses_positions = any(block.uses_positions for block in self.blocks)
         self.final = FinalLayer(D, tp * p * p * config.in_channels)
         self.gradient_checkpointing = False
         init_dit_weights(self)
@@ -210,6 +214,16 @@ class VideoDiT(nn.Module):
         pos = time[:, None, :].to(space.device) + space[None]
         return pos.reshape(1, frames * grid_h * grid_w, D).to(device=device, dtype=dtype)
 
+    def _positions(self, grid: tuple[int, int], num_tokens: int, frame_offset: int, device) -> dict:
+        """``{"positions": (frame, row, column) of each token}`` for rotary mixers, else ``{}``;
+        frames are token grids (``temporal_patch`` frames each), numbered from
+        ``frame_offset // temporal_patch``."""
+        if not self.uses_positions:
+            return {}
+        gh, gw = grid
+        return {"positions": token_coordinates(gh, gw, num_tokens // (gh * gw),
+                                               frame_offset // self.config.temporal_patch, device=device)}
+
     def time_shape(self, x: torch.Tensor) -> tuple[int, ...]:
         """Training times for clips ``x: (B, F, ...)``: ``(B,)`` or ``(B, F)`` per the config."""
         return (x.shape[0], x.shape[1]) if self.config.noise_levels == "frame" else (x.shape[0],)
@@ -242,7 +256,7 @@ class VideoDiT(nn.Module):
             t = self._check_inputs(x, t, y)
         tokens, c, grid = self._embed(x, t, y, frame_offset)
         tokens = run_blocks(self.blocks, tokens, c, self.gradient_checkpointing, block_size=grid[0] * grid[1],
-                            grid=grid)
+                            grid=grid, **self._positions(grid, tokens.shape[1], frame_offset, tokens.device))
         return self._unembed(tokens, c, x.shape)
 
     def step(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, state: StateCache, *,
@@ -261,9 +275,11 @@ class VideoDiT(nn.Module):
             xg = x[:, g * tp:(g + 1) * tp]
             tg = t[:, g * tp:(g + 1) * tp] if t.dim() == 2 else t
             tokens, c, grid = self._embed(xg, tg, y, frame_offset + g * tp)
+            positions = self._positions(grid, tokens.shape[1], frame_offset + g * tp, tokens.device)
             new = {}
             for i, block in enumerate(self.blocks):
-                tokens, block_state = block.step(tokens, c, state[str(i)] if block.keeps_state else None, grid=grid)
+                tokens, block_state = block.step(tokens, c, state[str(i)] if block.keeps_state else None, grid=grid,
+                                                 **positions)
                 if block.keeps_state:
                     new[str(i)] = block_state
             state = StateCache(new)

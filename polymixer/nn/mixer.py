@@ -12,6 +12,7 @@ from ..ops import pom
 from ..ops.context import ContextMode, resolve_context
 from ..ops.plan import FORMS, ExecutionPlan, MixerSettings, choose_path
 from ..ops.pom import MixerSpec, MixerWeights
+from ..ops.pom.rotary import ROTARY_QUERY, rotary_angles, rotary_layout
 from ._checks import check_positive_int, check_tokens
 from .state import MixerState
 
@@ -55,6 +56,20 @@ class PolynomialMixer(nn.Module):
             ``MixerSettings.from_env()``, the environment variables ``POLYMIXER_COMPILE``,
             ``POLYMIXER_COMPILE_MIN_ROWS``, ``POLYMIXER_TRITON`` read once, here. The
             attribute ``settings`` can be replaced at any time.
+        rotary_axes: 0 (default) for none, or the number A (1, 2 or 3) of position axes
+            of rotary positions inside the mixer (docs/design.md, section 8): each context
+            token's features are rotated by its position before the mean, channel pairs
+            taken in turn by the axes (e.g. row and column of an image; frame, row and
+            column of a video); every call then takes ``positions`` and runs the plain
+            autograd form (:mod:`polymixer.ops.pom.rotary`). F must be even.
+        rotary_max_freq, rotary_min_freq: the frequencies of each axis's pairs, spread
+            geometrically from ``rotary_max_freq`` (default pi: the fastest pair flips
+            from one token to the next) down to ``rotary_min_freq`` radians per unit of
+            position (default pi / 32: a quarter turn over 8 tokens).
+        rotary_query: where the query's position enters: ``"state"`` (default: the mean is
+            rotated back by it, so the output depends on relative positions only) or
+            ``"gate"`` (the gate is rotated by it, the authors' 2026 placement: relative
+            only summed over each channel pair).
 
     Shapes: ``x: (B, M, D)`` queries; ``context: (B, N, D)`` (default: x itself);
     output ``(B, M, D)``. Context modes are keyword arguments, see :meth:`forward`.
@@ -73,6 +88,10 @@ class PolynomialMixer(nn.Module):
         dtype: torch.dtype | None = None,
         *,
         settings: MixerSettings | None = None,
+        rotary_axes: int = 0,
+        rotary_max_freq: float = math.pi,
+        rotary_min_freq: float = math.pi / 32,
+        rotary_query: str = "state",
     ):
         super().__init__()
         if implementation not in IMPLEMENTATIONS:
@@ -95,6 +114,24 @@ class PolynomialMixer(nn.Module):
                 f"heads: {heads} does not divide the state width F={self.state_width} "
                 f"(variant={variant!r}, degree={degree}, expand={expand}, dim={dim})"
             )
+        check_positive_int("rotary_axes", rotary_axes, 0, 3)
+        if rotary_query not in ROTARY_QUERY:
+            raise ValueError(f"rotary_query: expected one of {ROTARY_QUERY}, got {rotary_query!r}")
+        if rotary_axes:
+            if self.state_width % 2 != 0:
+                raise ValueError(f"rotary_axes: rotary positions rotate channel pairs, but the state width "
+                                 f"F={self.state_width} is odd (variant={variant!r}, degree={degree}, "
+                                 f"expand={expand}, dim={dim})")
+            if self.state_width // 2 < rotary_axes:
+                raise ValueError(f"rotary_axes: {rotary_axes} axes need at least as many channel pairs, "
+                                 f"F={self.state_width} has {self.state_width // 2}")
+            for name, value in (("rotary_max_freq", rotary_max_freq), ("rotary_min_freq", rotary_min_freq)):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                    raise ValueError(f"{name}: expected a positive number, got {value!r}")
+            if rotary_min_freq > rotary_max_freq:
+                raise ValueError(f"rotary_min_freq: {rotary_min_freq} is above rotary_max_freq={rotary_max_freq}")
+        self.rotary_axes, self.rotary_query = rotary_axes, rotary_query
+        self.rotary_max_freq, self.rotary_min_freq = float(rotary_max_freq), float(rotary_min_freq)
         gate_width = self.state_width if heads == 1 else heads
         kw = {"device": device, "dtype": dtype}
         if variant == "product":
@@ -118,13 +155,30 @@ class PolynomialMixer(nn.Module):
             f"dim={self.dim}, degree={self.degree}, expand={self.expand}, "
             f"variant={self.variant!r}, heads={self.heads}, state_width={self.state_width}, "
             f"implementation={self.implementation!r}"
+            + (f", rotary_axes={self.rotary_axes}, rotary_query={self.rotary_query!r}" if self.rotary_axes else "")
         )
 
     # ---------------------------------------------------------------- parts
     @property
     def spec(self) -> MixerSpec:
         """The static description the tensor functions of :mod:`polymixer.ops` take."""
-        return MixerSpec(self.variant, self.degree, self.heads)
+        return MixerSpec(self.variant, self.degree, self.heads, self.rotary_query)
+
+    @property
+    def uses_positions(self) -> bool:
+        """Whether calls take token ``positions`` (rotary positions are on): models pass
+        ``positions=`` only to mixers that say so."""
+        return self.rotary_axes > 0
+
+    def rotary_layout(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(frequencies (F/2,), axis (F/2,))`` of the channel pairs (:func:`~polymixer.ops.pom.rotary.rotary_layout`)."""
+        return rotary_layout(self.state_width // 2, self.rotary_axes, self.rotary_max_freq, self.rotary_min_freq,
+                             device=device)
+
+    def rotary_angles(self, positions: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Angles ``(..., N, F/2)`` of tokens at ``positions: (..., N, A)`` (float64 for float64 positions)."""
+        frequencies, axis = self.rotary_layout(positions.device)
+        return rotary_angles(positions, frequencies, axis, dtype)
 
     def weights(self) -> MixerWeights:
         """The parameters as the named structure the tensor functions take."""
@@ -144,6 +198,29 @@ class PolynomialMixer(nn.Module):
         return pom.read_out(x, state, self.weights(), self.spec)
 
     # ---------------------------------------------------------------- checks
+    def _angles(self, name: str, positions, x: torch.Tensor, tokens: int) -> torch.Tensor | None:
+        """The rotary angles of ``positions`` for ``tokens`` tokens of a batch like ``x``
+        (float64 for a float64 ``x``), after checking them; None without rotary positions."""
+        if not self.rotary_axes:
+            if positions is not None:
+                raise ValueError(f"{name}: this mixer has no rotary positions (rotary_axes=0); pass none")
+            return None
+        A = self.rotary_axes
+        if positions is None:
+            raise ValueError(f"{name}: this mixer has rotary positions (rotary_axes={A}): pass the tokens' "
+                             f"coordinates, a ({tokens}, {A}) or (B, {tokens}, {A}) tensor")
+        if not isinstance(positions, torch.Tensor):
+            raise TypeError(f"{name}: expected a tensor of token coordinates, got {type(positions).__name__}")
+        if positions.dtype == torch.bool or positions.is_complex():
+            raise TypeError(f"{name}: expected int or float coordinates, got dtype {positions.dtype}")
+        shape = tuple(positions.shape)
+        if not (positions.dim() in (2, 3) and shape[-2:] == (tokens, A)
+                and (positions.dim() == 2 or shape[0] in (1, x.shape[0]))):
+            raise ValueError(f"{name}: expected shape ({tokens}, {A}) or ({x.shape[0]}, {tokens}, {A}) "
+                             f"(tokens, axes), got {shape}")
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return self.rotary_angles(positions.to(x.device), dtype)
+
     def _resolve(self, x, context, state, kwargs) -> tuple[torch.Tensor, ContextMode, tuple | None]:
         check_tokens("x", x, self.dim)
         if context is None:
@@ -172,7 +249,20 @@ class PolynomialMixer(nn.Module):
 
     def _plan(self, x, context, mode, streaming: bool) -> ExecutionPlan:
         return choose_path(self.settings, self.implementation, self.spec, self.state_width, x, context, mode,
-                           streaming)
+                           streaming, rotary=self.rotary_axes > 0)
+
+    def _all_angles(self, x, context, positions, context_positions):
+        """(context angles, query angles) of a call (None, None without rotary positions)."""
+        query = self._angles("positions", positions, x, x.shape[1])
+        if context is x:
+            if context_positions is not None:
+                raise ValueError("context_positions: only with a separate context (cross-mixing); self-mixing "
+                                 "uses positions")
+            return query, query
+        if self.rotary_axes and context_positions is None:
+            raise ValueError(f"context_positions: a mixer with rotary positions needs the context tokens' "
+                             f"coordinates too, a ({context.shape[1]}, {self.rotary_axes}) tensor")
+        return self._angles("context_positions", context_positions, x, context.shape[1]), query
 
     # ---------------------------------------------------------------- forward
     def forward(
@@ -187,6 +277,8 @@ class PolynomialMixer(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         state: MixerState | None = None,
+        positions: torch.Tensor | None = None,
+        context_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mix the tokens of ``x: (B, M, D)``; returns ``(B, M, D)``.
 
@@ -200,6 +292,10 @@ class PolynomialMixer(nn.Module):
             mask: dense ``(B, M, N)`` bool mask, the general O(M*N) form.
             state: a :class:`MixerState` of tokens seen before x; every query also reads
                 them (full, causal and block modes). Use :meth:`step` to also update it.
+            positions: with rotary positions (``rotary_axes = A``), the coordinates of the
+                queries, ``(M, A)`` or ``(B, M, A)``, int or float (e.g. (row, column)).
+            context_positions: those of the context tokens, ``(N, A)`` or ``(B, N, A)``,
+                with a separate ``context`` (self-mixing: ``positions``).
 
         Runs the plan :meth:`execution_plan` returns for the same arguments.
         """
@@ -210,21 +306,31 @@ class PolynomialMixer(nn.Module):
             dict(context_mask=context_mask, causal=causal, block_size=block_size,
                  block_lengths=block_lengths, cu_seqlens=cu_seqlens, mask=mask),
         )
+        angles, query_angles = self._all_angles(x, context, positions, context_positions)
         plan = self._plan(x, context, mode, prefix is not None)
-        return pom.mix(x, None if context is x else context, self.weights(), self.spec, mode, plan, prefix)
+        return pom.mix(x, None if context is x else context, self.weights(), self.spec, mode, plan, prefix,
+                       angles, query_angles)
 
     def execution_plan(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
                        state: MixerState | None = None, **context_kwargs) -> ExecutionPlan:
         """The :class:`~polymixer.ops.plan.ExecutionPlan` that ``self(x, context, state=state,
         **context_kwargs)`` runs now (with the current autocast state): its form, whether
         it runs chunked and compiled, its aggregation backend, and why."""
+        context_kwargs = dict(context_kwargs)
+        positions = context_kwargs.pop("positions", None)
+        context_positions = context_kwargs.pop("context_positions", None)
         context, mode, prefix = self._resolve(x, context, state, context_kwargs)
+        self._all_angles(x, context, positions, context_positions)
         return self._plan(x, context, mode, prefix is not None)
 
     def forward_reference(self, x: torch.Tensor, context: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """The same function as :meth:`forward` through the slow dense-mask loop (test oracle)."""
+        kwargs = dict(kwargs)
+        positions = kwargs.pop("positions", None)
+        context_positions = kwargs.pop("context_positions", None)
         context, mode, _ = self._resolve(x, context, None, kwargs)
-        return pom.reference_mix(x, context, self.weights(), self.spec, mode)
+        angles, query_angles = self._all_angles(x, context, positions, context_positions)
+        return pom.reference_mix(x, context, self.weights(), self.spec, mode, angles, query_angles)
 
     # ---------------------------------------------------------------- streaming
     def init_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> MixerState:
@@ -247,6 +353,7 @@ class PolynomialMixer(nn.Module):
         state: MixerState,
         *,
         context_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, MixerState]:
         """Feed the next block ``x: (B, t, D)`` of a stream; returns ``(y (B, t, D), new_state)``.
 
@@ -254,13 +361,17 @@ class PolynomialMixer(nn.Module):
         block (docs/design.md, section 3), so feeding a sequence block by block equals the parallel
         block-causal forward. ``state`` is not modified; the new state keeps its dtype.
         ``context_mask: (B, t)`` leaves padded tokens of the block out of the state.
-        Plain autograd (the form a streaming state runs: :meth:`execution_plan` with ``state``).
+        ``positions: (t, A)`` or ``(B, t, A)``: with rotary positions, the block's own
+        coordinates (continuing those of the earlier blocks); the state then holds the
+        sum of the rotated features. Plain autograd (the form a streaming state runs: :meth:`execution_plan` with ``state``).
         """
         if not isinstance(state, MixerState):
             raise TypeError(f"state: expected a MixerState, got {type(state).__name__}")
         _, mode, _ = self._resolve(x, None, state, dict(context_mask=context_mask))
+        angles = self._angles("positions", positions, x, x.shape[1])
         plan = self._plan(x, x, mode, streaming=True)
-        y, total, count = pom.step(x, self.weights(), self.spec, plan, state.total, state.count, mode.context_mask)
+        y, total, count = pom.step(x, self.weights(), self.spec, plan, state.total, state.count, mode.context_mask,
+                                   angles)
         return y, MixerState(total, count)
 
     # ---------------------------------------------------------------- interop

@@ -220,14 +220,15 @@ _COMPILING_PLANS = {impl: _compiling_plan(impl) for impl in FORMS}
 
 
 def choose_path(settings: MixerSettings, implementation: str, spec: MixerSpec, width: int, x: torch.Tensor,
-                context: torch.Tensor, mode, streaming: bool = False) -> ExecutionPlan:
+                context: torch.Tensor, mode, streaming: bool = False, rotary: bool = False) -> ExecutionPlan:
     """The :class:`ExecutionPlan` of a mixer call.
 
     settings, implementation (``"fused"``, ``"lean"``, ``"autograd"``), spec and width
     (the state width F): the mixer's; x: (B, M, D) queries, context: (B, N, D) (x itself when self-mixing); mode:
     the call's :class:`~polymixer.ops.context.ContextMode`; streaming: a state of earlier
-    tokens is read. The implementation is a request: the plain autograd form runs with a
-    streaming state, inside torch.compile (which cannot trace the hand-written backward,
+    tokens is read; rotary: rotary positions are given. The implementation is a request:
+    the plain autograd form runs with a streaming state, with rotary positions (the fused
+    and lean forms do not rotate yet), inside torch.compile (which cannot trace the hand-written backward,
     and fuses the autograd form itself), and for ``"fused"`` in modes with one segment
     per token (causal) on CUDA, where autograd with the Triton scan is faster and keeps
     less than the fused form's per-token float32 states (H200, bench_gpu.py).
@@ -244,6 +245,9 @@ def choose_path(settings: MixerSettings, implementation: str, spec: MixerSpec, w
         why = "implementation='autograd'"
     elif streaming:
         why = f"implementation={implementation!r}, but a streaming state runs the plain autograd form"
+    elif rotary:
+        why = (f"implementation={implementation!r}, but rotary positions run the plain autograd form "
+               "(the fused and lean forms do not rotate yet)")
     elif implementation == "fused" and device_type == "cuda" and seg is not None and seg.per_token:
         why = ("implementation='fused', but in the causal mode on CUDA the autograd form (Triton scan) is "
                "faster and keeps less")

@@ -7,6 +7,8 @@
   compiled) and :mod:`.fused` (the autograd Function): the memory-lean forms with a
   hand-written backward (``"fused"``, ``"lean"``);
 * :mod:`.recurrent`: one block of a stream, state in, state out;
+* :mod:`.rotary`: rotary positions (rotate each context token's features before the
+  mean; the query's position at the read-out), autograd and recurrent forms;
 * the Triton aggregation kernels are in :mod:`polymixer.ops.triton`.
 
 :func:`mix` and :func:`step` are the entry points; the :class:`~polymixer.ops.plan.ExecutionPlan`
@@ -23,31 +25,37 @@ from .fused import fused_mix
 from .maths import apply_gate, features, gate, power_activation, power_features, product_features
 from .naive import autograd_mix, context_features, read_out, reference_mix
 from .recurrent import recurrent_step
+from .rotary import rotary_angles, rotary_layout, rotate
 from .spec import MixerSpec, MixerWeights
 
 __all__ = ["mix", "step", "MixerSpec", "MixerWeights", "features", "gate", "apply_gate", "product_features",
            "power_activation", "power_features", "context_features", "read_out", "reference_mix", "autograd_mix",
-           "recurrent_step", "fused_mix"]
+           "recurrent_step", "fused_mix", "rotate", "rotary_angles", "rotary_layout"]
 
 
 def mix(x: torch.Tensor, context: torch.Tensor | None, weights: MixerWeights, spec: MixerSpec, mode: ContextMode,
-        plan: ExecutionPlan, prefix: tuple | None = None) -> torch.Tensor:
+        plan: ExecutionPlan, prefix: tuple | None = None, angles: torch.Tensor | None = None,
+        query_angles: torch.Tensor | None = None) -> torch.Tensor:
     """The mixer's output ``(B, M, D)`` for queries ``x: (B, M, D)`` and ``context: (B, N, D)``
     (None: self-mixing) in ``mode``, by the form ``plan`` names; ``prefix = (total, count)``
-    a streaming state every query also reads (autograd form only)."""
+    a streaming state every query also reads, ``angles``/``query_angles`` rotary angles of
+    the context tokens and the queries (:mod:`.rotary`; autograd form only)."""
     if plan.form != "autograd":
         if prefix is not None:
             raise ValueError(f"plan: the {plan.form} form takes no streaming state")
+        if angles is not None or query_angles is not None:
+            raise ValueError(f"plan: the {plan.form} form takes no rotary positions")
         return fused_mix(x, context, weights, spec, mode, plan)
     return autograd_mix(x, x if context is None else context, weights, spec, mode, prefix,
-                        backend=plan.aggregation_backend)
+                        backend=plan.aggregation_backend, angles=angles, query_angles=query_angles)
 
 
 def step(x: torch.Tensor, weights: MixerWeights, spec: MixerSpec, plan: ExecutionPlan, total: torch.Tensor,
-         count: torch.Tensor, context_mask: torch.Tensor | None = None):
+         count: torch.Tensor, context_mask: torch.Tensor | None = None, angles: torch.Tensor | None = None):
     """One block ``x: (B, t, D)`` of a stream: ``(y, new_total, new_count)``
-    (:func:`~.recurrent.recurrent_step`); ``plan`` must be the autograd form (what
-    :func:`~polymixer.ops.plan.choose_path` gives for a streaming call)."""
+    (:func:`~.recurrent.recurrent_step`; ``angles`` the block's rotary angles); ``plan``
+    must be the autograd form (what :func:`~polymixer.ops.plan.choose_path` gives for a
+    streaming call)."""
     if plan.form != "autograd":
         raise ValueError(f"plan: a stream runs the autograd form, not {plan.form!r}")
-    return recurrent_step(x, weights, spec, total, count, context_mask)
+    return recurrent_step(x, weights, spec, total, count, context_mask, angles)

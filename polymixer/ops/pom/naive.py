@@ -15,32 +15,51 @@ import torch.nn.functional as F
 from ..context import ContextMode, aggregate
 from ..reference import reference_aggregate
 from .maths import apply_gate, features, gate
+from .rotary import rotate, widen_gate
 from .spec import MixerSpec, MixerWeights
 
 __all__ = ["context_features", "read_out", "reference_mix", "autograd_mix"]
 
 
-def context_features(context: torch.Tensor, weights: MixerWeights, spec: MixerSpec) -> torch.Tensor:
-    """``h: (B, N, F)`` of context tokens ``(B, N, D)``."""
-    return features(spec, F.linear(context, weights.w_h, weights.b_h), weights.coeff)
+def context_features(context: torch.Tensor, weights: MixerWeights, spec: MixerSpec,
+                     angles: torch.Tensor | None = None) -> torch.Tensor:
+    """``h: (B, N, F)`` of context tokens ``(B, N, D)``; with rotary ``angles: (N or B, N,
+    F/2)``, each token's features rotated by its own position, ``R_{p_j} h_j``."""
+    h = features(spec, F.linear(context, weights.w_h, weights.b_h), weights.coeff)
+    return h if angles is None else rotate(h, angles)
 
 
-def read_out(x: torch.Tensor, H: torch.Tensor, weights: MixerWeights, spec: MixerSpec) -> torch.Tensor:
-    """``W_o (s(W_s x + b_s) * H) + b_o`` for queries ``x: (B, M, D)`` and states ``H: (B, 1 or M, F)``."""
+def read_out(x: torch.Tensor, H: torch.Tensor, weights: MixerWeights, spec: MixerSpec,
+             query_angles: torch.Tensor | None = None) -> torch.Tensor:
+    """``W_o (s(W_s x + b_s) * H) + b_o`` for queries ``x: (B, M, D)`` and states ``H: (B, 1 or M, F)``.
+
+    With rotary ``query_angles: (M or B, M, F/2)``: ``W_o (s * R_{-p_i} H) + b_o``
+    (``spec.rotary_query == "state"``) or ``W_o ((R_{p_i} s) * H) + b_o`` (``"gate"``,
+    a per-head gate widened to F first)."""
     s = gate(spec.variant, F.linear(x, weights.w_s, weights.b_s))
-    return F.linear(apply_gate(s, H.to(s.dtype)), weights.w_o, weights.b_o)
+    H = H.to(s.dtype)
+    if query_angles is not None:
+        if spec.rotary_query == "gate":
+            s = rotate(widen_gate(s, H.shape[-1]), query_angles)
+        else:
+            H = rotate(H, -query_angles)
+    return F.linear(apply_gate(s, H), weights.w_o, weights.b_o)
 
 
 def reference_mix(x: torch.Tensor, context: torch.Tensor, weights: MixerWeights, spec: MixerSpec,
-                  mode: ContextMode) -> torch.Tensor:
+                  mode: ContextMode, angles: torch.Tensor | None = None,
+                  query_angles: torch.Tensor | None = None) -> torch.Tensor:
     """The mixer through the dense mask of ``mode`` (test oracle, O(M*N))."""
-    return read_out(x, reference_aggregate(context_features(context, weights, spec), mode, x.shape[1]), weights, spec)
+    H = reference_aggregate(context_features(context, weights, spec, angles), mode, x.shape[1])
+    return read_out(x, H, weights, spec, query_angles)
 
 
 def autograd_mix(x: torch.Tensor, context: torch.Tensor, weights: MixerWeights, spec: MixerSpec,
-                 mode: ContextMode, prefix: tuple | None = None, backend: str = "torch") -> torch.Tensor:
+                 mode: ContextMode, prefix: tuple | None = None, backend: str = "torch",
+                 angles: torch.Tensor | None = None, query_angles: torch.Tensor | None = None) -> torch.Tensor:
     """The mixer through the O(N) aggregation of ``mode`` (``backend`` ``"torch"`` or
     ``"triton"``); ``prefix = (total (B, F), count (B,))`` a streaming state every query
-    also reads."""
-    H = aggregate(context_features(context, weights, spec), mode, prefix, backend=backend)
-    return read_out(x, H, weights, spec)
+    also reads (with rotary positions: the sum of rotated features); ``angles`` and
+    ``query_angles`` the rotary angles of the context tokens and the queries."""
+    H = aggregate(context_features(context, weights, spec, angles), mode, prefix, backend=backend)
+    return read_out(x, H, weights, spec, query_angles)

@@ -16,12 +16,16 @@ class MixerSpec(NamedTuple):
     """The static description of a mixer (docs/design.md, section 1).
 
     variant: ``"product"`` or ``"power"``; degree: k; heads: 1 for a gate of width F,
-    G > 1 for one gate scalar per head, broadcast over F/G consecutive channels.
+    G > 1 for one gate scalar per head, broadcast over F/G consecutive channels;
+    rotary_query: where a query's rotary position enters when positions are given,
+    ``"state"`` (the mean rotated back) or ``"gate"`` (the gate rotated), see
+    :mod:`.rotary`.
     """
 
     variant: str
     degree: int
     heads: int = 1
+    rotary_query: str = "state"
 
 
 class MixerWeights(NamedTuple):
