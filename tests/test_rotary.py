@@ -350,6 +350,18 @@ def test_image_dit_with_rotary_positions():
     assert (plain(x, t, y) - out).abs().max() > 1e-4
 
 
+def test_rotary_model_saves_and_loads(tmp_path):
+    config = VideoDiTConfig(image_size=8, in_channels=1, patch_size=2, width=32, depth=2, heads=2, frames=4,
+                            pom_rotary=3)
+    torch.manual_seed(0)
+    model = random_weights(VideoDiT(config), torch.float32)
+    model.save_pretrained(tmp_path / "m")
+    loaded = VideoDiT.from_pretrained(tmp_path / "m").eval()
+    assert loaded.config.pom_rotary == 3 and loaded.uses_positions
+    x, t, y = torch.randn(1, 3, 1, 8, 8), torch.rand(1), torch.tensor([4])
+    assert torch.equal(loaded(x, t, y), model(x, t, y))
+
+
 def test_configs_without_the_field_load_with_rotary_off():
     config = DiTConfig(image_size=8, width=32, depth=1, heads=2)
     data = config.to_dict()
