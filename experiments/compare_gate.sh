@@ -13,6 +13,8 @@
 # and the local-detail candidates (issue 23): an identity-initialised 3x3 depthwise
 # convolution inside every MLP (Mix-FFN), for either mixer:
 #   pom_conv, attention_conv   the presets with --mlp-conv 3
+#   pom_rotary                 the PoM preset with rotary positions (frame, row, column: the frames are
+#                              1-frame clips, so a third of the rotated pairs never turn)
 # then `polymixer eval` on each EMA model. Results: RUNS (default runs/compare_gate).
 #   bash experiments/compare_gate.sh [SEED] [STEPS]
 #   NAMES="power_fullgate power_k3_fullgate power_e4" RUNS=runs/compare_gate_power bash experiments/compare_gate.sh 0 4000
@@ -35,6 +37,7 @@ declare -A options=(
   [power_e4]="--mixer pom --pom-variant power --pom-expand 4"
   [pom_conv]="--mixer pom --mlp-conv 3"
   [attention_conv]="--mixer attention --mlp-conv 3"
+  [pom_rotary]="--mixer pom --pom-rotary 3"
 )
 read -r -a names <<< "${NAMES:-pom pom_fullgate pom_e1 attention}"
 for name in "${names[@]}"; do
