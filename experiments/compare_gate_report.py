@@ -76,6 +76,9 @@ for ev in sorted(e for runs in args.runs for e in runs.glob("*_seed*_eval.json")
     rows.append({"name": name, "seed": int(seed), "runs": str(ev.parent), "mixer": c.mixer,
                  "pom_heads": c.pom_heads, "pom_expand": c.pom_expand, "pom_degree": c.pom_degree,
                  "pom_variant": c.pom_variant, "parameters": sum(p.numel() for p in model.parameters()),
+                 "mlp_conv": getattr(c, "mlp_conv", 0), "pom_rotary": getattr(c, "pom_rotary", 0),
+                 "stroke_frechet_distance": result.get("stroke_frechet_distance"),
+                 "stroke_frechet_distance_real": result.get("stroke_frechet_distance_real"),
                  "steps": state["step"], "lr": state["train_config"]["lr"],
                  "seconds_per_step": seconds_per_step(state, folder.parent / f"{folder.name}.log"),
                  "frechet_distance": result["frechet_distance"],
@@ -119,17 +122,25 @@ lines = [
     "- loss at t: flow-matching loss of the EMA model on 48 held-out frames at noise level t, the same frames "
     "and noise for every model",
     "",
-    "| model | variant, k, e, gate | lr | seed | parameters | s/step | Fréchet distance (real) | accuracy | "
+    "| model | variant, k, e, gate | lr | seed | steps | parameters | s/step | Fréchet distance (real) | accuracy | "
+    + ("stroke FD (real) | " if any(r["stroke_frechet_distance"] is not None for r in rows) else "")
     + " | ".join(f"loss t={t}" for t in LEVELS) + " |",
-    "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(LEVELS),
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    + ("---:|" if any(r["stroke_frechet_distance"] is not None for r in rows) else "") + "---:|" * len(LEVELS),
 ]
 for r in rows:
     gate = "full" if r["pom_heads"] == 1 else f"{r['pom_heads']} heads"
     shape = f"{r['pom_variant']}, {r['pom_degree']}, {r['pom_expand']}, {gate}" if r["mixer"] == "pom" else "-"
-    lines.append(f"| {r['name']} | {shape} | {r['lr']:g} | {r['seed']} | {r['parameters'] / 1e6:.2f}M | "
+    shape += f"; MLP conv {r['mlp_conv']}" if r["mlp_conv"] else ""
+    shape += f"; rotary {r['pom_rotary']} axes" if r["pom_rotary"] else ""
+    stroke = ""
+    if any(q["stroke_frechet_distance"] is not None for q in rows):
+        stroke = ("- | " if r["stroke_frechet_distance"] is None else
+                  f"{r['stroke_frechet_distance']:.2f} ({r['stroke_frechet_distance_real']:.2f}) | ")
+    lines.append(f"| {r['name']} | {shape} | {r['lr']:g} | {r['seed']} | {r['steps']} | {r['parameters'] / 1e6:.2f}M | "
                  f"{r['seconds_per_step']:.2f} | "
                  f"{r['frechet_distance']:.1f} ({r['frechet_distance_real']:.1f}) | {r['conditional_accuracy']:.3f} | "
-                 + " | ".join(f"{v:.4f}" for v in r["loss_at_t"].values()) + " |")
+                 + stroke + " | ".join(f"{v:.4f}" for v in r["loss_at_t"].values()) + " |")
 lines.append("")
 for name, lr in groups:
     fd = [r["frechet_distance"] for r in rows if (r["name"], r["lr"]) == (name, lr)]
