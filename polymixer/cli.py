@@ -42,6 +42,8 @@ _TRAIN_HELP: dict[str, tuple[str, tuple | None]] = {
                    "multiple of the patch), 32 for the bundled data]", None),
     "channels": ("1 or 3: channels of the images or clips of a folder [grey files: 1, colour: 3]", None),
     "frames": ("frames of a training clip (video data)", None),
+    "min_frames": ("video data: each step trains on a window of a length drawn from min_frames..frames "
+                   "(default: always frames)", None),
     "skip_bad_files": ("skip unreadable files of a folder instead of stopping (a switch; also takes true|false)",
                        None),
     "vae": ("a local diffusers AutoencoderKL folder: train on its latents (images)", None),

@@ -102,6 +102,7 @@ class TrainConfig(ModelOverrides):
     image_size: int | None = None
     channels: int | None = None
     frames: int = 8
+    min_frames: int | None = None
     skip_bad_files: bool = False
     vae: str | None = None
 
@@ -164,6 +165,10 @@ class TrainConfig(ModelOverrides):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "image_size" else 0)):
                 raise ValueError(f"{name}: expected a {'positive' if name == 'image_size' else 'non-negative'} int "
                                  f"or None (from the data / the run length), got {v!r}")
+        if self.min_frames is not None and (isinstance(self.min_frames, bool) or not isinstance(self.min_frames, int)
+                                            or not 1 <= self.min_frames <= self.frames):
+            raise ValueError(f"min_frames: expected an int in [1, frames={self.frames}] or None (always {self.frames} "
+                             f"frames), got {self.min_frames!r}")
         if self.channels is not None and self.channels not in (1, 3):
             raise ValueError(f"channels: expected 1, 3 or None (from the data), got {self.channels!r}")
         if not (isinstance(self.sample_cfg, (int, float)) and not isinstance(self.sample_cfg, bool)
@@ -244,7 +249,12 @@ def _validate_model_options(config: TrainConfig) -> None:
         if config.vae is not None:
             raise ValueError("vae: latent training is for images; video data trains on pixels")
         shape = (config.frames, *shape)
-    config_for_data(config.preset, config.mixer, shape, 10, **overrides)
+    elif config.min_frames is not None:
+        raise ValueError(f"min_frames: only for video data; {config.data!r} holds images")
+    model_config = config_for_data(config.preset, config.mixer, shape, 10, **overrides)
+    tp = getattr(model_config, "temporal_patch", 1)
+    if config.min_frames is not None and config.min_frames % tp != 0:
+        raise ValueError(f"min_frames: {config.min_frames} is not a multiple of the temporal patch {tp}")
 
 
 # Sides of a folder's images or frames when --image-size is not given: the data's own, at most
@@ -557,6 +567,20 @@ def restore(run: Run) -> None:
         print(f"resuming from step {run.step} of {run.out} ({path}), to step {config.steps}", flush=True)
 
 
+def clip_window(config: TrainConfig, step: int, frames: int, temporal_patch: int = 1) -> tuple[int, int]:
+    """``(start, length)`` of the frames a video step trains on: all ``frames`` without
+    ``min_frames``; else a length drawn uniformly from min_frames..frames (multiples of the
+    temporal patch) and a start in the clip, both from ``(seed, step)``: the same on every
+    process and after a resume."""
+    if config.min_frames is None or config.min_frames >= frames:
+        return 0, frames
+    g = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    lengths = list(range(config.min_frames, frames + 1, temporal_patch))
+    length = lengths[int(torch.randint(len(lengths), (1,), generator=g))]
+    start = int(torch.randint(frames - length + 1, (1,), generator=g))
+    return start, length
+
+
 def train_step(run: Run) -> tuple[float, float | None, float]:
     """One optimisation step at ``run.step``: its batch, label dropout, the loss, AdamW, the
     EMA. Returns (loss, gradient norm or None, learning rate) and advances ``run.step``."""
@@ -567,6 +591,9 @@ def train_step(run: Run) -> tuple[float, float | None, float]:
     idx = batch_indices(len(run.data), config.batch_size, run.step, config.seed, run.dist.rank, run.dist.world_size)
     x0, y = run.data.batch(idx)
     x0, y = x0.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    if run.model.kind == "video" and config.min_frames is not None:  # a window of varied length
+        start, length = clip_window(config, run.step, x0.shape[1], run.model.config.temporal_patch)
+        x0 = x0[:, start:start + length]
     y = ClassLabels(y, run.data.n_classes)  # the conditioning object (owns the null label)
     if config.label_dropout > 0:
         y = y.drop(torch.rand(y.labels.shape, device=device) < config.label_dropout)

@@ -156,3 +156,40 @@ def test_cli_attention_video_model_samples_jointly_by_default(tmp_path, capsys):
                      "--threads", "1", "--out", str(tmp_path / "b.npy")]) == 0
     assert "(sequential," in capsys.readouterr().out
     np.testing.assert_allclose(np.load(tmp_path / "b.npy"), np.load(tmp_path / "a.npy"), atol=1e-5)
+
+
+def test_varied_clip_lengths_train_and_resume_exactly(tmp_path, monkeypatch):
+    from polymixer.train import clip_window
+
+    cfg = video_config(tmp_path / "a", frames=5, min_frames=2, steps=6)
+    windows = [clip_window(cfg, step, 5) for step in range(40)]
+    assert {length for _, length in windows} == {2, 3, 4, 5}  # every length is drawn
+    assert all(0 <= start and start + length <= 5 for start, length in windows)
+    assert windows == [clip_window(cfg, step, 5) for step in range(40)]  # a function of (seed, step)
+    assert clip_window(video_config(tmp_path, frames=5), 3, 5) == (0, 5)  # without min_frames: the whole clip
+    assert all(length % 2 == 0 for _, length in (clip_window(cfg, s, 5, temporal_patch=2) for s in range(20)))
+
+    from polymixer.models import VideoDiT
+
+    seen = []
+    forward = VideoDiT.forward
+
+    def spy(self, x, *args, **kwargs):
+        if self.training:
+            seen.append(x.shape[1])
+        return forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(VideoDiT, "forward", spy)
+    straight = train(cfg)
+    assert seen == [length for _, length in (clip_window(cfg, s, 5) for s in range(6))] and len(set(seen)) > 1
+    train(video_config(tmp_path / "b", frames=5, min_frames=2, steps=3))
+    resumed = train(video_config(tmp_path / "b", frames=5, min_frames=2, steps=6), resume=True)
+    a, b = straight["model"].state_dict(), resumed["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("bad,match", [(dict(min_frames=0), "min_frames"), (dict(min_frames=9), "min_frames"),
+                                       (dict(data="digits", image_size=8, min_frames=2), "only for video")])
+def test_bad_min_frames(tmp_path, bad, match):
+    with pytest.raises(ValueError, match=match):
+        train(video_config(tmp_path / "x", **bad))
