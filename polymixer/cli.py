@@ -69,6 +69,8 @@ _TRAIN_HELP: dict[str, tuple[str, tuple | None]] = {
                    "column) for video; runs PoM's autograd form", None),
     "temporal_patch": ("consecutive frames folded into one token grid (video)", None),
     "noise_levels": ("one noise level per clip, or per frame (diffusion forcing) (video)", ("clip", "frame")),
+    "frame_embedding": ("absolute sin-cos position of the frame index, or none (time only through the mixers, "
+                        "e.g. --pom-rotary 3) (video)", ("sincos", "none")),
     "objective": ("training objective", ("flow", "ddpm")),
     "time_sampling": ("training noise levels (flow)", ("logit_normal", "uniform")),
     "shift": ("time shift of the noise levels (> 1: noisier)", None),

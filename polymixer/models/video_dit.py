@@ -65,6 +65,7 @@ __all__ = ["VideoDiTConfig", "VideoDiT", "NOISE_LEVELS"]
 
 ARCHITECTURE = "polymixer.VideoDiT"
 NOISE_LEVELS = ("clip", "frame")
+FRAME_EMBEDDINGS = ("sincos", "none")
 
 
 @dataclass
@@ -78,6 +79,10 @@ class VideoDiTConfig(TransformerConfig):
         temporal_patch: consecutive frames folded into one token grid (1 = every frame).
         noise_levels: ``"clip"`` (one time per clip, the paper's) or ``"frame"`` (one per
             frame, diffusion forcing; needs ``temporal_patch == 1``).
+        frame_embedding: ``"sincos"`` (default: a 1-D sin-cos embedding of the frame index is
+            added to every token of the frame) or ``"none"`` (no absolute time position: the
+            model knows time only through its mixers, e.g. relative rotary positions with
+            ``pom_rotary=3``, which is what lets it run past the training length).
         The mixer pattern (``mixer``) may make blocks frame-local: ``"frame-local pom, pom"``
         alternates spatial blocks (inside each frame, no state) and block-causal ones.
         Configs saved with ``frame_local_every=k`` load as the pattern with blocks 0, k,
@@ -89,6 +94,7 @@ class VideoDiTConfig(TransformerConfig):
     frames: int = 8
     temporal_patch: int = 1
     noise_levels: str = "clip"
+    frame_embedding: str = "sincos"
 
     INT_FIELDS = TransformerConfig.INT_FIELDS + ("image_size", "frames", "temporal_patch")
 
@@ -100,6 +106,8 @@ class VideoDiTConfig(TransformerConfig):
             raise ValueError(f"frames: {self.frames} is not divisible by temporal_patch={self.temporal_patch}")
         if self.noise_levels not in NOISE_LEVELS:
             raise ValueError(f"noise_levels: expected one of {NOISE_LEVELS}, got {self.noise_levels!r}")
+        if self.frame_embedding not in FRAME_EMBEDDINGS:
+            raise ValueError(f"frame_embedding: expected one of {FRAME_EMBEDDINGS}, got {self.frame_embedding!r}")
         if self.noise_levels == "frame" and self.temporal_patch != 1:
             raise ValueError("noise_levels: 'frame' needs temporal_patch=1 (one time per token grid)")
 
@@ -204,14 +212,18 @@ class VideoDiT(nn.Module):
 
     # -------------------------------------------------------------- forward
     def positions(self, grid_h: int, grid_w: int, frames: int, frame_offset: int, device, dtype) -> torch.Tensor:
-        """Positions ``(1, frames * T, D)``: 2-D inside the frame plus 1-D of the frame index."""
+        """Positions ``(1, frames * T, D)``: 2-D inside the frame plus 1-D of the frame index
+        (``frame_embedding="sincos"``; none with ``"none"``)."""
         D = self.config.width
         if grid_h == grid_w == self.config.image_size // self.config.patch_size:
             space = self.pos_embed[0]
         else:
             space = sincos_2d(grid_h, grid_w, D)
-        time = sincos_1d(torch.arange(frame_offset, frame_offset + frames), D)
-        pos = time[:, None, :].to(space.device) + space[None]
+        if self.config.frame_embedding == "none":
+            pos = space[None].expand(frames, -1, -1)
+        else:
+            time = sincos_1d(torch.arange(frame_offset, frame_offset + frames), D)
+            pos = time[:, None, :].to(space.device) + space[None]
         return pos.reshape(1, frames * grid_h * grid_w, D).to(device=device, dtype=dtype)
 
     def _positions(self, grid: tuple[int, int], num_tokens: int, frame_offset: int, device) -> dict:
