@@ -44,6 +44,8 @@ _TRAIN_HELP: dict[str, tuple[str, tuple | None]] = {
     "frames": ("frames of a training clip (video data)", None),
     "min_frames": ("video data: each step trains on a window of a length drawn from min_frames..frames "
                    "(default: always frames)", None),
+    "history_noise": ("per-frame-noise video models: a random prefix of each training clip is noised to at most "
+                      "this level, as sample-video --history-noise reads finished frames (0 = off)", None),
     "skip_bad_files": ("skip unreadable files of a folder instead of stopping (a switch; also takes true|false)",
                        None),
     "vae": ("a local diffusers AutoencoderKL folder: train on its latents (images)", None),
@@ -178,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--context", default=None,
                    help="a clip to continue (.npy (F, C, H, W) or (B, F, C, H, W), GIF or MP4): its frames come "
                         "first, the rest are generated (models trained with one noise level per frame)")
+    v.add_argument("--history-noise", type=float, default=0.0,
+                   help="per-frame-noise models: the model reads each finished frame noised to this level "
+                        "(0 = clean, default; e.g. 0.05 against drift on long clips)")
     v.add_argument("--steps", type=int, default=30, help="sampling steps per frame (default 30)")
     v.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (1 = off, default 2)")
     v.add_argument("--sampler", default=None, help="euler or heun (flow), ddim (ddpm); default euler / ddim")
@@ -412,7 +417,7 @@ def _cmd_sample_video(args: argparse.Namespace) -> int:
     t0 = time.time()
     clips = sample_video(model, pipeline, torch.tensor(classes), frames=frames, mode=args.mode, steps=args.steps,
                          cfg_scale=args.cfg, sampler=args.sampler, seed=args.seed, given_frames=context,
-                         device=args.device, progress=True)
+                         history_noise=args.history_noise, device=args.device, progress=True)
     out = save_clip(clips, args.out, fps=args.fps or pipeline.frames_per_second, data_range=pipeline.data_range)
     print(f"generated {len(classes)} clips of {frames} frames ({args.mode}, {args.steps} steps, cfg {args.cfg}; "
           f"classes {[names[c] for c in classes]}) in {time.time() - t0:.1f} s")

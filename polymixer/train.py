@@ -103,6 +103,7 @@ class TrainConfig(ModelOverrides):
     channels: int | None = None
     frames: int = 8
     min_frames: int | None = None
+    history_noise: float = 0.0
     skip_bad_files: bool = False
     vae: str | None = None
 
@@ -169,6 +170,9 @@ class TrainConfig(ModelOverrides):
                                             or not 1 <= self.min_frames <= self.frames):
             raise ValueError(f"min_frames: expected an int in [1, frames={self.frames}] or None (always {self.frames} "
                              f"frames), got {self.min_frames!r}")
+        if not (isinstance(self.history_noise, (int, float)) and not isinstance(self.history_noise, bool)
+                and 0 <= self.history_noise < 1):
+            raise ValueError(f"history_noise: expected a noise level in [0, 1), got {self.history_noise!r}")
         if self.channels is not None and self.channels not in (1, 3):
             raise ValueError(f"channels: expected 1, 3 or None (from the data), got {self.channels!r}")
         if not (isinstance(self.sample_cfg, (int, float)) and not isinstance(self.sample_cfg, bool)
@@ -253,6 +257,9 @@ def _validate_model_options(config: TrainConfig) -> None:
         raise ValueError(f"min_frames: only for video data; {config.data!r} holds images")
     model_config = config_for_data(config.preset, config.mixer, shape, 10, **overrides)
     tp = getattr(model_config, "temporal_patch", 1)
+    if config.history_noise and (getattr(model_config, "noise_levels", None) != "frame" or config.objective != "flow"):
+        raise ValueError("history_noise: for video models with one noise level per frame (--noise-levels frame) "
+                         "and the flow objective")
     if config.min_frames is not None and config.min_frames % tp != 0:
         raise ValueError(f"min_frames: {config.min_frames} is not a multiple of the temporal patch {tp}")
 
@@ -600,7 +607,15 @@ def train_step(run: Run) -> tuple[float, float | None, float]:
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.bf16
                 else contextlib.nullcontext())
     with autocast:
-        loss = run.objective.loss(run.train_model, x0, y, time_shape=run.model.time_shape(x0))
+        if config.history_noise > 0:  # a prefix of earlier frames at a small noise level, as sampling reads them
+            t = run.objective.sample_time(run.model.time_shape(x0), device)
+            g = torch.Generator().manual_seed(config.seed * 1_000_003 + run.step + 1)
+            prefix = int(torch.randint(x0.shape[1], (1,), generator=g))  # 0 .. F-1 frames
+            t[:, :prefix] = torch.rand(t.shape[0], prefix, generator=g).to(device, t.dtype) * config.history_noise
+            eps = torch.randn_like(x0)
+            loss = run.objective.loss_at(run.train_model, x0, y, t, eps)
+        else:
+            loss = run.objective.loss(run.train_model, x0, y, time_shape=run.model.time_shape(x0))
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = (torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)

@@ -14,7 +14,9 @@ same video (docs/design.md, section 4):
   finished frames at evaluation k: ``evaluations x blocks`` states of (batch, F_state)
   each, whatever the number of frames. For a per-frame-noise model (diffusion forcing),
   the new frame reads one state per block, fed afterwards from the finished clean frame
-  at t = 0; ``given_frames`` (clean frames of a clip to continue) are fed the same way first.
+  at t = 0 (or, with ``history_noise`` τ > 0, noised to the level τ, as in training against
+  drift: the model then never relies on its own frames being exact); ``given_frames``
+  (clean frames of a clip to continue) are fed the same way first.
 
 :func:`iter_video_frames` yields the finished frames one by one, so a caller that
 streams them out (to a file, to a screen) keeps only the states in memory.
@@ -63,8 +65,10 @@ class FrameStream:
     guidance) and replaced, never changed in place.
     """
 
-    def __init__(self, model: nn.Module, per_evaluation: bool, dtype: torch.dtype):
+    def __init__(self, model: nn.Module, per_evaluation: bool, dtype: torch.dtype, history_noise: float = 0.0,
+                 objective=None, generator: torch.Generator | None = None):
         self.model, self.per_evaluation, self.dtype = model, per_evaluation, dtype
+        self.history_noise, self.objective, self.generator = history_noise, objective, generator
         self.states: dict[tuple[int, int], object] = {}  # (batch size, evaluation) -> state
         self.clean: dict[int, object] = {}  # batch size -> state of the finished clean frames
         self.frame = 0
@@ -85,13 +89,18 @@ class FrameStream:
 
     @torch.no_grad()
     def add_clean_frame(self, frame: torch.Tensor, cond, guided: bool) -> None:
-        """Feed a finished clean frame ``(B, 1, C, H, W)`` at t = 0 into the clean states of
-        the conditional rows and, for guidance, of the doubled rows (``cond`` then its null)."""
+        """Feed a finished clean frame ``(B, 1, C, H, W)`` at t = 0 (or noised to
+        ``history_noise``) into the clean states of the conditional rows and, for guidance,
+        of the doubled rows (``cond`` then its null)."""
         B = frame.shape[0]
+        level = 0.0
+        if self.history_noise > 0:
+            eps = torch.randn(frame.shape, generator=self.generator).to(device=frame.device, dtype=frame.dtype)
+            frame, level = self.objective.add_noise(frame, self.history_noise, eps), self.history_noise
         for batch in ([B, 2 * B] if guided else [B]):
             rows = frame if batch == B else torch.cat([frame, frame])
             labels = cond if batch == B else cond.cat(cond.null())
-            t = torch.zeros(batch, 1, device=frame.device, dtype=frame.dtype)
+            t = torch.full((batch, 1), level, device=frame.device, dtype=frame.dtype)
             state = self._state(self.clean, batch, batch, frame.device)
             self.clean[batch] = self.model.step(rows, t, labels, state, frame_offset=self.frame)[1]
 
@@ -110,6 +119,7 @@ def iter_video_frames(
     frame_size: int | None = None,
     given_frames: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
+    history_noise: float = 0.0,
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> Iterator[torch.Tensor]:
@@ -119,6 +129,8 @@ def iter_video_frames(
     first, then ``frames - K`` generated ones. ``noise: (B, frames, C, H, W)`` replaces the
     seeded draws (``seed`` is then unused): rows of :func:`video_noise` for ``N >= B`` clips
     give each clip the noise it gets when all ``N`` are made at once, whatever the batching.
+    ``history_noise``: per-frame-noise models read each finished frame noised to this level
+    (0 = clean; its noise drawn from ``seed + 1``).
     See the module docstring for the modes."""
     check_video_model(model)
     cfg = model.config
@@ -150,6 +162,12 @@ def iter_video_frames(
         known = given_frames.shape[1]
         if known >= frames:
             raise ValueError(f"frames: {frames} frames asked for, but given_frames already has {known}")
+    if not (isinstance(history_noise, (int, float)) and not isinstance(history_noise, bool)
+            and 0 <= history_noise < 1):
+        raise ValueError(f"history_noise: expected a noise level in [0, 1), got {history_noise!r}")
+    if history_noise > 0 and cfg.noise_levels != "frame":
+        raise ValueError("history_noise: only for models trained with one noise level per frame "
+                         "(noise_levels='frame')")
     if noise is not None and tuple(noise.shape) != (B, frames, *shape):
         raise ValueError(f"noise: expected ({B}, {frames}, {', '.join(map(str, shape))}) for {B} clips of "
                          f"{frames} frames, got {tuple(noise.shape)}")
@@ -173,7 +191,9 @@ def iter_video_frames(
                 yield from clip.split(1, dim=1)
                 return
             streamed = FrameStream(model, per_evaluation=cfg.noise_levels == "clip",
-                                   dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+                                   dtype=torch.float64 if dtype == torch.float64 else torch.float32,
+                                   history_noise=float(history_noise), objective=objective,
+                                   generator=torch.Generator().manual_seed(seed + 1))
             guided = cfg_scale != 1.0
             from tqdm.auto import tqdm
 

@@ -193,3 +193,28 @@ def test_varied_clip_lengths_train_and_resume_exactly(tmp_path, monkeypatch):
 def test_bad_min_frames(tmp_path, bad, match):
     with pytest.raises(ValueError, match=match):
         train(video_config(tmp_path / "x", **bad))
+
+
+def test_history_noise_in_training_and_sampling(tmp_path):
+    from polymixer.pipeline import SamplingConfig
+    from polymixer.video import sample_video
+
+    result = train(video_config(tmp_path / "h", noise_levels="frame", history_noise=0.1, steps=3, checkpoint_every=3))
+    model = result["model"]
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # away from the adaLN-zero start, where frames hardly read each other
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    kw = dict(frames=3, steps=2, cfg_scale=2.0, seed=0)
+    clean = sample_video(model, SamplingConfig(), torch.tensor([1, 2]), **kw)
+    noisy = sample_video(model, SamplingConfig(), torch.tensor([1, 2]), history_noise=0.1, **kw)
+    again = sample_video(model, SamplingConfig(), torch.tensor([1, 2]), history_noise=0.1, **kw)
+    assert torch.equal(noisy, again)  # the history's noise is seeded
+    assert torch.equal(noisy[:, 0], clean[:, 0])  # the first frame reads no history
+    assert (noisy[:, 1:] - clean[:, 1:]).abs().max() > 1e-6  # later frames read a noised history
+    assert cli_main(["sample-video", "--checkpoint", str(tmp_path / "h" / "ema_model"), "--frames", "3", "--steps", "1",
+                     "--history-noise", "0.05", "--threads", "1", "--out", str(tmp_path / "h.npy")]) == 0
+    with pytest.raises(ValueError, match="history_noise"):
+        train(video_config(tmp_path / "c", history_noise=0.1))  # a per-clip model
+    with pytest.raises(ValueError, match="history_noise"):
+        sample_video(model, SamplingConfig(), torch.tensor([1]), frames=2, history_noise=1.5)

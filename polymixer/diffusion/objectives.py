@@ -93,6 +93,14 @@ class FlowMatching:
         eps = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
         return self.loss_at(model, x0, y, t, eps, **context)
 
+    def add_noise(self, x0: torch.Tensor, t: torch.Tensor | float, eps: torch.Tensor) -> torch.Tensor:
+        """``x_t = (1 - t) x0 + t eps``: ``x0`` noised to the level ``t`` (a float, or a tensor
+        of leading dimensions of ``x0``)."""
+        if not isinstance(t, torch.Tensor):
+            t = torch.full((x0.shape[0],), float(t), device=x0.device, dtype=x0.dtype)
+        tb = _expand_time(t.to(x0.dtype), x0)
+        return (1 - tb) * x0 + tb * eps
+
     def loss_at(self, model: Model, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor | float,
                 eps: torch.Tensor, **context) -> torch.Tensor:
         """The same loss at given noise levels ``t`` (a float, or a tensor of leading
@@ -123,6 +131,15 @@ class DDPM:
             raise ValueError(f"num_steps: expected an int >= 2, got {self.num_steps!r}")
         betas = torch.linspace(self.beta_start, self.beta_end, self.num_steps, dtype=torch.float64)
         self.alphas_cumprod = torch.cumprod(1 - betas, dim=0)  # (T,) float64
+
+    def add_noise(self, x0: torch.Tensor, t: torch.Tensor | float, eps: torch.Tensor) -> torch.Tensor:
+        """``sqrt(abar_k) x0 + sqrt(1 - abar_k) eps`` at the step ``k = round(t * num_steps)``
+        (clamped to the schedule; the network's time is ``k / num_steps``)."""
+        if not isinstance(t, torch.Tensor):
+            t = torch.full((x0.shape[0],), float(t), device=x0.device, dtype=torch.float64)
+        k = (t.double() * self.num_steps).round().long().clamp(0, self.num_steps - 1)
+        abar = _expand_time(self.alphas_cumprod.to(x0.device)[k].to(x0.dtype), x0)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
 
     def loss(self, model: Model, x0: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
              *, time_shape: tuple[int, ...] | None = None, **context) -> torch.Tensor:
