@@ -23,6 +23,7 @@ class KVCache:
 
     keys: torch.Tensor
     values: torch.Tensor
+    block_lengths: tuple = ()  # tokens of each block held, oldest first (for a rolling window)
 
     @property
     def batch_size(self) -> int:
@@ -33,13 +34,14 @@ class KVCache:
         return self.keys.shape[2]
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "KVCache":
-        return KVCache(self.keys.to(device=device, dtype=dtype), self.values.to(device=device, dtype=dtype))
+        return KVCache(self.keys.to(device=device, dtype=dtype), self.values.to(device=device, dtype=dtype),
+                       self.block_lengths)
 
     def clone(self) -> "KVCache":
-        return KVCache(self.keys.clone(), self.values.clone())
+        return KVCache(self.keys.clone(), self.values.clone(), self.block_lengths)
 
     def detach(self) -> "KVCache":
-        return KVCache(self.keys.detach(), self.values.detach())
+        return KVCache(self.keys.detach(), self.values.detach(), self.block_lengths)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"keys": self.keys, "values": self.values}
@@ -61,14 +63,22 @@ class MultiHeadAttention(nn.Module):
     Args:
         dim: token width D; heads: number of heads (must divide D); bias: biases of the
         projections; qk_norm: RMS-normalise queries and keys per head.
+        window: with block-causal modes (``block_size``, ``block_lengths``), each block
+            attends to itself and the ``window - 1`` blocks before it only (a video frame to
+            the last ``window`` frames); streaming then keeps a rolling cache of those
+            blocks, constant in size. None (default): every earlier block.
     """
 
-    def __init__(self, dim: int, heads: int = 8, bias: bool = True, qk_norm: bool = False, device=None, dtype=None):
+    def __init__(self, dim: int, heads: int = 8, bias: bool = True, qk_norm: bool = False, device=None, dtype=None,
+                 *, window: int | None = None):
         super().__init__()
         check_positive_int("dim", dim)
         check_positive_int("heads", heads)
         if dim % heads != 0:
             raise ValueError(f"heads: {heads} does not divide dim={dim}")
+        if window is not None:
+            check_positive_int("window", window)
+        self.window = window
         self.dim, self.heads, self.head_dim = dim, heads, dim // heads
         kw = {"device": device, "dtype": dtype}
         self.q_proj = nn.Linear(dim, dim, bias=bias, **kw)
@@ -79,10 +89,14 @@ class MultiHeadAttention(nn.Module):
             self.q_norm = nn.RMSNorm(self.head_dim, **kw)
             self.k_norm = nn.RMSNorm(self.head_dim, **kw)
 
-    constant_state = False  # the key-value cache grows with every block
+    @property
+    def constant_state(self) -> bool:
+        """A rolling window keeps a constant-size cache; the full cache grows with every block."""
+        return self.window is not None
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, heads={self.heads}, qk_norm={self.qk_norm}"
+        window = "" if self.window is None else f", window={self.window}"
+        return f"dim={self.dim}, heads={self.heads}, qk_norm={self.qk_norm}{window}"
 
     def _qkv(self, x: torch.Tensor, ctx: torch.Tensor):
         B, M, N = x.shape[0], x.shape[1], ctx.shape[1]
@@ -112,10 +126,16 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"state: batch size {state.batch_size} does not match the input's {x.shape[0]}")
         B, M = x.shape[:2]
         q, k, v = self._qkv(x, x)
-        keys = torch.cat([state.keys, k.to(state.keys.dtype)], dim=2)
-        values = torch.cat([state.values, v.to(state.values.dtype)], dim=2)
+        keys, values, lengths = state.keys, state.values, state.block_lengths
+        if self.window is not None and len(lengths) >= self.window:  # drop the blocks that leave the window
+            drop = sum(lengths[:len(lengths) - self.window + 1])
+            keys, values = keys[:, :, drop:], values[:, :, drop:]
+            lengths = lengths[len(lengths) - self.window + 1:]
+        keys = torch.cat([keys, k.to(keys.dtype)], dim=2)
+        values = torch.cat([values, v.to(values.dtype)], dim=2)
         out = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype))
-        return self.out_proj(out.transpose(1, 2).reshape(B, M, self.dim)), KVCache(keys, values)
+        return (self.out_proj(out.transpose(1, 2).reshape(B, M, self.dim)),
+                KVCache(keys, values, lengths + (M,)))
 
     def forward(
         self,
@@ -147,6 +167,9 @@ class MultiHeadAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             allowed = dense_context_mask(mode, B, M, N, device=x.device)
+            if self.window is not None and mode.kind == "block":  # the last `window` blocks only
+                ids = mode.block_ids.to(x.device)
+                allowed = allowed & (ids.view(1, 1, -1) > ids.view(1, -1, 1) - self.window)
             empty = ~allowed.any(dim=-1)  # (B, M)
             # Rows with no context would be NaN: let them attend anywhere, zero them after.
             allowed = allowed | empty.unsqueeze(-1)
