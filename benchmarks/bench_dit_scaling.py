@@ -13,6 +13,10 @@ in a fresh process per (mixer, N, measurement). Output (table, JSON, plot) in
     python benchmarks/bench_dit_scaling.py --tokens 256,1024 --repeats 1 --out /tmp/quick
     python benchmarks/bench_dit_scaling.py --device cuda --dtype bfloat16 --preset DiT-B/2 \
         --tokens 256,1024,4096,16384,65536 --out benchmarks/results/dit_scaling_h200   # a GPU
+
+``--variants "NAME=PATTERN|FIELD=VALUE|...;..."`` adds models with other mixer patterns or
+config fields (e.g. ``pom_conv=pom|mlp_conv=3;pom_rotary=pom|pom_rotary=2;hybrid=pom + attention``),
+timed in the same interleaved run, with a second table of each variant's time over PoM's.
 """
 
 from __future__ import annotations
@@ -38,10 +42,27 @@ MIXERS = ("pom", "attention")
 WHAT = ("forward", "train_step", "sampling")
 
 
+def parse_variants(text: str | None) -> dict[str, tuple[str, dict]]:
+    """``{name: (mixer pattern, config overrides)}`` of ``--variants``."""
+    out = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(";"))):
+        name, sep, spec = item.partition("=")
+        pattern, *fields = spec.split("|")
+        if not sep or not name.strip() or name.strip() in MIXERS or not pattern.strip():
+            raise SystemExit(f"--variants: expected NAME=PATTERN|FIELD=VALUE..., got {item!r}")
+        overrides = {}
+        for field in fields:
+            key, _, value = field.partition("=")
+            overrides[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
+        out[name.strip()] = (pattern.strip(), overrides)
+    return out
+
+
 def build(mixer: str, args) -> DiT:
     torch.manual_seed(0)
-    config = dit_config(args.preset, mixer=mixer, image_size=args.patch * 16, in_channels=args.channels,
-                        n_classes=10)
+    pattern, overrides = parse_variants(args.variants).get(mixer, (mixer, {}))
+    config = dit_config(args.preset, mixer=pattern, image_size=args.patch * 16, in_channels=args.channels,
+                        n_classes=10, **overrides)
     model = DiT(config)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # non-zero adaLN: every block does its work
@@ -139,6 +160,7 @@ def main(argv=None) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="float32, or autocast to bfloat16/float16 (what a GPU run should use)")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--variants", default=None, help="more models: NAME=PATTERN|FIELD=VALUE|...;... (see above)")
     p.add_argument("--out", default=None, help="path prefix (default benchmarks/results/dit_scaling_<device>)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mixer", help=argparse.SUPPRESS)
@@ -150,18 +172,19 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     whats = [w for w in args.what.split(",") if w]
     tokens = [int(n) for n in args.tokens.split(",")]
-    models = {m: build(m, args) for m in MIXERS}
-    params = {m: models[m].num_parameters() for m in MIXERS}
+    rivals = MIXERS + tuple(parse_variants(args.variants))
+    models = {m: build(m, args) for m in rivals}
+    params = {m: models[m].num_parameters() for m in rivals}
     print(f"parameters: PoM {params['pom'] / 1e6:.2f}M, attention {params['attention'] / 1e6:.2f}M", flush=True)
     rows = []
     for n in tokens:
         for what in whats:
-            calls = {m: make_call(what, models[m], n, args) for m in MIXERS}
-            times = {m: [] for m in MIXERS}
-            for m in MIXERS:  # warm-up
+            calls = {m: make_call(what, models[m], n, args) for m in rivals}
+            times = {m: [] for m in rivals}
+            for m in rivals:  # warm-up
                 calls[m]()
             for _ in range(args.repeats):
-                for m in MIXERS:
+                for m in rivals:
                     if sum(times[m]) > args.max_seconds:
                         continue
                     _sync(args.device)
@@ -169,7 +192,7 @@ def main(argv=None) -> None:
                     calls[m]()
                     _sync(args.device)
                     times[m].append(time.perf_counter() - t0)
-            for m in MIXERS:
+            for m in rivals:
                 row = {"mixer": m, "tokens": n, "what": what, "seconds": statistics.median(times[m]),
                        "runs": len(times[m])}
                 if not args.no_memory:
@@ -177,7 +200,7 @@ def main(argv=None) -> None:
                            "--what", what, "--preset", args.preset, "--channels", str(args.channels),
                            "--batch", str(args.batch), "--sampling-steps", str(args.sampling_steps),
                            "--cfg", str(args.cfg), "--threads", str(args.threads), "--device", args.device,
-                           "--dtype", args.dtype]
+                           "--dtype", args.dtype] + (["--variants", args.variants] if args.variants else [])
                     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
                     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
                     row["peak_mb"] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
@@ -227,6 +250,21 @@ def report(args, rows, whats, tokens, params) -> None:
         cross = f"PoM faster from {faster[0]} tokens on" if faster else "PoM not faster at the largest size"
         if ratios:
             lines.append(f"\n{w}: {cross}; at {ratios[-1][0]} tokens attention takes {ratios[-1][1]:.1f}x PoM's time.")
+    variants = [m for m in params if m not in MIXERS]
+    if variants:
+        lines += ["", "Variants (same run, same inputs): time over PoM's", "",
+                  "| tokens | what | " + " | ".join(f"{v} s | {v} / PoM" for v in variants) + " |",
+                  "|---:|---|" + "---:|---:|" * len(variants)]
+        for n in tokens:
+            for w in whats:
+                if ("pom", n, w) not in by:
+                    continue
+                base = by[("pom", n, w)]["seconds"]
+                cells = [f"{by[(v, n, w)]['seconds']:.3f} | {by[(v, n, w)]['seconds'] / base:.2f}"
+                         if (v, n, w) in by else " | " for v in variants]
+                lines.append(f"| {n} | {w} | " + " | ".join(cells) + " |")
+        lines.append("\n" + "; ".join(f"{v}: {params[v] / 1e6:.2f}M parameters" for v in variants)
+                     + f" (`--variants \"{args.variants}\"`)")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"command": command, "params": params, "rows": rows}, indent=1))
     print("\n".join(lines))
