@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from ..conditioning import ClassLabels, check_labels
 from ..nn.mixer import IMPLEMENTATIONS
 from ..nn.protocol import can_stream
+from ..ops.frame_memory import parse_frame_memory
 from .mixers import LayerMixer, build_mixer, frame_local_call, parse_mixer_pattern
 
 __all__ = [
@@ -55,6 +56,11 @@ class TransformerConfig:
             (default) for none, else the number of position axes of the model's tokens, 2
             (row, column) for the image DiT, 3 (frame, row, column) for the video DiT;
             those mixers then run the plain autograd form.
+        pom_frame_memory: what a PoM block of a video reads of the earlier frames
+            (docs/design.md, section 8): ``"mean"`` (default: the plain mean of every
+            earlier frame), ``"decay"`` (a learned decay per channel), ``"gated-decay"`` (a
+            decay from each new frame's content) or ``"window:W"`` (the last W frames);
+            frame-local blocks keep the mean (they see one frame). Video only.
     """
 
     in_channels: int = 1
@@ -73,6 +79,7 @@ class TransformerConfig:
     qk_norm: bool = False
     mlp_conv: int = 0
     pom_rotary: int = 0
+    pom_frame_memory: str = "mean"
 
     # fields that change how the network computes, not its weights or its function
     NON_ARCHITECTURAL = ("pom_implementation",)
@@ -99,6 +106,10 @@ class TransformerConfig:
         r = self.pom_rotary
         if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= 3:
             raise ValueError(f"pom_rotary: expected 0 (none) or the number of position axes (1, 2 or 3), got {r!r}")
+        try:
+            parse_frame_memory(self.pom_frame_memory)
+        except ValueError as error:
+            raise ValueError(f"pom_{error}") from None
         if not (isinstance(self.mlp_ratio, (int, float)) and self.mlp_ratio > 0):
             raise ValueError(f"mlp_ratio: expected a positive number, got {self.mlp_ratio!r}")
 

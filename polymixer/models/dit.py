@@ -117,6 +117,9 @@ class DiT(nn.Module):
         grid = config.image_size // p
         self.register_buffer("pos_embed", sincos_2d(grid, grid, D).unsqueeze(0), persistent=False)
         check_rotary_axes(config, 2, "an image (row, column)")
+        if config.pom_frame_memory != "mean":
+            raise ValueError(f"pom_frame_memory: an image is one frame; expected 'mean', got "
+                             f"{config.pom_frame_memory!r} (the option is for the video DiT)")
         self.blocks = build_blocks(config)
         self.uses_positions = any(block.uses_positions for block in self.blocks)
         self.final = FinalLayer(D, p * p * config.in_channels)

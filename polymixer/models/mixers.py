@@ -24,6 +24,7 @@ follows the token-mixer protocol (:mod:`polymixer.nn.protocol`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -121,10 +122,20 @@ def legacy_frame_local_pattern(mixer: str, every: int) -> str:
 
 def build_mixer(layer: LayerMixer, config) -> nn.Module:
     """The token mixer of ``layer`` for a model ``config`` (a TransformerConfig); a hybrid
-    gives a :class:`MixerSum` (which handles its members' frame-locality itself)."""
+    gives a :class:`MixerSum` (which handles its members' frame-locality itself). A
+    frame-local mixer sees one frame, so it gets the plain mean as its frame memory (no
+    decay parameters that nothing would train)."""
     if layer.hybrid:
-        return MixerSum([_BUILDERS[m.name](config) for m in layer.members], [m.frame_local for m in layer.members])
-    return _BUILDERS[layer.name](config)
+        return MixerSum([_BUILDERS[m.name](_one_frame(config) if m.frame_local else config) for m in layer.members],
+                        [m.frame_local for m in layer.members])
+    return _BUILDERS[layer.name](_one_frame(config) if layer.frame_local else config)
+
+
+def _one_frame(config):
+    """``config`` with the plain mean as PoM's frame memory (for a frame-local mixer)."""
+    if getattr(config, "pom_frame_memory", "mean") == "mean":
+        return config
+    return dataclasses.replace(config, pom_frame_memory="mean")
 
 
 def frame_local_call(mixer: nn.Module, x: torch.Tensor, mode: dict) -> torch.Tensor:
@@ -241,16 +252,17 @@ def _positions_for(mixer: nn.Module, positions: torch.Tensor | None) -> dict:
 @register_mixer("pom")
 def _pom(config) -> nn.Module:
     rotary = getattr(config, "pom_rotary", 0)
+    memory = getattr(config, "pom_frame_memory", "mean")
     if not rotary:
         return PolynomialMixer(config.width, degree=config.pom_degree, expand=config.pom_expand,
                                variant=config.pom_variant, heads=config.pom_heads,
-                               implementation=config.pom_implementation)
+                               implementation=config.pom_implementation, frame_memory=memory)
     # slowest pair: a quarter turn over the token grid (at least 8 tokens)
     grid = max(8, getattr(config, "image_size", 0) // config.patch_size, getattr(config, "frames", 0))
     return PolynomialMixer(config.width, degree=config.pom_degree, expand=config.pom_expand,
                            variant=config.pom_variant, heads=config.pom_heads,
                            implementation=config.pom_implementation, rotary_axes=rotary,
-                           rotary_min_freq=math.pi / (4 * grid))
+                           rotary_min_freq=math.pi / (4 * grid), frame_memory=memory)
 
 
 @register_mixer("attention")

@@ -5,7 +5,7 @@ from .attention import KVCache, MultiHeadAttention
 from .mixer import PolynomialMixer
 from .reference_io import to_reference
 from .protocol import StreamingMixer, TokenMixer, can_stream, has_constant_state
-from .state import MixerState, StateCache
+from .state import FrameMemoryState, MixerState, StateCache
 
 __all__ = [
     "PolynomialMixer",
@@ -18,6 +18,7 @@ __all__ = [
     "PolynomialMultiheadAttention",
     "replace_multihead_attention",
     "MixerState",
+    "FrameMemoryState",
     "StateCache",
     "to_reference",
 ]

@@ -10,11 +10,12 @@ from torch import nn
 
 from ..ops import pom
 from ..ops.context import ContextMode, resolve_context
+from ..ops.frame_memory import DecayWeights, check_frame_memory_mode, initial_decay_logit, parse_frame_memory
 from ..ops.plan import FORMS, ExecutionPlan, MixerSettings, choose_path
 from ..ops.pom import MixerSpec, MixerWeights
 from ..ops.pom.rotary import ROTARY_QUERY, rotary_angles, rotary_layout
 from ._checks import check_positive_int, check_tokens
-from .state import MixerState
+from .state import FrameMemoryState, MixerState
 
 __all__ = ["PolynomialMixer"]
 
@@ -70,6 +71,18 @@ class PolynomialMixer(nn.Module):
             rotated back by it, so the output depends on relative positions only) or
             ``"gate"`` (the gate is rotated by it, the authors' 2026 placement: relative
             only summed over each channel pair).
+        frame_memory: what a frame reads of the frames before it in the block-causal mode
+            with one block per frame (a video; docs/design.md, section 8,
+            :mod:`polymixer.ops.frame_memory`): ``"mean"`` (default: the plain mean over
+            every token of the frames so far), ``"decay"`` (a learned decay per channel
+            ``γ = sigmoid(decay_logit)``, starting at 0.9: frame g weighs ``γ^(f-g)``, sums
+            and counts alike), ``"gated-decay"`` (``γ_f = sigmoid(decay_weight · x̄_f +
+            decay_logit)`` from the mean ``x̄_f`` of the frame being added, which decays the
+            past) or ``"window:W"`` (the plain mean over the last W frames, the current one
+            included). Every option keeps O(N), a constant-size state
+            (:class:`~polymixer.nn.FrameMemoryState` for the new ones) and stream == parallel;
+            the options but the mean run the plain autograd form and need the block-causal
+            (``block_size``) or full (one frame) mode.
 
     Shapes: ``x: (B, M, D)`` queries; ``context: (B, N, D)`` (default: x itself);
     output ``(B, M, D)``. Context modes are keyword arguments, see :meth:`forward`.
@@ -92,8 +105,10 @@ class PolynomialMixer(nn.Module):
         rotary_max_freq: float = math.pi,
         rotary_min_freq: float = math.pi / 32,
         rotary_query: str = "state",
+        frame_memory: str = "mean",
     ):
         super().__init__()
+        self.frame_memory = parse_frame_memory(frame_memory)
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation: expected one of {IMPLEMENTATIONS}, got {implementation!r}")
         self.implementation = implementation
@@ -147,6 +162,12 @@ class PolynomialMixer(nn.Module):
             self.coeff = nn.Parameter(init.repeat(inner, 1))
             out_bias = False if bias is None else bias
         self.out_proj = nn.Linear(self.state_width, dim, bias=out_bias, **kw)
+        # the decay's parameters are plain Parameters (not nn.Linear), so that a model's generic
+        # initialisation of its linear layers leaves the decay starting near 1
+        if self.frame_memory.decays:
+            self.decay_logit = nn.Parameter(torch.full((self.state_width,), initial_decay_logit(), **kw))
+        if self.frame_memory.kind == "gated-decay":
+            self.decay_weight = nn.Parameter(torch.zeros(self.state_width, dim, **kw))
 
     constant_state = True  # a sum (B, F) and a count (B,), whatever the tokens seen
 
@@ -156,6 +177,7 @@ class PolynomialMixer(nn.Module):
             f"variant={self.variant!r}, heads={self.heads}, state_width={self.state_width}, "
             f"implementation={self.implementation!r}"
             + (f", rotary_axes={self.rotary_axes}, rotary_query={self.rotary_query!r}" if self.rotary_axes else "")
+            + ("" if self.frame_memory.is_mean else f", frame_memory={str(self.frame_memory)!r}")
         )
 
     # ---------------------------------------------------------------- parts
@@ -184,6 +206,12 @@ class PolynomialMixer(nn.Module):
         """The parameters as the named structure the tensor functions take."""
         return MixerWeights(self.feature_proj.weight, self.feature_proj.bias, self.coeff,
                             self.gate_proj.weight, self.gate_proj.bias, self.out_proj.weight, self.out_proj.bias)
+
+    def decay_weights(self) -> DecayWeights | None:
+        """The learned decay of the "decay"/"gated-decay" frame memories (None otherwise)."""
+        if not self.frame_memory.decays:
+            return None
+        return DecayWeights(self.decay_logit, getattr(self, "decay_weight", None))
 
     def features(self, context: torch.Tensor) -> torch.Tensor:
         """Polynomial features ``h: (B, N, F)`` of context tokens ``(B, N, D)``."""
@@ -228,6 +256,7 @@ class PolynomialMixer(nn.Module):
         else:
             check_tokens("context", context, self.dim, batch=x.shape[0])
         mode = resolve_context(x.shape[0], x.shape[1], context.shape[1], device=x.device, **kwargs)
+        check_frame_memory_mode(self.frame_memory, mode)
         prefix = None
         if state is not None:
             self._check_state(state, x.shape[0])
@@ -240,8 +269,13 @@ class PolynomialMixer(nn.Module):
         return context, mode, prefix
 
     def _check_state(self, state, batch: int) -> None:
-        if not isinstance(state, MixerState):
-            raise TypeError(f"state: expected a MixerState, got {type(state).__name__}")
+        expected = MixerState if self.frame_memory.is_mean else FrameMemoryState
+        if not isinstance(state, expected):
+            raise TypeError(f"state: expected a {expected.__name__} (frame_memory={str(self.frame_memory)!r}), "
+                            f"got {type(state).__name__}")
+        if not self.frame_memory.is_mean and state.window != self.frame_memory.window:
+            raise ValueError(f"state: a state of window={state.window} does not fit frame_memory="
+                             f"{str(self.frame_memory)!r}")
         if state.width != self.state_width:
             raise ValueError(f"state: width {state.width} does not match this mixer's state width {self.state_width}")
         if state.batch_size != batch:
@@ -249,7 +283,7 @@ class PolynomialMixer(nn.Module):
 
     def _plan(self, x, context, mode, streaming: bool) -> ExecutionPlan:
         return choose_path(self.settings, self.implementation, self.spec, self.state_width, x, context, mode,
-                           streaming, rotary=self.rotary_axes > 0)
+                           streaming, rotary=self.rotary_axes > 0, frame_memory=str(self.frame_memory))
 
     def _all_angles(self, x, context, positions, context_positions):
         """(context angles, query angles) of a call (None, None without rotary positions)."""
@@ -309,7 +343,7 @@ class PolynomialMixer(nn.Module):
         angles, query_angles = self._all_angles(x, context, positions, context_positions)
         plan = self._plan(x, context, mode, prefix is not None)
         return pom.mix(x, None if context is x else context, self.weights(), self.spec, mode, plan, prefix,
-                       angles, query_angles)
+                       angles, query_angles, self.frame_memory, self.decay_weights())
 
     def execution_plan(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
                        state: MixerState | None = None, **context_kwargs) -> ExecutionPlan:
@@ -330,11 +364,14 @@ class PolynomialMixer(nn.Module):
         context_positions = kwargs.pop("context_positions", None)
         context, mode, _ = self._resolve(x, context, None, kwargs)
         angles, query_angles = self._all_angles(x, context, positions, context_positions)
-        return pom.reference_mix(x, context, self.weights(), self.spec, mode, angles, query_angles)
+        return pom.reference_mix(x, context, self.weights(), self.spec, mode, angles, query_angles,
+                                 self.frame_memory, self.decay_weights())
 
     # ---------------------------------------------------------------- streaming
-    def init_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> MixerState:
-        """A zero state (sum ``(B, F)`` and count ``(B,)``) for ``batch_size`` sequences.
+    def init_state(self, batch_size: int, device=None,
+                   dtype: torch.dtype | None = None) -> MixerState | FrameMemoryState:
+        """A zero state (sum ``(B, F)`` and count ``(B,)``) for ``batch_size`` sequences; a
+        :class:`~polymixer.nn.FrameMemoryState` with a frame memory other than the mean.
 
         dtype: that of the sums; default float64 for a float64 mixer (a float64 stream
         equals the float64 parallel form to ~1e-12), float32 otherwise (also for bf16/fp16
@@ -345,16 +382,19 @@ class PolynomialMixer(nn.Module):
             device = weight.device
         if dtype is None:
             dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        if not self.frame_memory.is_mean:
+            return FrameMemoryState.zeros(batch_size, self.state_width, self.frame_memory.window, device=device,
+                                          dtype=dtype)
         return MixerState.zeros(batch_size, self.state_width, device=device, dtype=dtype)
 
     def step(
         self,
         x: torch.Tensor,
-        state: MixerState,
+        state: MixerState | FrameMemoryState,
         *,
         context_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, MixerState]:
+    ) -> tuple[torch.Tensor, MixerState | FrameMemoryState]:
         """Feed the next block ``x: (B, t, D)`` of a stream; returns ``(y (B, t, D), new_state)``.
 
         Every token of the block reads the state of all earlier tokens plus the whole
@@ -363,16 +403,16 @@ class PolynomialMixer(nn.Module):
         ``context_mask: (B, t)`` leaves padded tokens of the block out of the state.
         ``positions: (t, A)`` or ``(B, t, A)``: with rotary positions, the block's own
         coordinates (continuing those of the earlier blocks); the state then holds the
-        sum of the rotated features. Plain autograd (the form a streaming state runs: :meth:`execution_plan` with ``state``).
+        sum of the rotated features. With a ``frame_memory`` other than the mean the block
+        is one frame and ``state`` its :class:`~polymixer.nn.FrameMemoryState`.
+        Plain autograd (the form a streaming state runs: :meth:`execution_plan` with ``state``).
         """
-        if not isinstance(state, MixerState):
-            raise TypeError(f"state: expected a MixerState, got {type(state).__name__}")
         _, mode, _ = self._resolve(x, None, state, dict(context_mask=context_mask))
         angles = self._angles("positions", positions, x, x.shape[1])
         plan = self._plan(x, x, mode, streaming=True)
         y, total, count = pom.step(x, self.weights(), self.spec, plan, state.total, state.count, mode.context_mask,
-                                   angles)
-        return y, MixerState(total, count)
+                                   angles, self.frame_memory, self.decay_weights())
+        return y, type(state)(total, count)
 
     # ---------------------------------------------------------------- interop
     @classmethod

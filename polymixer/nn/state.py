@@ -9,7 +9,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["MixerState", "StateCache"]
+__all__ = ["MixerState", "FrameMemoryState", "StateCache"]
 
 
 @dataclass
@@ -90,6 +90,91 @@ class MixerState:
         return self.total.numel() * self.total.element_size() + self.count.numel() * self.count.element_size()
 
 
+@dataclass
+class FrameMemoryState:
+    """The state of a mixer with a frame memory other than the mean
+    (``PolynomialMixer(frame_memory=...)``, :mod:`polymixer.ops.frame_memory`), after some
+    frames of B sequences; its size does not depend on the frames seen.
+
+    ``"decay"``, ``"gated-decay"``: ``total: (B, F)`` the decayed feature sum
+    ``S = Σ_g γ^(f-g) Σ_g`` and ``count: (B, F)`` the decayed token count, per channel.
+    ``"window:W"``: ``total: (B, W, F)`` and ``count: (B, W)`` the feature sums and token
+    counts of the W most recent frames, oldest first (zeros before the stream's start).
+    Float32 (float64 for a float64 mixer).
+    """
+
+    total: torch.Tensor
+    count: torch.Tensor
+
+    @classmethod
+    def zeros(cls, batch_size: int, width: int, window: int | None = None, device=None,
+              dtype: torch.dtype = torch.float32) -> "FrameMemoryState":
+        """An empty state: a decay state (``window`` None) or that of a window of W frames."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        if window is None:
+            return cls(torch.zeros(batch_size, width, device=device, dtype=dtype),
+                       torch.zeros(batch_size, width, device=device, dtype=dtype))
+        return cls(torch.zeros(batch_size, window, width, device=device, dtype=dtype),
+                   torch.zeros(batch_size, window, device=device, dtype=dtype))
+
+    @property
+    def window(self) -> int | None:
+        """W for a window state, None for a decay state."""
+        return self.total.shape[1] if self.total.dim() == 3 else None
+
+    @property
+    def batch_size(self) -> int:
+        return self.total.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.total.shape[-1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.total.device
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "FrameMemoryState":
+        return FrameMemoryState(self.total.to(device=device, dtype=dtype), self.count.to(device=device, dtype=dtype))
+
+    def clone(self) -> "FrameMemoryState":
+        return FrameMemoryState(self.total.clone(), self.count.clone())
+
+    def detach(self) -> "FrameMemoryState":
+        return FrameMemoryState(self.total.detach(), self.count.detach())
+
+    def reset_(self, rows: torch.Tensor | None = None) -> "FrameMemoryState":
+        """Forget what was seen, in place: all rows, or the rows where ``rows`` (B,) is True."""
+        if rows is None:
+            self.total.zero_()
+            self.count.zero_()
+        else:
+            rows = rows.to(self.device).bool()
+            self.total.masked_fill_(rows.view(-1, *[1] * (self.total.dim() - 1)), 0.0)
+            self.count.masked_fill_(rows.view(-1, *[1] * (self.count.dim() - 1)), 0.0)
+        return self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"total": self.total, "count": self.count}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "FrameMemoryState":
+        missing = {"total", "count"} - set(state)
+        if missing:
+            raise ValueError(f"state: missing keys {sorted(missing)}")
+        total, count = state["total"], state["count"]
+        decay = total.dim() == 2 and count.shape == total.shape
+        window = total.dim() == 3 and count.shape == total.shape[:2]
+        if not (decay or window):
+            raise ValueError(f"state: expected total (B, F) and count (B, F) (decay) or total (B, W, F) and count "
+                             f"(B, W) (window), got {tuple(total.shape)} and {tuple(count.shape)}")
+        return cls(total, count)
+
+    def nbytes(self) -> int:
+        return self.total.numel() * self.total.element_size() + self.count.numel() * self.count.element_size()
+
+
 class StateCache:
     """The streaming states of a network: one state per streaming module, keyed by name.
 
@@ -155,12 +240,14 @@ class StateCache:
 
     @classmethod
     def from_state_dict(cls, flat: dict[str, torch.Tensor]) -> "StateCache":
-        """The cache of :meth:`state_dict` (states of :class:`MixerState`)."""
+        """The cache of :meth:`state_dict` (states of :class:`MixerState`, or
+        :class:`FrameMemoryState` where the count is not one number per sequence)."""
         grouped: dict[str, dict[str, torch.Tensor]] = {}
         for key, value in flat.items():
             name, _, leaf = key.rpartition(".")
             grouped.setdefault(name, {})[leaf] = value
-        return cls({name: MixerState.from_state_dict(d) for name, d in grouped.items()})
+        return cls({name: (FrameMemoryState if "count" in d and d["count"].dim() == 2 else MixerState
+                           ).from_state_dict(d) for name, d in grouped.items()})
 
     def nbytes(self) -> int:
         return sum(s.nbytes() for s in self.states.values())

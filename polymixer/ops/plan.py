@@ -220,19 +220,31 @@ _COMPILING_PLANS = {impl: _compiling_plan(impl) for impl in FORMS}
 
 
 def choose_path(settings: MixerSettings, implementation: str, spec: MixerSpec, width: int, x: torch.Tensor,
-                context: torch.Tensor, mode, streaming: bool = False, rotary: bool = False) -> ExecutionPlan:
+                context: torch.Tensor, mode, streaming: bool = False, rotary: bool = False,
+                frame_memory: str = "mean") -> ExecutionPlan:
     """The :class:`ExecutionPlan` of a mixer call.
 
     settings, implementation (``"fused"``, ``"lean"``, ``"autograd"``), spec and width
     (the state width F): the mixer's; x: (B, M, D) queries, context: (B, N, D) (x itself when self-mixing); mode:
     the call's :class:`~polymixer.ops.context.ContextMode`; streaming: a state of earlier
-    tokens is read; rotary: rotary positions are given. The implementation is a request:
+    tokens is read; rotary: rotary positions are given; frame_memory: the mixer's option
+    (:mod:`polymixer.ops.frame_memory`). The implementation is a request:
     the plain autograd form runs with a streaming state, with rotary positions (the fused
-    and lean forms do not rotate yet), inside torch.compile (which cannot trace the hand-written backward,
+    and lean forms do not rotate yet), with a frame memory other than the mean (PyTorch
+    aggregation: the fused, lean and Triton forms take the plain mean only), inside torch.compile (which cannot trace the hand-written backward,
     and fuses the autograd form itself), and for ``"fused"`` in modes with one segment
     per token (causal) on CUDA, where autograd with the Triton scan is faster and keeps
     less than the fused form's per-token float32 states (H200, bench_gpu.py).
     """
+    frame_memory = str(frame_memory)
+    if frame_memory != "mean":
+        if compiling():
+            return ExecutionPlan("autograd", reason=f"inside torch.compile: the plain autograd form; "
+                                                    f"frame_memory={frame_memory!r}: PyTorch aggregation")
+        return ExecutionPlan("autograd", reason=f"implementation={implementation!r}, but frame_memory="
+                                                f"{frame_memory!r} runs the plain autograd form (the fused and "
+                                                f"lean forms take the plain mean only); aggregation: PyTorch "
+                                                f"(the Triton kernels take the plain mean only)")
     if compiling():
         return _COMPILING_PLANS[implementation]
     device_type = x.device.type

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..context import ContextMode
+from ..frame_memory import DecayWeights, FrameMemory
 from ..plan import ExecutionPlan
 from .fused import fused_mix
 from .maths import apply_gate, features, gate, power_activation, power_features, product_features
@@ -35,27 +36,35 @@ __all__ = ["mix", "step", "MixerSpec", "MixerWeights", "features", "gate", "appl
 
 def mix(x: torch.Tensor, context: torch.Tensor | None, weights: MixerWeights, spec: MixerSpec, mode: ContextMode,
         plan: ExecutionPlan, prefix: tuple | None = None, angles: torch.Tensor | None = None,
-        query_angles: torch.Tensor | None = None) -> torch.Tensor:
+        query_angles: torch.Tensor | None = None, memory: FrameMemory | None = None,
+        decay: DecayWeights | None = None) -> torch.Tensor:
     """The mixer's output ``(B, M, D)`` for queries ``x: (B, M, D)`` and ``context: (B, N, D)``
     (None: self-mixing) in ``mode``, by the form ``plan`` names; ``prefix = (total, count)``
     a streaming state every query also reads, ``angles``/``query_angles`` rotary angles of
-    the context tokens and the queries (:mod:`.rotary`; autograd form only)."""
+    the context tokens and the queries (:mod:`.rotary`; autograd form only); ``memory``
+    and ``decay`` a frame memory other than the mean (:mod:`polymixer.ops.frame_memory`;
+    autograd form only)."""
     if plan.form != "autograd":
         if prefix is not None:
             raise ValueError(f"plan: the {plan.form} form takes no streaming state")
         if angles is not None or query_angles is not None:
             raise ValueError(f"plan: the {plan.form} form takes no rotary positions")
+        if memory is not None and not memory.is_mean:
+            raise ValueError(f"plan: the {plan.form} form has no frame memory but the mean, got {str(memory)!r}")
         return fused_mix(x, context, weights, spec, mode, plan)
     return autograd_mix(x, x if context is None else context, weights, spec, mode, prefix,
-                        backend=plan.aggregation_backend, angles=angles, query_angles=query_angles)
+                        backend=plan.aggregation_backend, angles=angles, query_angles=query_angles,
+                        memory=memory, decay=decay)
 
 
 def step(x: torch.Tensor, weights: MixerWeights, spec: MixerSpec, plan: ExecutionPlan, total: torch.Tensor,
-         count: torch.Tensor, context_mask: torch.Tensor | None = None, angles: torch.Tensor | None = None):
+         count: torch.Tensor, context_mask: torch.Tensor | None = None, angles: torch.Tensor | None = None,
+         memory: FrameMemory | None = None, decay: DecayWeights | None = None):
     """One block ``x: (B, t, D)`` of a stream: ``(y, new_total, new_count)``
-    (:func:`~.recurrent.recurrent_step`; ``angles`` the block's rotary angles); ``plan``
+    (:func:`~.recurrent.recurrent_step`; ``angles`` the block's rotary angles, ``memory``
+    and ``decay`` a frame memory other than the mean, the block one frame); ``plan``
     must be the autograd form (what :func:`~polymixer.ops.plan.choose_path` gives for a
     streaming call)."""
     if plan.form != "autograd":
         raise ValueError(f"plan: a stream runs the autograd form, not {plan.form!r}")
-    return recurrent_step(x, weights, spec, total, count, context_mask, angles)
+    return recurrent_step(x, weights, spec, total, count, context_mask, angles, memory, decay)

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from ..context import ContextMode, aggregate
-from ..reference import reference_aggregate
+from ..frame_memory import DecayWeights, FrameMemory, frame_aggregate
+from ..reference import reference_aggregate, reference_frame_memory
 from .maths import apply_gate, features, gate
 from .rotary import rotate, widen_gate
 from .spec import MixerSpec, MixerWeights
@@ -48,18 +49,31 @@ def read_out(x: torch.Tensor, H: torch.Tensor, weights: MixerWeights, spec: Mixe
 
 def reference_mix(x: torch.Tensor, context: torch.Tensor, weights: MixerWeights, spec: MixerSpec,
                   mode: ContextMode, angles: torch.Tensor | None = None,
-                  query_angles: torch.Tensor | None = None) -> torch.Tensor:
-    """The mixer through the dense mask of ``mode`` (test oracle, O(M*N))."""
-    H = reference_aggregate(context_features(context, weights, spec, angles), mode, x.shape[1])
+                  query_angles: torch.Tensor | None = None, memory: FrameMemory | None = None,
+                  decay: DecayWeights | None = None) -> torch.Tensor:
+    """The mixer through the dense mask of ``mode`` (test oracle, O(M*N)); with a frame
+    ``memory`` other than the mean, through its explicit weights matrix (O(M*N*F))."""
+    h = context_features(context, weights, spec, angles)
+    if memory is not None and not memory.is_mean:
+        H = reference_frame_memory(h, context, mode, memory, decay, x.shape[1])
+    else:
+        H = reference_aggregate(h, mode, x.shape[1])
     return read_out(x, H, weights, spec, query_angles)
 
 
 def autograd_mix(x: torch.Tensor, context: torch.Tensor, weights: MixerWeights, spec: MixerSpec,
                  mode: ContextMode, prefix: tuple | None = None, backend: str = "torch",
-                 angles: torch.Tensor | None = None, query_angles: torch.Tensor | None = None) -> torch.Tensor:
+                 angles: torch.Tensor | None = None, query_angles: torch.Tensor | None = None,
+                 memory: FrameMemory | None = None, decay: DecayWeights | None = None) -> torch.Tensor:
     """The mixer through the O(N) aggregation of ``mode`` (``backend`` ``"torch"`` or
     ``"triton"``); ``prefix = (total (B, F), count (B,))`` a streaming state every query
     also reads (with rotary positions: the sum of rotated features); ``angles`` and
-    ``query_angles`` the rotary angles of the context tokens and the queries."""
-    H = aggregate(context_features(context, weights, spec, angles), mode, prefix, backend=backend)
+    ``query_angles`` the rotary angles of the context tokens and the queries. ``memory``:
+    a frame memory other than the plain mean (:mod:`polymixer.ops.frame_memory`; block-causal
+    or full mode, PyTorch aggregation), with its learned ``decay`` and ``prefix`` its state."""
+    h = context_features(context, weights, spec, angles)
+    if memory is not None and not memory.is_mean:
+        H, _ = frame_aggregate(h, context, mode, memory, decay, prefix)
+    else:
+        H = aggregate(h, mode, prefix, backend=backend)
     return read_out(x, H, weights, spec, query_angles)

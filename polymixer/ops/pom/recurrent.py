@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 
 from ..aggregation import stream_block
+from ..context import Full
+from ..frame_memory import DecayWeights, FrameMemory, frame_aggregate
 from .naive import context_features, read_out
 from .spec import MixerSpec, MixerWeights
 
@@ -22,9 +24,17 @@ __all__ = ["recurrent_step"]
 
 def recurrent_step(x: torch.Tensor, weights: MixerWeights, spec: MixerSpec, total: torch.Tensor,
                    count: torch.Tensor, context_mask: torch.Tensor | None = None,
-                   angles: torch.Tensor | None = None):
+                   angles: torch.Tensor | None = None, memory: FrameMemory | None = None,
+                   decay: DecayWeights | None = None):
     """Feed the block ``x: (B, t, D)``; ``context_mask: (B, t)`` leaves padded tokens out of
     the state; ``angles: (t or B, t, F/2)`` the rotary angles of the block's tokens.
+    ``memory``: a frame memory other than the plain mean, the block being one frame, with
+    its learned ``decay``; ``(total, count)`` is then its state
+    (:func:`~polymixer.ops.frame_memory.frame_memory_scan`).
     Returns ``(y (B, t, D), new_total, new_count)``; the inputs are not changed."""
-    H, total, count = stream_block(context_features(x, weights, spec, angles), context_mask, total, count)
+    h = context_features(x, weights, spec, angles)
+    if memory is not None and not memory.is_mean:
+        H, (total, count) = frame_aggregate(h, x, Full(context_mask=context_mask), memory, decay, (total, count))
+    else:
+        H, total, count = stream_block(h, context_mask, total, count)
     return read_out(x, H, weights, spec, angles), total, count
