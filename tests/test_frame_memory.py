@@ -199,6 +199,16 @@ def test_bf16_autocast_runs():
     assert torch.isfinite(y.float()).all() and torch.isfinite(mixer.decay_weight.grad).all()
 
 
+def test_torch_compile_fullgraph_matches_eager():
+    torch._dynamo.reset()  # start and end clean (the compiled forward is shared between tests)
+    x = torch.randn(2, 36, 16)
+    for option in ("gated-decay", "window:2"):
+        mixer = PolynomialMixer(16, frame_memory=option)
+        compiled = torch.compile(mixer, fullgraph=True)
+        torch.testing.assert_close(compiled(x, block_size=9), mixer(x, block_size=9), rtol=1e-4, atol=1e-5)
+    torch._dynamo.reset()
+
+
 # ------------------------------------------------------------------ plan and errors
 def test_plan_is_autograd_with_a_reason():
     x = torch.randn(2, 16, 8)
