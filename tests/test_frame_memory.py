@@ -87,6 +87,23 @@ def test_rotary_positions_with_a_frame_memory_equal_the_oracle(frame_memory):
     assert (torch.cat(outs, 1) - fast).abs().max() < 1e-12
 
 
+@pytest.mark.parametrize("frame_memory", ["decay", "gated-decay", "window:2"])
+def test_unequal_frames_and_float32(frame_memory):
+    mixer = mixer_with(frame_memory)
+    x = torch.randn(2, 19, 12, dtype=f64)
+    lengths = [3, 9, 1, 6]
+    assert (mixer(x, block_lengths=lengths) - mixer.forward_reference(x, block_lengths=lengths)).abs().max() < 1e-12
+    # float32: a float32 state, stream == parallel to rounding
+    mixer, x = mixer.float(), x.float()
+    parallel = mixer(x[:, :18], block_size=6)
+    state, outs = mixer.init_state(2), []
+    for f in range(3):
+        y, state = mixer.step(x[:, 6 * f:6 * f + 6], state)
+        outs.append(y)
+    assert state.total.dtype == torch.float32
+    torch.testing.assert_close(torch.cat(outs, 1), parallel, rtol=1e-5, atol=1e-6)
+
+
 def test_the_options_compute_what_they_say():
     # the weights by hand for two frames of one token each: F = 2 * 1 * 1 channels
     torch.manual_seed(0)
@@ -292,6 +309,18 @@ def test_video_streaming_frames_equals_joint_float64(frame_memory, mixer, noise_
     plain = VideoDiT(dataclasses.replace(model.config, pom_frame_memory="mean")).to(f64).eval()
     plain.load_state_dict(model.state_dict(), strict=False)
     assert (plain(x, t, y) - joint)[:, 1:].abs().max() > 1e-6
+
+
+def test_video_temporal_patch_streaming():
+    model = tiny_video("gated-decay", temporal_patch=2, frames=4)
+    x = torch.randn(2, 6, 1, 8, 8, dtype=f64)
+    t, y = torch.rand(2, dtype=f64), torch.tensor([0, 1])
+    joint = model(x, t, y)
+    state, outs = model.init_state(2, dtype=f64), []
+    for g in range(3):
+        out, state = model.step(x[:, 2 * g:2 * g + 2], t, y, state, frame_offset=2 * g)
+        outs.append(out)
+    assert (torch.cat(outs, 1) - joint).abs().max() < 1e-12
 
 
 def test_video_state_size_is_constant_over_frames():
