@@ -69,6 +69,9 @@ _TRAIN_HELP: dict[str, tuple[str, tuple | None]] = {
                  "(0 = none, 3 = Mix-FFN)", None),
     "pom_rotary": ("rotary positions inside PoM: 0 = off, 2 = (row, column) for images, 3 = (frame, row, "
                    "column) for video; runs PoM's autograd form", None),
+    "pom_frame_memory": ("what a video's PoM blocks read of earlier frames: mean (all, equally), decay (learned "
+                         "decay per channel), gated-decay (decay from each new frame), window:W (last W frames)",
+                         None),
     "temporal_patch": ("consecutive frames folded into one token grid (video)", None),
     "noise_levels": ("one noise level per clip, or per frame (diffusion forcing) (video)", ("clip", "frame")),
     "frame_embedding": ("absolute sin-cos position of the frame index, or none (time only through the mixers, "
