@@ -43,7 +43,7 @@ from .io import CheckpointError, write_json
 from .models import build_model, config_from_dict, config_to_dict
 from .models.blocks import TransformerConfig
 from .models.video_dit import VideoDiTConfig
-from .models.io import load_state_checked, widen_gates
+from .models.io import add_frame_memory, load_state_checked, widen_gates
 from .models.presets import config_for_data, dit_config
 from .conditioning import ClassLabels
 from .pipeline import SamplingConfig
@@ -527,6 +527,10 @@ def build(run: Run) -> None:
         if widened and run.dist.main:
             print(f"init_from: widened {len(widened)} PoM gate tensors to this model's gate width "
                   f"(same function at step 0)", flush=True)
+        state, added = add_frame_memory(run.model, state)
+        if added and run.dist.main:
+            print(f"init_from: {len(added)} frame-memory decay tensors start at this model's initial values "
+                  f"(the source model has the plain mean)", flush=True)
         load_state_checked(run.model, state, str(weights))
     run.ema = build_model(run.model_config).to(run.device)
     run.ema.load_state_dict(run.model.state_dict())

@@ -402,3 +402,32 @@ def test_a_new_model_starts_with_the_decay_at_0_9():
     for block in model.blocks:
         assert torch.allclose(torch.sigmoid(block.mixer.decay_logit), torch.tensor(0.9))
         assert torch.equal(block.mixer.decay_weight, torch.zeros_like(block.mixer.decay_weight))
+
+
+def test_weights_of_a_mean_model_start_a_decay_model():
+    from polymixer.models.io import add_frame_memory, load_state_checked
+
+    source = VideoDiT(VideoDiTConfig(image_size=8, width=32, depth=2, heads=2, mixer="frame-local pom, pom"))
+    target = VideoDiT(dataclasses.replace(source.config, pom_frame_memory="gated-decay"))
+    state, added = add_frame_memory(target, source.state_dict())
+    assert added == ["blocks.1.mixer.decay_logit", "blocks.1.mixer.decay_weight"]  # not the frame-local block
+    load_state_checked(target, state, "source")
+    assert torch.equal(target.blocks[0].mixer.feature_proj.weight, source.blocks[0].mixer.feature_proj.weight)
+    assert add_frame_memory(target, target.state_dict())[1] == []
+
+
+def test_training_a_decay_video_model_from_an_image_model(tmp_path):
+    pytest.importorskip("mlxtend")
+    from polymixer.train import TrainConfig, train
+
+    common = dict(preset="DiT-T/4", depth=1, width=32, heads=2, batch_size=4, sample_every=0, progress=False,
+                  tensorboard=False, num_threads=1)
+    train(TrainConfig(data="digits", image_size=16, steps=1, checkpoint_every=1, out=str(tmp_path / "img"), **common))
+    result = train(TrainConfig(data="moving-digits", image_size=16, frames=3, steps=2, checkpoint_every=2,
+                               pom_frame_memory="gated-decay", init_from=str(tmp_path / "img" / "ema_model"),
+                               out=str(tmp_path / "v"), **common))
+    model = result["model"]
+    assert model.config.pom_frame_memory == "gated-decay"
+    assert model.blocks[0].mixer.decay_weight.abs().max() > 0  # trained from its zero start
+    loaded = VideoDiT.from_pretrained(tmp_path / "v" / "ema_model")
+    assert str(loaded.blocks[0].mixer.frame_memory) == "gated-decay"

@@ -17,7 +17,7 @@ from .registry import build_model, config_from_dict, config_to_dict
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
-__all__ = ["save_pretrained", "load_pretrained", "load_state_checked", "widen_gates"]
+__all__ = ["save_pretrained", "load_pretrained", "load_state_checked", "widen_gates", "add_frame_memory"]
 
 
 def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -64,6 +64,26 @@ def widen_gates(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[
             out[name] = tensor.repeat_interleave(target // rows, dim=0)
             widened.append(name)
     return out, widened
+
+
+def add_frame_memory(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state`` with the frame-memory decay parameters of ``model``'s PoM mixers that it
+    lacks (weights of a model with the plain mean starting one with ``"decay"`` or
+    ``"gated-decay"``, docs/design.md, section 8) taken from ``model`` as it is, i.e. at
+    their start (γ = 0.9, no gate): the function changes from the mean to that decay.
+    Returns the new state and the names added; every other tensor is passed through."""
+    from ..nn.mixer import PolynomialMixer
+
+    out, added = dict(state), []
+    for prefix, module in model.named_modules():
+        if not isinstance(module, PolynomialMixer):
+            continue
+        for leaf in ("decay_logit", "decay_weight"):
+            name = f"{prefix}{'.' if prefix else ''}{leaf}"
+            if hasattr(module, leaf) and name not in state:
+                out[name] = getattr(module, leaf).detach().clone()
+                added.append(name)
+    return out, added
 
 
 def save_pretrained(model: nn.Module, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
