@@ -65,6 +65,8 @@ _TRAIN_HELP: dict[str, tuple[str, tuple | None]] = {
     "pom_heads": ("PoM gate heads: 1 = a full-width gate, G = one gate scalar per head", None),
     "pom_implementation": ("PoM's backward pass (same outputs)", ("fused", "lean", "autograd")),
     "qk_norm": ("RMS-normalise queries and keys (attention)", None),
+    "attention_window": ("attention in a video reads the last W frames only (rolling key-value cache); "
+                         "0 = every earlier frame", None),
     "mlp_conv": ("side of an identity-initialised depthwise convolution over the token grid in every MLP "
                  "(0 = none, 3 = Mix-FFN)", None),
     "pom_rotary": ("rotary positions inside PoM: 0 = off, 2 = (row, column) for images, 3 = (frame, row, "

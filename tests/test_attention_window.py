@@ -39,3 +39,32 @@ def test_window_is_the_oracle_mask_and_none_is_unchanged():
     assert torch.equal(windowed(x), full(x))
     with pytest.raises(ValueError, match="window"):
         MultiHeadAttention(8, heads=2, window=0)
+
+
+def test_video_dit_with_a_rolling_attention_window():
+    from polymixer.models import VideoDiT, VideoDiTConfig
+    from polymixer.pipeline import SamplingConfig
+    from polymixer.video import sample_video
+
+    torch.manual_seed(0)
+    model = VideoDiT(VideoDiTConfig(image_size=8, in_channels=1, patch_size=4, width=16, depth=2, heads=2,
+                                    mlp_ratio=2.0, frames=3, mixer="attention", attention_window=2, n_classes=4))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    model = model.double()
+    assert model.has_constant_state() and model.default_sampling_mode() == "sequential"
+    kw = dict(frames=5, steps=2, cfg_scale=2.0, seed=0)
+    joint = sample_video(model, SamplingConfig(), torch.tensor([1, 3]), mode="joint", **kw)
+    seq = sample_video(model, SamplingConfig(), torch.tensor([1, 3]), mode="sequential", **kw)
+    assert (seq - joint).abs().max() < 1e-10
+    # a window of 2 frames per block, 2 blocks: frame 0 reaches frames 1 and 2, never 3 and 4
+    x = torch.randn(1, 5, 1, 8, 8, dtype=torch.float64, generator=g)
+    x2 = x.clone()
+    x2[:, 0] += 1
+    t, y = torch.tensor([0.5], dtype=torch.float64), torch.tensor([2])
+    diff = (model(x2, t, y) - model(x, t, y)).abs().amax(dim=(2, 3, 4))[0]
+    assert diff[1] > 1e-6 and diff[2] > 1e-6 and diff[3] == 0 and diff[4] == 0
+    with pytest.raises(ValueError, match="attention_window"):
+        VideoDiTConfig(attention_window=-1)

@@ -61,6 +61,8 @@ class TransformerConfig:
             earlier frame), ``"decay"`` (a learned decay per channel), ``"gated-decay"`` (a
             decay from each new frame's content) or ``"window:W"`` (the last W frames);
             frame-local blocks keep the mean (they see one frame). Video only.
+        attention_window: 0 (default) or W: attention blocks of a video read the last W
+            frames only (streaming keeps a rolling key-value cache of them, constant in size).
     """
 
     in_channels: int = 1
@@ -80,6 +82,7 @@ class TransformerConfig:
     mlp_conv: int = 0
     pom_rotary: int = 0
     pom_frame_memory: str = "mean"
+    attention_window: int = 0
 
     # fields that change how the network computes, not its weights or its function
     NON_ARCHITECTURAL = ("pom_implementation",)
@@ -106,6 +109,10 @@ class TransformerConfig:
         r = self.pom_rotary
         if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= 3:
             raise ValueError(f"pom_rotary: expected 0 (none) or the number of position axes (1, 2 or 3), got {r!r}")
+        w = self.attention_window
+        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+            raise ValueError(f"attention_window: expected 0 (every earlier frame) or a number of frames >= 1, "
+                             f"got {w!r}")
         try:
             parse_frame_memory(self.pom_frame_memory)
         except ValueError as error:

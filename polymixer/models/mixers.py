@@ -267,4 +267,5 @@ def _pom(config) -> nn.Module:
 
 @register_mixer("attention")
 def _attention(config) -> nn.Module:
-    return MultiHeadAttention(config.width, heads=config.heads, qk_norm=config.qk_norm)
+    return MultiHeadAttention(config.width, heads=config.heads, qk_norm=config.qk_norm,
+                              window=getattr(config, "attention_window", 0) or None)
