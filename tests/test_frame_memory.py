@@ -431,3 +431,16 @@ def test_training_a_decay_video_model_from_an_image_model(tmp_path):
     assert model.blocks[0].mixer.decay_weight.abs().max() > 0  # trained from its zero start
     loaded = VideoDiT.from_pretrained(tmp_path / "v" / "ema_model")
     assert str(loaded.blocks[0].mixer.frame_memory) == "gated-decay"
+
+
+def test_benchmark_script_runs_at_toy_size():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_frame_memory.py"
+    spec = importlib.util.spec_from_file_location("bench_frame_memory", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.main(["--batch", "1", "--frames", "3", "--tokens", "5", "--dim", "8", "--repeats", "1",
+                        "--warmup", "0"])
+    assert [r["option"].split()[0] for r in rows] == ["mean", "mean", "decay", "gated-decay", "window:2", "window:4"]
