@@ -322,6 +322,6 @@ def summary_lines(result: dict) -> list[str]:
              + ("-" if result["precision"] is None else
                 f"{result['precision']:.3f} / {result['recall']:.3f} ({real}: {result['precision_real']:.3f} / "
                 f"{result['recall_real']:.3f})"),
-             "stroke statistics per image, generated (real): "
+             f"stroke statistics per {'frame' if video else 'image'}, generated (real): "
              + ", ".join(f"{name} {v['generated']:.3g} ({v['real']:.3g})" for name, v in stats.items())]
     return lines

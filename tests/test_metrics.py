@@ -274,6 +274,7 @@ def test_eval_video_model_per_frame(tmp_path, monkeypatch):
     lines = summary_lines(few)
     assert any(line.startswith("precision / recall") and line.endswith(": -") for line in lines), lines
     assert any(line.startswith("stroke Fréchet distance (mean over frames)") for line in lines), lines
+    assert any(line.startswith("stroke statistics per frame") for line in lines), lines
     SamplingConfig(dataset="mnist").save(folder)
     with pytest.raises(ValueError, match="compares its frames with moving digits"):
         evaluate_checkpoint(folder, num_samples=2, steps=1)
