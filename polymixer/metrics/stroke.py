@@ -4,7 +4,7 @@ The bundled digit classifier was trained with shifts, scalings and rotations so 
 recognises a digit however it is placed; its penultimate features are, by the same token,
 nearly blind to *how* the strokes are drawn: a digit with stray specks, broken strokes or
 pinholes gets about the same features as a clean one (issue 23: the Fréchet distance on
-them scored a speckled model and a clean one 5% apart). Three views that are not blind:
+them scored a speckled model and a clean one 4% apart). Three views that are not blind:
 
 - :func:`stroke_statistics`: per-image measurements of the strokes, no network involved
   (``STROKE_STATISTICS``): the ink, the edge length per unit of ink, the ink fragments
@@ -129,10 +129,11 @@ def stroke_frechet_distance(generated, reference) -> float:
     """Fréchet distance between the stroke statistics ``generated: (N, 5)`` and
     ``reference: (M, 5)`` (from :func:`stroke_statistics`), each statistic divided by the
     reference's standard deviation, so that every statistic counts in units of how much real
-    digits vary in it. 0 for identical distributions; a few hundredths for two sets of real
-    digits at N = 1,000."""
+    digits vary in it. 0 for identical distributions; 0.05-0.09 for 1,000 real MNIST digits
+    against all 5,000 (the seeded draws of ``polymixer eval``)."""
     ref = np.asarray(reference, dtype=np.float64)
-    return frechet_distance(*feature_statistics(standardize(generated, ref)), *feature_statistics(standardize(ref, ref)))
+    mu_ref, sigma_ref = feature_statistics(standardize(ref, ref))
+    return frechet_distance(*feature_statistics(standardize(generated, ref)), mu_ref, sigma_ref)
 
 
 def _kth_neighbour_radii(features: torch.Tensor, k: int) -> torch.Tensor:
