@@ -142,7 +142,10 @@ def test_cli_resume_says_where_it_starts_and_counts_steps_from_there(tmp_path, c
 def _start(args, cwd, env_extra=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env_extra or {})}
     out, err = open(cwd / "stdout.txt", "w"), open(cwd / "stderr.txt", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "polymixer.cli", *args], cwd=cwd, env=env, stdout=out, stderr=err)
+    # SIGINT as in a terminal: a shell's background job (a CI script run with `&`) starts with SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler at all
+    proc = subprocess.Popen([sys.executable, "-m", "polymixer.cli", *args], cwd=cwd, env=env, stdout=out, stderr=err,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return proc
 
 
