@@ -103,3 +103,12 @@ def test_from_reference_errors_name_the_problem():
         PolynomialMixer.from_reference(sd, degree=2, expand=2)
     with pytest.raises(TypeError, match="state_dict"):
         PolynomialMixer.from_reference([1, 2])
+
+
+@pytest.mark.parametrize("options", [dict(rotary_axes=1), dict(frame_memory="decay"), dict(frame_memory="window:2")])
+def test_to_reference_refuses_options_the_layout_cannot_hold(options):
+    from polymixer import PolynomialMixer, to_reference
+
+    with pytest.raises(ValueError, match="reference layout has no place"):
+        to_reference(PolynomialMixer(8, **options))
+    assert to_reference(PolynomialMixer(8))  # the plain mixer still exports

@@ -102,7 +102,20 @@ def load_reference(cls, state_dict, variant="product", degree=2, expand=2, heads
 
 
 def to_reference(mixer, name: str = "ho_proj") -> dict[str, torch.Tensor]:
-    """The mixer's weights in the reference layout (product: ``name`` is ho_proj or po_proj)."""
+    """The mixer's weights in the reference layout (product: ``name`` is ho_proj or po_proj).
+
+    Raises ValueError for a mixer with options the reference layout has no place for (rotary
+    positions, a frame memory other than the mean): its weights alone would give another function.
+    """
+    extras = []
+    if getattr(mixer, "rotary_axes", 0):
+        extras.append(f"rotary_axes={mixer.rotary_axes}")
+    memory = getattr(mixer, "frame_memory", None)
+    if memory is not None and getattr(memory, "kind", "mean") != "mean":
+        extras.append(f"frame_memory={memory.kind!r}")
+    if extras:
+        raise ValueError(f"mixer: the reference layout has no place for {', '.join(extras)}; the exported weights "
+                         "would compute another function")
     if mixer.variant == "product":
         return {
             f"{name}.weight": mixer.feature_proj.weight.detach().clone(),
