@@ -15,17 +15,23 @@
 #   pom_conv, attention_conv   the presets with --mlp-conv 3
 #   pom_rotary                 the PoM preset with rotary positions (frame, row, column: the frames are
 #                              1-frame clips, so a third of the rotated pairs never turn)
+#   pom_conv_rotary            both
 # then `polymixer eval` on each EMA model. Results: RUNS (default runs/compare_gate).
 #   bash experiments/compare_gate.sh [SEED] [STEPS]
 #   NAMES="power_fullgate power_k3_fullgate power_e4" RUNS=runs/compare_gate_power bash experiments/compare_gate.sh 0 4000
 #   python experiments/compare_gate_report.py --runs runs/compare_gate
 # LR sets the learning rate (default 1e-3). Resume an interrupted set with RESUME=1 and the same command.
+# KEEP=0 keeps every checkpoint (one each CKPT_EVERY steps, default 200) for Fréchet distance against
+# steps (`polymixer eval --checkpoint RUN/checkpoints/step_...`); SAMPLES sets the evaluation's size (500).
 set -euo pipefail
 seed=${1:-0}
 steps=${2:-1200}
 resume=${RESUME:+--resume}
 runs=${RUNS:-runs/compare_gate}
 lr=${LR:-1e-3}
+keep=${KEEP:-2}
+every=${CKPT_EVERY:-200}
+samples=${SAMPLES:-500}
 mkdir -p "$runs"
 declare -A options=(
   [pom]="--mixer pom"
@@ -38,6 +44,7 @@ declare -A options=(
   [pom_conv]="--mixer pom --mlp-conv 3"
   [attention_conv]="--mixer attention --mlp-conv 3"
   [pom_rotary]="--mixer pom --pom-rotary 3"
+  [pom_conv_rotary]="--mixer pom --mlp-conv 3 --pom-rotary 3"
 )
 read -r -a names <<< "${NAMES:-pom pom_fullgate pom_e1 attention}"
 for name in "${names[@]}"; do
@@ -47,14 +54,14 @@ for name in "${names[@]}"; do
   # shellcheck disable=SC2086  # the options are several words on purpose
   polymixer train --data moving-digits --frames 1 --image-size 32 --preset DiT-M/4 --depth 6 ${options[$name]} \
     --batch-size 64 --lr "$lr" --warmup-steps 300 --ema-decay 0.999 --steps "$steps" \
-    --checkpoint-every 200 --sample-every 1000 --sample-steps 20 --keep-last 2 --log-every 50 --progress false \
+    --checkpoint-every "$every" --sample-every 1000 --sample-steps 20 --keep-last "$keep" --log-every 50 --progress false \
     --num-threads 1 --seed "$seed" --out "$runs/${name}_seed${seed}" $resume \
     > "$runs/${name}_seed${seed}.log" 2>&1 &
 done
 wait
 running=0
 for name in "${names[@]}"; do
-  polymixer eval --checkpoint "$runs/${name}_seed${seed}/ema_model" --num-samples 500 --steps 20 \
+  polymixer eval --checkpoint "$runs/${name}_seed${seed}/ema_model" --num-samples "$samples" --steps 20 \
     --batch-size 50 --seed 0 --threads 1 --out "$runs/${name}_seed${seed}_eval.json" &
   running=$((running + 1))
   if [ "$running" = 2 ]; then wait; running=0; fi  # two evaluations at a time on two cores
