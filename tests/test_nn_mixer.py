@@ -408,6 +408,64 @@ def test_failed_compile_of_one_configuration_leaves_the_others(compiled_chunks, 
     assert PolynomialMixer(24).settings == MixerSettings.from_env()
 
 
+def test_plan_reads_compile_failures_as_an_input_and_a_mixer_can_keep_its_own_record(compiled_chunks, monkeypatch):
+    """choose_path is a function of its arguments: the failures it runs eagerly are passed
+    in (the mixer passes its record's), and a mixer with its own record neither sees nor
+    leaves failures in the shared one."""
+    from polymixer.ops import choose_path
+    from polymixer.ops.context import resolve_context
+    from polymixer.ops.pom.chunk_ops import CompileRecord
+
+    x = torch.randn(2, 9, 16)
+    mixer = PolynomialMixer(16, settings=compiled_chunks)
+    mode = resolve_context(2, 9, 9)
+    clean = choose_path(mixer.settings, "fused", mixer.spec, mixer.state_width, x, x, mode)
+    assert clean.compiled and clean.eager_functions == () and "failed" not in clean.reason
+    marked = choose_path(mixer.settings, "fused", mixer.spec, mixer.state_width, x, x, mode,
+                         compile_failures=("gated",))
+    assert marked.eager_functions == ("gated",) and "eager for gated" in marked.reason
+    never = choose_path(MixerSettings(compile="never"), "fused", mixer.spec, mixer.state_width, x, x, mode,
+                        compile_failures=("gated",))
+    assert never.eager_functions == ()  # nothing is compiled, nothing to fall back from
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    own = PolynomialMixer(16, settings=compiled_chunks)
+    own.compile_record = CompileRecord()
+    with pytest.warns(RuntimeWarning, match="no compiler here"):
+        torch.testing.assert_close(own(x), own.forward_reference(x))
+    config = ("product", 2, 1, "cpu", torch.float32)
+    assert "features" in own.compile_record.failed(config) or "feature_sum" in own.compile_record.failed(config)
+    assert not compile_failures(config)  # the shared record is untouched
+    assert own.execution_plan(x).eager_functions == own.compile_record.failed(config)
+    assert mixer.execution_plan(x).eager_functions == ()
+
+
+def test_plan_says_what_the_backward_pass_keeps():
+    """fused keeps the two projections, lean none; the segment states are kept unless there
+    is about one per token (causal), and the fused pass is exact either way."""
+    never = MixerSettings(compile="never")
+    x = torch.randn(2, 24, 16, dtype=torch.float64, requires_grad=True)
+    for impl in ("fused", "lean"):
+        mixer = PolynomialMixer(16, implementation=impl, settings=never).double()
+        for kwargs, keep_states in (({}, True), ({"block_size": 6}, True), ({"causal": True}, False),
+                                    ({"block_size": 2}, False)):
+            plan = mixer.execution_plan(x, **kwargs)
+            assert (plan.keep_projections, plan.keep_states) == (impl == "fused", keep_states), (impl, kwargs)
+            assert "kept for the backward pass" in plan.reason
+            up = torch.randn(2, 24, 16, dtype=torch.float64)
+            y = mixer(x, **kwargs)
+            ref = mixer.forward_reference(x, **kwargs)
+            torch.testing.assert_close(y, ref)
+            for a, b in zip(_grads(y, [x] + list(mixer.parameters()), up),
+                            _grads(ref, [x] + list(mixer.parameters()), up)):
+                torch.testing.assert_close(a, b)
+
+
 def test_out_of_memory_in_a_compiled_chunk_is_not_a_compiler_failure(compiled_chunks, monkeypatch):
     def oom_compile(fn, **kwargs):
         def run(*args):

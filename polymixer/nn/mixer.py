@@ -11,7 +11,8 @@ from torch import nn
 from ..ops import pom
 from ..ops.context import ContextMode, resolve_context
 from ..ops.frame_memory import DecayWeights, check_frame_memory_mode, initial_decay_logit, parse_frame_memory
-from ..ops.plan import FORMS, ExecutionPlan, MixerSettings, choose_path
+from ..ops.plan import FORMS, ExecutionPlan, MixerSettings, autocast_dtype, choose_path
+from ..ops.pom.chunk_ops import SHARED_COMPILE_RECORD
 from ..ops.pom import MixerSpec, MixerWeights
 from ..ops.pom.rotary import ROTARY_QUERY, rotary_angles, rotary_layout
 from ._checks import check_positive_int, check_tokens
@@ -56,7 +57,11 @@ class PolynomialMixer(nn.Module):
             passes' element-wise work, the Triton aggregation, the chunk size); default
             ``MixerSettings.from_env()``, the environment variables ``POLYMIXER_COMPILE``,
             ``POLYMIXER_COMPILE_MIN_ROWS``, ``POLYMIXER_TRITON`` read once, here. The
-            attribute ``settings`` can be replaced at any time.
+            attribute ``settings`` can be replaced at any time. The attribute
+            ``compile_record`` (a :class:`~polymixer.ops.pom.chunk_ops.CompileRecord`,
+            default the one all mixers share) holds the element-wise functions whose
+            compile failed; the plan runs them eagerly. Give a mixer its own record to
+            keep it apart from the others.
         rotary_axes: 0 (default) for none, or the number A (1, 2 or 3) of position axes
             of rotary positions inside the mixer (docs/design.md, section 8): each context
             token's features are rotated by its position before the mean, channel pairs
@@ -115,6 +120,7 @@ class PolynomialMixer(nn.Module):
         if settings is not None and not isinstance(settings, MixerSettings):
             raise TypeError(f"settings: expected a MixerSettings, got {type(settings).__name__}")
         self.settings = settings if settings is not None else MixerSettings.from_env()
+        self.compile_record = SHARED_COMPILE_RECORD
         check_positive_int("dim", dim)
         check_positive_int("degree", degree, 1, 8)
         check_positive_int("expand", expand)
@@ -282,8 +288,12 @@ class PolynomialMixer(nn.Module):
             raise ValueError(f"state: batch size {state.batch_size} does not match the input's batch size {batch}")
 
     def _plan(self, x, context, mode, streaming: bool) -> ExecutionPlan:
+        dtype = autocast_dtype(x.device.type) or x.dtype
+        spec = self.spec
+        failed = self.compile_record.failed((spec.variant, spec.degree, spec.heads, x.device.type, dtype))
         return choose_path(self.settings, self.implementation, self.spec, self.state_width, x, context, mode,
-                           streaming, rotary=self.rotary_axes > 0, frame_memory=str(self.frame_memory))
+                           streaming, rotary=self.rotary_axes > 0, frame_memory=str(self.frame_memory),
+                           compile_failures=failed)
 
     def _all_angles(self, x, context, positions, context_positions):
         """(context angles, query angles) of a call (None, None without rotary positions)."""
@@ -343,7 +353,7 @@ class PolynomialMixer(nn.Module):
         angles, query_angles = self._all_angles(x, context, positions, context_positions)
         plan = self._plan(x, context, mode, prefix is not None)
         return pom.mix(x, None if context is x else context, self.weights(), self.spec, mode, plan, prefix,
-                       angles, query_angles, self.frame_memory, self.decay_weights())
+                       angles, query_angles, self.frame_memory, self.decay_weights(), self.compile_record)
 
     def execution_plan(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
                        state: MixerState | None = None, **context_kwargs) -> ExecutionPlan:

@@ -118,6 +118,14 @@ class ExecutionPlan:
     aggregation_backend: ``"torch"`` or ``"triton"``: who computes the aggregation.
     dtype: the compute dtype of the fused/lean passes under autocast (None: the inputs').
     chunk_rows: fused/lean only: token rows per chunk.
+    eager_functions: fused/lean, compiled: the chunk functions that run eagerly all the
+        same, because their compile failed before (the ``compile_failures`` given to
+        :func:`choose_path`).
+    keep_projections: fused only: the two projections' outputs are kept for the backward
+        pass (two F-wide tensors); lean recomputes them.
+    keep_states: fused/lean, segment modes: the segment states are kept for the backward
+        pass (fewer than N/4 segments); with about one per token (causal) they are F-wide
+        and recomputed.
     reason: why, in words.
     """
 
@@ -127,6 +135,9 @@ class ExecutionPlan:
     aggregation_backend: str = "torch"
     dtype: torch.dtype | None = None
     chunk_rows: int | None = None
+    eager_functions: tuple[str, ...] = ()
+    keep_projections: bool = False
+    keep_states: bool = False
     reason: str = ""
 
 
@@ -221,14 +232,17 @@ _COMPILING_PLANS = {impl: _compiling_plan(impl) for impl in FORMS}
 
 def choose_path(settings: MixerSettings, implementation: str, spec: MixerSpec, width: int, x: torch.Tensor,
                 context: torch.Tensor, mode, streaming: bool = False, rotary: bool = False,
-                frame_memory: str = "mean") -> ExecutionPlan:
+                frame_memory: str = "mean", compile_failures: tuple[str, ...] = ()) -> ExecutionPlan:
     """The :class:`ExecutionPlan` of a mixer call.
 
     settings, implementation (``"fused"``, ``"lean"``, ``"autograd"``), spec and width
     (the state width F): the mixer's; x: (B, M, D) queries, context: (B, N, D) (x itself when self-mixing); mode:
     the call's :class:`~polymixer.ops.context.ContextMode`; streaming: a state of earlier
     tokens is read; rotary: rotary positions are given; frame_memory: the mixer's option
-    (:mod:`polymixer.ops.frame_memory`). The implementation is a request:
+    (:mod:`polymixer.ops.frame_memory`); compile_failures: the chunk functions whose compile
+    failed before for this configuration (``mixer.compile_record``, see
+    :mod:`polymixer.ops.pom.chunk_ops`), run eagerly. The plan is a function of these
+    arguments alone. The implementation is a request:
     the plain autograd form runs with a streaming state, with rotary positions (the fused
     and lean forms do not rotate yet), with a frame memory other than the mean (PyTorch
     aggregation: the fused, lean and Triton forms take the plain mean only), inside torch.compile (which cannot trace the hand-written backward,
@@ -266,14 +280,11 @@ def choose_path(settings: MixerSettings, implementation: str, spec: MixerSpec, w
     if why is not None:
         backend, why_backend = aggregation_backend(settings.triton, x, mode, streaming, dtype)
         return ExecutionPlan("autograd", aggregation_backend=backend, reason=f"{why}; aggregation: {why_backend}")
-    from .pom.chunk_ops import compile_failures
-
     rows = x.shape[0] * max(num_context, x.shape[1])
     compiled, why_compile = compile_decision(settings, device_type, rows)
-    if compiled:
-        failed = compile_failures((spec.variant, spec.degree, spec.heads, device_type, dtype))
-        if failed:
-            why_compile += f"; eager for {', '.join(failed)} after a failed compile"
+    eager = tuple(compile_failures) if compiled else ()
+    if eager:
+        why_compile += f"; eager for {', '.join(eager)} after a failed compile"
     if settings.chunk_rows is not None:
         chunk, why_chunk = settings.chunk_rows, f"chunks of {settings.chunk_rows} rows (chunk_rows)"
     elif device_type == "cuda":
@@ -285,7 +296,13 @@ def choose_path(settings: MixerSettings, implementation: str, spec: MixerSpec, w
         why_chunk = f"chunks of {chunk} rows ({threads} thread{'s' if threads > 1 else ''})"
     shape = (f"{mode.kind} mode: features summed per segment, chunk by chunk" if seg is not None
              else f"{mode.kind} mode: features and aggregation on whole tensors")
+    keep_projections = implementation == "fused"
+    keep_states = seg is not None and 4 * seg.count <= num_context
+    kept = [name for name, kept in (("the projections", keep_projections), ("the segment states", keep_states))
+            if kept]
+    why_keep = f"kept for the backward pass: {' and '.join(kept) if kept else 'no F-wide tensor'}"
     return ExecutionPlan(implementation, chunked=seg is not None, compiled=compiled, aggregation_backend="torch",
-                         dtype=amp, chunk_rows=chunk,
+                         dtype=amp, chunk_rows=chunk, eager_functions=eager, keep_projections=keep_projections,
+                         keep_states=keep_states,
                          reason=f"implementation={implementation!r}; {shape}; {why_compile}; "
-                                f"{why_chunk}; PyTorch aggregation")
+                                f"{why_chunk}; {why_keep}; PyTorch aggregation")

@@ -22,6 +22,7 @@ import torch
 from ..context import ContextMode
 from ..frame_memory import DecayWeights, FrameMemory
 from ..plan import ExecutionPlan
+from .chunk_ops import CompileRecord
 from .fused import fused_mix
 from .maths import apply_gate, features, gate, power_activation, power_features, product_features
 from .naive import autograd_mix, context_features, read_out, reference_mix
@@ -37,13 +38,14 @@ __all__ = ["mix", "step", "MixerSpec", "MixerWeights", "features", "gate", "appl
 def mix(x: torch.Tensor, context: torch.Tensor | None, weights: MixerWeights, spec: MixerSpec, mode: ContextMode,
         plan: ExecutionPlan, prefix: tuple | None = None, angles: torch.Tensor | None = None,
         query_angles: torch.Tensor | None = None, memory: FrameMemory | None = None,
-        decay: DecayWeights | None = None) -> torch.Tensor:
+        decay: DecayWeights | None = None, record: CompileRecord | None = None) -> torch.Tensor:
     """The mixer's output ``(B, M, D)`` for queries ``x: (B, M, D)`` and ``context: (B, N, D)``
     (None: self-mixing) in ``mode``, by the form ``plan`` names; ``prefix = (total, count)``
     a streaming state every query also reads, ``angles``/``query_angles`` rotary angles of
     the context tokens and the queries (:mod:`.rotary`; autograd form only); ``memory``
     and ``decay`` a frame memory other than the mean (:mod:`polymixer.ops.frame_memory`;
-    autograd form only)."""
+    autograd form only); ``record`` where the fused and lean forms write a failed compile
+    (:class:`~.chunk_ops.CompileRecord`, default the shared one)."""
     if plan.form != "autograd":
         if prefix is not None:
             raise ValueError(f"plan: the {plan.form} form takes no streaming state")
@@ -51,7 +53,7 @@ def mix(x: torch.Tensor, context: torch.Tensor | None, weights: MixerWeights, sp
             raise ValueError(f"plan: the {plan.form} form takes no rotary positions")
         if memory is not None and not memory.is_mean:
             raise ValueError(f"plan: the {plan.form} form has no frame memory but the mean, got {str(memory)!r}")
-        return fused_mix(x, context, weights, spec, mode, plan)
+        return fused_mix(x, context, weights, spec, mode, plan, record)
     return autograd_mix(x, x if context is None else context, weights, spec, mode, prefix,
                         backend=plan.aggregation_backend, angles=angles, query_angles=query_angles,
                         memory=memory, decay=decay)

@@ -9,10 +9,15 @@ dominate the mixer's time, they are compiled with ``torch.compile`` into a few f
 kernels (on a CPU too for long inputs, where fused loops beat one pass per operation).
 Whether they are compiled is the :class:`~polymixer.ops.plan.ExecutionPlan`'s decision.
 
-If compiling a function fails (no compiler, an inductor bug), a warning is given once and
-that function runs eagerly from then on *for that configuration* (variant, degree, heads,
-device type, dtype) only: :func:`compile_failures` lists them, :func:`clear_compile_cache`
-forgets them (and the compiled functions).
+If compiling a function fails (no compiler, an inductor bug), a warning is given once, the
+call goes on eagerly, and the failure is written into a :class:`CompileRecord` for that
+configuration (variant, degree, heads, device type, dtype) only. The record is an explicit
+input of the plan: a mixer passes ``mixer.compile_record.failed(config)`` to
+:func:`~polymixer.ops.plan.choose_path`, whose plan then lists those functions as eager
+(``ExecutionPlan.eager_functions``). Every mixer shares :data:`SHARED_COMPILE_RECORD` unless
+given its own (``mixer.compile_record = CompileRecord()``), so a broken compiler is tried
+once per configuration, not once per block. :func:`compile_failures` and
+:func:`clear_compile_cache` read and clear the shared record.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from .derivatives import feature_backward, gate_backward, gate_input_grad
 from .maths import apply_gate, features, gate
 from .spec import MixerSpec
 
-__all__ = ["ChunkOps", "compile_failures", "clear_compile_cache"]
+__all__ = ["ChunkOps", "CompileRecord", "SHARED_COMPILE_RECORD", "compile_failures", "clear_compile_cache"]
 
 
 def _chunk_features(spec: MixerSpec, u, coeff, w):
@@ -85,34 +90,65 @@ def _chunk_feature_backward(spec: MixerSpec, u, coeff, dh, w, bias_acc: torch.dt
 _EAGER = {fn.__name__[len("_chunk_"):]: fn for fn in (
     _chunk_features, _chunk_feature_sum, _chunk_gated, _chunk_gate_backward, _chunk_feature_backward)}
 _COMPILED: dict[str, object] = {}  # made at first use (torch.compile of the eager function)
-_FAILED: dict[tuple, str] = {}  # (variant, degree, heads, device type, dtype, function) -> error
+
+
+class CompileRecord:
+    """The chunk functions whose compile failed, per configuration
+    ``(variant, degree, heads, device type, dtype)``, with the error."""
+
+    def __init__(self):
+        self._failed: dict[tuple, dict[str, str]] = {}
+
+    def failed(self, config: tuple) -> tuple[str, ...]:
+        """Names of the functions that failed to compile for ``config`` (they run eagerly)."""
+        return tuple(self._failed.get(tuple(config), ()))
+
+    def add(self, config: tuple, name: str, error: str) -> None:
+        self._failed.setdefault(tuple(config), {})[name] = error
+
+    def errors(self, config: tuple) -> dict[str, str]:
+        return dict(self._failed.get(tuple(config), {}))
+
+    def clear(self) -> None:
+        self._failed.clear()
+
+    def __repr__(self) -> str:
+        return f"CompileRecord({sum(len(v) for v in self._failed.values())} failed compiles)"
+
+
+#: the record every mixer reads and writes unless it is given its own
+SHARED_COMPILE_RECORD = CompileRecord()
 
 
 def compile_failures(config: tuple) -> list[str]:
     """Names of the chunk functions whose compile failed for ``config = (variant, degree,
-    heads, device type, dtype)``; they run eagerly for that configuration."""
-    return [key[-1] for key in _FAILED if key[:-1] == tuple(config)]
+    heads, device type, dtype)`` in :data:`SHARED_COMPILE_RECORD`."""
+    return list(SHARED_COMPILE_RECORD.failed(config))
 
 
 def clear_compile_cache() -> None:
-    """Forget the compiled chunk functions and every recorded compile failure."""
+    """Forget the compiled chunk functions and every failure in :data:`SHARED_COMPILE_RECORD`."""
     _COMPILED.clear()
-    _FAILED.clear()
+    SHARED_COMPILE_RECORD.clear()
 
 
 class ChunkOps:
     """The per-chunk element-wise functions of one mixer call, compiled or eager.
 
-    spec: the mixer's; compiled: the plan's choice; device_type, dtype: the call's (with
-    spec, the configuration a compile failure is remembered for).
+    spec: the mixer's; compiled: the plan's choice; eager: the functions the plan runs
+    eagerly all the same (``ExecutionPlan.eager_functions``: their compile failed before);
+    device_type, dtype: the call's (with spec, the configuration of a failure); record:
+    the :class:`CompileRecord` a new failure is written to (default the shared one).
     """
 
-    def __init__(self, spec: MixerSpec, compiled: bool, device_type: str, dtype: torch.dtype):
-        self.spec, self.compiled = spec, compiled
+    def __init__(self, spec: MixerSpec, compiled: bool, device_type: str, dtype: torch.dtype,
+                 eager: tuple[str, ...] = (), record: CompileRecord | None = None):
+        self.spec, self.compiled, self.eager = spec, compiled, set(eager)
         self.config = (spec.variant, spec.degree, spec.heads, device_type, dtype)
+        self.record = SHARED_COMPILE_RECORD if record is None else record
 
     def _call(self, name: str, *args):
-        if self.compiled and self.config + (name,) not in _FAILED:
+        if self.compiled and name not in self.eager:
             fn = _COMPILED.get(name)
             if fn is None:  # dynamic: chunk sizes vary
                 fn = _COMPILED[name] = torch.compile(_EAGER[name], dynamic=True)
@@ -122,7 +158,8 @@ class ChunkOps:
                 if "out of memory" in str(e).lower():
                     raise  # the device is full, not the compiler broken
                 error = f"{type(e).__name__}: {str(e)[:500]}"
-                _FAILED[self.config + (name,)] = error
+                self.record.add(self.config, name, error)
+                self.eager.add(name)  # and for the rest of this call
                 variant, degree, heads, device_type, dtype = self.config
                 warnings.warn(
                     f"polymixer: compiling the mixer's element-wise function {name!r} failed for variant={variant!r}, "

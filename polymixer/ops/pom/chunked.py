@@ -188,12 +188,13 @@ class _ChunkedCall:
 
 
 def mix_forward(mode, x: torch.Tensor, c: torch.Tensor | None, weights: MixerWeights,
-                ops: ChunkOps, chunk_rows: int, keep_projections: bool):
+                ops: ChunkOps, chunk_rows: int, keep_projections: bool, keep_states: bool):
     """Forward pass: x (B, M, D) queries, c (B, N, D) context or None (self-mixing).
 
-    Returns ``(y, state, u, z)``: y (B, M, D); the state table when it is worth keeping
-    for the backward pass (segment modes with fewer than N/4 segments), else None; u and
-    z the two projections' rows when ``keep_projections`` (else None).
+    Returns ``(y, state, u, z)``: y (B, M, D); the segment states when ``keep_states``
+    (segment modes only), else None; u and z the two projections' rows when
+    ``keep_projections`` (else None). Both are the plan's choice
+    (:func:`~polymixer.ops.plan.choose_path`).
     """
     call = _ChunkedCall(mode, x, c, chunk_rows)
     w_s, b_s, w_o, b_o = weights.w_s, weights.b_s, weights.w_o, weights.b_o
@@ -205,9 +206,7 @@ def mix_forward(mode, x: torch.Tensor, c: torch.Tensor | None, weights: MixerWei
         z_c = _project(call.x2[start:stop], w_s, b_s, None if z_all is None else z_all[start:stop])
         gated = rows.flat(ops.gated(rows.view(z_c), rows.read(state)))
         _project(gated, w_o, b_o, y[start:stop])
-    # Keep the segment states unless there is about one per token (causal): then they
-    # are F-wide and the backward pass recomputes them (as it does the per-query states).
-    if call.seg is None or 4 * call.seg.count > call.N:
+    if call.seg is None or not keep_states:
         state = None
     return y.view(call.B, call.M, -1), state, u_all, z_all
 

@@ -21,7 +21,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .chunked import mix_backward, mix_forward
-from .chunk_ops import ChunkOps
+from .chunk_ops import ChunkOps, CompileRecord
 from ..plan import ExecutionPlan
 from .spec import MixerSpec, MixerWeights
 
@@ -31,17 +31,21 @@ __all__ = ["FusedPolynomialMix", "fused_mix"]
 class FusedPolynomialMix(torch.autograd.Function):
     """``y = W_o (s(x) * A(h(c))) + b_o`` with a hand-written backward pass.
 
-    ``apply(x, c, *weights, spec, mode, plan)``: the weights as the seven entries of
+    ``apply(x, c, *weights, spec, mode, plan, record)``: the weights as the seven entries of
     :class:`~polymixer.ops.pom.spec.MixerWeights` (autograd needs them as arguments); use
-    :func:`fused_mix`.
+    :func:`fused_mix`. What is kept for the backward pass is the plan's
+    (``keep_projections``, ``keep_states``).
     """
 
     @staticmethod
-    def forward(ctx, x, c, w_h, b_h, coeff, w_s, b_s, w_o, b_o, spec: MixerSpec, mode, plan: ExecutionPlan):
+    def forward(ctx, x, c, w_h, b_h, coeff, w_s, b_s, w_o, b_o, spec: MixerSpec, mode, plan: ExecutionPlan,
+                record: CompileRecord | None):
         weights = MixerWeights(w_h, b_h, coeff, w_s, b_s, w_o, b_o)
-        ops = ChunkOps(spec, plan.compiled, x.device.type, x.dtype)
-        keep = plan.form != "lean" and any(ctx.needs_input_grad)
-        y, state, u, z = mix_forward(mode, x, c, weights, ops, plan.chunk_rows, keep)
+        ops = ChunkOps(spec, plan.compiled, x.device.type, x.dtype, plan.eager_functions, record)
+        grad = any(ctx.needs_input_grad)  # nothing is kept without a backward pass
+        y, state, u, z = mix_forward(mode, x, c, weights, ops, plan.chunk_rows,
+                                     keep_projections=plan.keep_projections and grad,
+                                     keep_states=plan.keep_states and grad)
         ctx.mode, ctx.ops, ctx.chunk_rows = mode, ops, plan.chunk_rows
         ctx.save_for_backward(x, c, *weights, u, z, state)
         return y
@@ -53,11 +57,11 @@ class FusedPolynomialMix(torch.autograd.Function):
         weights, (u, z, state) = MixerWeights(*rest[:7]), rest[7:]
         grads = mix_backward(ctx.mode, dy.contiguous(), x, c, weights, ctx.ops, ctx.chunk_rows,
                              state, u, z)
-        return grads + (None, None, None)
+        return grads + (None, None, None, None)
 
 
 def fused_mix(x: torch.Tensor, context: torch.Tensor | None, weights: MixerWeights, spec: MixerSpec, mode,
-              plan: ExecutionPlan) -> torch.Tensor:
+              plan: ExecutionPlan, record: CompileRecord | None = None) -> torch.Tensor:
     """The mixer's output ``(B, M, D)`` through :class:`FusedPolynomialMix`.
 
     x: (B, M, D) queries; context: (B, N, D) or None (self-mixing); mode: a
@@ -66,14 +70,15 @@ def fused_mix(x: torch.Tensor, context: torch.Tensor | None, weights: MixerWeigh
     (:func:`~polymixer.ops.plan.choose_path`). With ``plan.dtype`` (autocast's), the inputs
     and projection weights are cast to it first (differentiably, so float32 weights get
     float32 gradients) and the pass runs with autocast off; the power coefficients keep
-    their dtype, states and sums stay float32.
+    their dtype, states and sums stay float32. record: where a failed compile is written
+    (:class:`~polymixer.ops.pom.chunk_ops.CompileRecord`; default the shared one).
     """
     if plan.form not in ("fused", "lean"):
         raise ValueError(f"plan: expected the fused or lean form, got {plan.form!r}")
     if plan.dtype is None:
-        return FusedPolynomialMix.apply(x, context, *weights, spec, mode, plan)
+        return FusedPolynomialMix.apply(x, context, *weights, spec, mode, plan, record)
     dtype = plan.dtype
     x = x.to(dtype)
     context = None if context is None else context.to(dtype)
     with torch.autocast(x.device.type, enabled=False):
-        return FusedPolynomialMix.apply(x, context, *weights.cast(dtype), spec, mode, plan)
+        return FusedPolynomialMix.apply(x, context, *weights.cast(dtype), spec, mode, plan, record)
