@@ -212,8 +212,10 @@ def _row_strides(v: torch.Tensor | None) -> tuple[int, int]:
     return (0 if v.shape[0] == 1 else v.stride(0)), v.stride(1)
 
 
-class _Plan:
-    """Tile sizes and the split of N into chunks (one program per chunk, channel tile, row)."""
+class _Tiling:
+    """Launch geometry of the kernels: tile sizes and the split of N into chunks (one program per
+    chunk, channel tile, row). Which path runs is the ExecutionPlan's (ops/plan.py); this is
+    only how the chosen kernels tile their work."""
 
     def __init__(self, h_like: torch.Tensor, batch: int, num_tokens: int, width: int, chunk_size: int | None):
         self.block_f = min(_MAX_BLOCK_F, max(16, triton.next_power_of_2(width)))
@@ -237,28 +239,28 @@ class _Plan:
         self.chunks = triton.cdiv(n, chunk)
 
 
-def _chunk_sums(k: _Kernels, plan: _Plan, x: torch.Tensor, pre: torch.Tensor | None, acc: torch.dtype):
+def _chunk_sums(k: _Kernels, tiles: _Tiling, x: torch.Tensor, pre: torch.Tensor | None, acc: torch.dtype):
     """(B, chunks, F) sums of ``pre * x`` over each chunk of tokens."""
     B, N, F = x.shape
-    out = torch.empty(B, plan.chunks, F, dtype=acc, device=x.device)
+    out = torch.empty(B, tiles.chunks, F, dtype=acc, device=x.device)
     sp_b, sp_n = _row_strides(pre)
-    k.chunk_sums[(B, plan.f_tiles, plan.chunks)](
+    k.chunk_sums[(B, tiles.f_tiles, tiles.chunks)](
         x, x if pre is None else pre, out,
-        N, F, plan.chunk,
+        N, F, tiles.chunk,
         x.stride(0), x.stride(1), x.stride(2),
         sp_b, sp_n,
         out.stride(0), out.stride(1), out.stride(2),
-        HAS_PRE=pre is not None, BLOCK_N=plan.block_n, BLOCK_F=plan.block_f,
+        HAS_PRE=pre is not None, BLOCK_N=tiles.block_n, BLOCK_F=tiles.block_f,
         num_warps=_NUM_WARPS,
     )
     return out
 
 
-def _carries(k, plan, x, pre, acc, reverse: bool):
+def _carries(k, tiles, x, pre, acc, reverse: bool):
     """Sum of the chunks before each chunk (after it when reversed), or None for one chunk."""
-    if plan.chunks == 1:
+    if tiles.chunks == 1:
         return None
-    partial = _chunk_sums(k, plan, x, pre, acc)
+    partial = _chunk_sums(k, tiles, x, pre, acc)
     carry = torch.zeros_like(partial)
     if reverse:
         carry[:, :-1] = partial.flip(1).cumsum(1).flip(1)[:, 1:]
@@ -267,19 +269,19 @@ def _carries(k, plan, x, pre, acc, reverse: bool):
     return carry
 
 
-def _scan(k, plan, x, pre, post, out, acc, *, reverse: bool, ids=None, edge=None):
+def _scan(k, tiles, x, pre, post, out, acc, *, reverse: bool, ids=None, edge=None):
     """Scan of ``pre * x`` along N (times ``post``) into ``out`` (per token, or per block)."""
     B, N, F = x.shape
-    carry = _carries(k, plan, x, pre, acc, reverse)
+    carry = _carries(k, tiles, x, pre, acc, reverse)
     carry_arg = carry if carry is not None else torch.empty(1, dtype=acc, device=x.device)
     sc = carry.stride() if carry is not None else (0, 0, 0)
     sp_b, sp_n = _row_strides(pre)
     sq_b, sq_n = _row_strides(post)
     to_blocks = ids is not None
-    k.scan[(B, plan.f_tiles, plan.chunks)](
+    k.scan[(B, tiles.f_tiles, tiles.chunks)](
         x, x if pre is None else pre, x if post is None else post, carry_arg, out,
         ids if to_blocks else x, edge if to_blocks else x,
-        N, F, plan.chunk,
+        N, F, tiles.chunk,
         x.stride(0), x.stride(1), x.stride(2),
         sp_b, sp_n,
         sq_b, sq_n,
@@ -287,16 +289,16 @@ def _scan(k, plan, x, pre, post, out, acc, *, reverse: bool, ids=None, edge=None
         out.stride(0), out.stride(1), out.stride(2),
         HAS_PRE=pre is not None, HAS_POST=post is not None, HAS_CARRY=carry is not None,
         REVERSE=reverse, TO_BLOCKS=to_blocks,
-        BLOCK_N=plan.block_n, BLOCK_F=plan.block_f,
+        BLOCK_N=tiles.block_n, BLOCK_F=tiles.block_f,
         num_warps=_NUM_WARPS,
     )
 
 
-def _gather(k, plan, src, ids, post, out):
+def _gather(k, tiles, src, ids, post, out):
     """``out[b, i] = post[b, i] * src[b, ids[i]]`` (``src[b, 0]`` without ids)."""
     B, N, F = out.shape
     sq_b, sq_n = _row_strides(post)
-    grid = (B, plan.f_tiles, triton.cdiv(N, plan.block_n))
+    grid = (B, tiles.f_tiles, triton.cdiv(N, tiles.block_n))
     k.gather[grid](
         src, out if ids is None else ids, out if post is None else post, out,
         N, F,
@@ -304,7 +306,7 @@ def _gather(k, plan, src, ids, post, out):
         sq_b, sq_n,
         out.stride(0), out.stride(1), out.stride(2),
         HAS_IDS=ids is not None, HAS_POST=post is not None,
-        BLOCK_N=plan.block_n, BLOCK_F=plan.block_f,
+        BLOCK_N=tiles.block_n, BLOCK_F=tiles.block_f,
         num_warps=_NUM_WARPS,
     )
 
@@ -337,21 +339,21 @@ def _forward(h, seg: Segments, mask, chunk_size):
     B, N, F = h.shape
     acc = agg.accumulation_dtype(h.dtype)
     k = _kernels()
-    plan = _Plan(h, B, N, F, chunk_size)
+    tiles = _Tiling(h, B, N, F, chunk_size)
     w = _weights(mask, acc)
     if seg.shared:
         count = agg.segment_counts(seg, w, N, acc, h.device)  # (B or 1, 1)
-        total = _chunk_sums(k, plan, h, w, acc).sum(dim=1, keepdim=True)  # (B, 1, F)
+        total = _chunk_sums(k, tiles, h, w, acc).sum(dim=1, keepdim=True)  # (B, 1, F)
         return total / count.clamp_min(1).unsqueeze(-1)
     inv = _inverse_counts(seg, w, N, acc, h.device)
     out = torch.empty(B, N, F, dtype=acc, device=h.device)
     if seg.per_token:
-        _scan(k, plan, h, w, inv, out, acc, reverse=False)
+        _scan(k, tiles, h, w, inv, out, acc, reverse=False)
         return out
     # block: prefix sums read at the last token of each block, then broadcast to its tokens
     block_state = torch.zeros(B, seg.count, F, dtype=acc, device=h.device)
-    _scan(k, plan, h, w, inv, block_state, acc, reverse=False, ids=seg.ids, edge=_block_edges(seg.ids, last=True))
-    _gather(k, plan, block_state, seg.ids, None, out)
+    _scan(k, tiles, h, w, inv, block_state, acc, reverse=False, ids=seg.ids, edge=_block_edges(seg.ids, last=True))
+    _gather(k, tiles, block_state, seg.ids, None, out)
     return out
 
 
@@ -360,7 +362,7 @@ def _backward(d_state, seg: Segments, mask, num_tokens, h_dtype, chunk_size):
     N = num_tokens
     acc = agg.accumulation_dtype(h_dtype)
     k = _kernels()
-    plan = _Plan(d_state, B, N, F, chunk_size)
+    tiles = _Tiling(d_state, B, N, F, chunk_size)
     w = _weights(mask, acc)
     if seg.shared:
         count = agg.segment_counts(seg, w, N, acc, d_state.device)
@@ -368,20 +370,20 @@ def _backward(d_state, seg: Segments, mask, num_tokens, h_dtype, chunk_size):
         if w is None:  # the same gradient for every token: a broadcast view, as PyTorch's sum gives
             return g.to(h_dtype).expand(B, N, F)
         dh = torch.empty(B, N, F, dtype=h_dtype, device=d_state.device)
-        _gather(k, plan, g, None, w, dh)
+        _gather(k, tiles, g, None, w, dh)
         return dh
     inv = _inverse_counts(seg, w, N, acc, d_state.device)
     dh = torch.empty(B, N, F, dtype=h_dtype, device=d_state.device)
     if seg.per_token:
         # dh_j = w_j * sum_{i >= j} d_i / count_i: a reversed scan.
-        _scan(k, plan, d_state, inv, w, dh, acc, reverse=True)
+        _scan(k, tiles, d_state, inv, w, dh, acc, reverse=True)
         return dh
     # block: dh_j = w_j * sum over blocks >= block(j) of (sum of d in the block) / count_block,
     # a reversed scan read at the first token of each block, then broadcast.
     block_grad = torch.zeros(B, seg.count, F, dtype=acc, device=d_state.device)
-    _scan(k, plan, d_state, inv, None, block_grad, acc, reverse=True, ids=seg.ids,
+    _scan(k, tiles, d_state, inv, None, block_grad, acc, reverse=True, ids=seg.ids,
           edge=_block_edges(seg.ids, last=False))
-    _gather(k, plan, block_grad, seg.ids, w, dh)
+    _gather(k, tiles, block_grad, seg.ids, w, dh)
     return dh
 
 
