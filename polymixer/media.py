@@ -49,9 +49,9 @@ def _check_suffix(path: Path) -> str:
 
 def _frames_uint8(clips: torch.Tensor, data_range, scale: int) -> np.ndarray:
     """``(F, H', W', C)`` uint8 frames with the B clips side by side, pixels enlarged ``scale`` times."""
-    B, F = clips.shape[:2]
+    B, num_frames = clips.shape[:2]
     frames = []
-    for f in range(F):
+    for f in range(num_frames):
         grid = make_grid(clips[:, f], nrow=B, padding=2 if B > 1 else 0, data_range=data_range)
         frames.append(grid.repeat(scale, axis=0).repeat(scale, axis=1))
     return np.stack(frames)
@@ -158,7 +158,7 @@ def load_clip(path: str | Path, *, channels: int | None = None, data_range=(-1.0
 def save_filmstrip(clips: torch.Tensor, path: str | Path, *, data_range=(-1.0, 1.0), scale: int | None = None) -> Path:
     """A PNG with one row per clip and one column per frame."""
     clips = _as_clips(clips)
-    B, F = clips.shape[:2]
+    B, frames = clips.shape[:2]
     if scale is None:
         scale = max(1, 64 // clips.shape[-1])
-    return save_grid(clips.reshape(B * F, *clips.shape[2:]), path, nrow=F, data_range=data_range, scale=scale)
+    return save_grid(clips.reshape(B * frames, *clips.shape[2:]), path, nrow=frames, data_range=data_range, scale=scale)

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import signal
-import sys
 import threading
 import time
 import typing

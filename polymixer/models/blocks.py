@@ -1,7 +1,7 @@
 """Pieces shared by the image and the video diffusion transformers.
 
 Positions (sin-cos), the timestep embedding, adaLN modulation, the adaLN-Zero block with a
-pluggable token mixer, and the final layer. A conditioning vector ``c`` is either one per
+pluggable token mixer, and the final layer. A conditioning vector ``cond`` is either one per
 sample, ``(B, D)``, or one per group of consecutive tokens, ``(B, G, D)`` with the N tokens
 cut in G equal groups (the frames of a video whose frames have their own noise level); the
 modulation then varies by group.
@@ -23,7 +23,7 @@ from ..ops.frame_memory import parse_frame_memory
 from .mixers import LayerMixer, build_mixer, frame_local_call, parse_mixer_pattern
 
 __all__ = [
-    "TransformerConfig", "sincos_1d", "sincos_2d", "token_coordinates", "check_rotary_axes", "TimestepEmbedding", "modulate", "gated",
+    "TransformerConfig", "sincos_1d", "sincos_2d", "token_coordinates", "check_rotary_axes", "TimestepEmbedding", "modulate", "apply_residual_gate",
     "MLP", "DiTBlock", "FinalLayer", "build_blocks", "run_blocks", "check_labels", "check_condition", "labels_of",
 ]
 
@@ -196,7 +196,7 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return (xg * (1 + scale.view_as(shift)) + shift).view_as(x)
 
 
-def gated(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+def apply_residual_gate(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """``gate * x`` for ``x: (B, N, D)`` and a gate ``(B, D)`` or ``(B, G, D)``."""
     xg, gate = _grouped(x, gate)
     return (xg * gate).view_as(x)
@@ -249,7 +249,7 @@ def init_identity_convs(model: nn.Module) -> None:
 class DiTBlock(nn.Module):
     """adaLN-Zero block: ``x + g1 * mixer(mod(LN(x))) ; x + g2 * MLP(mod(LN(x)))``.
 
-    ``forward(x, c, *, grid=None, positions=None, **mode)``: ``x: (B, N, D)``, ``c: (B, D)``
+    ``forward(x, cond, *, grid=None, positions=None, **mode)``: ``x: (B, N, D)``, ``cond: (B, D)``
     or ``(B, G, D)``; ``grid`` the (rows, columns) of each image or frame (for the MLP's
     convolution); ``positions: (N, A)`` the tokens' coordinates, passed to a mixer that
     declares ``uses_positions`` (rotary PoM) and ignored by the others; ``mode`` the
@@ -257,7 +257,7 @@ class DiTBlock(nn.Module):
     A frame-local block (``layer.frame_local``) mixes inside each block of ``block_size``
     tokens only (the whole sequence without one).
 
-    ``init_state(batch_size)`` and ``step(x, c, state)``: the streaming form (see
+    ``init_state(batch_size)`` and ``step(x, cond, state)``: the streaming form (see
     :mod:`polymixer.nn.protocol`); a frame-local block keeps no state (``None``).
     """
 
@@ -288,12 +288,12 @@ class DiTBlock(nn.Module):
                              "(rotary); the model must pass them")
         return {"positions": positions}
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, *, grid: tuple[int, int] | None = None,
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, *, grid: tuple[int, int] | None = None,
                 positions: torch.Tensor | None = None, **mode) -> torch.Tensor:
         mode.update(self._position_kwargs(positions))
         if not self.layer.frame_local:
-            return self._residuals(x, c, lambda h: self.mixer(h, **mode), grid)
-        return self._residuals(x, c, lambda h: frame_local_call(self.mixer, h, mode), grid)
+            return self._residuals(x, cond, lambda h: self.mixer(h, **mode), grid)
+        return self._residuals(x, cond, lambda h: frame_local_call(self.mixer, h, mode), grid)
 
     @property
     def keeps_state(self) -> bool:
@@ -312,14 +312,14 @@ class DiTBlock(nn.Module):
                              "init_state/step)")
         return self.mixer.init_state(batch_size, device=device, dtype=dtype)
 
-    def step(self, x: torch.Tensor, c: torch.Tensor, state, *, grid: tuple[int, int] | None = None,
+    def step(self, x: torch.Tensor, cond: torch.Tensor, state, *, grid: tuple[int, int] | None = None,
              positions: torch.Tensor | None = None):
         """The block on the next block of tokens ``x: (B, t, D)`` of a stream (one frame),
         which reads ``state`` and itself (``positions: (t, A)`` the block's coordinates, for
         a mixer that uses them); returns ``(out, new_state)``."""
         kw = self._position_kwargs(positions)
         if not self.keeps_state:
-            return self._residuals(x, c, lambda h: self.mixer(h, **kw), grid), None
+            return self._residuals(x, cond, lambda h: self.mixer(h, **kw), grid), None
         new = []
 
         def mix(h):
@@ -327,12 +327,12 @@ class DiTBlock(nn.Module):
             new.append(s)
             return y
 
-        return self._residuals(x, c, mix, grid), new[0]
+        return self._residuals(x, cond, mix, grid), new[0]
 
-    def _residuals(self, x: torch.Tensor, c: torch.Tensor, mix, grid=None) -> torch.Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=-1)
-        x = x + gated(mix(modulate(self.norm1(x), shift1, scale1)), gate1)
-        x = x + gated(self.mlp(modulate(self.norm2(x), shift2, scale2), grid), gate2)
+    def _residuals(self, x: torch.Tensor, cond: torch.Tensor, mix, grid=None) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond).chunk(6, dim=-1)
+        x = x + apply_residual_gate(mix(modulate(self.norm1(x), shift1, scale1)), gate1)
+        x = x + apply_residual_gate(self.mlp(modulate(self.norm2(x), shift2, scale2), grid), gate2)
         return x
 
 
@@ -350,21 +350,21 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(width, out_features)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.modulation(c).chunk(2, dim=-1)
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.modulation(cond).chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
-def run_blocks(blocks: nn.ModuleList, tokens: torch.Tensor, c: torch.Tensor, checkpointing: bool,
+def run_blocks(blocks: nn.ModuleList, tokens: torch.Tensor, cond: torch.Tensor, checkpointing: bool,
                **mode) -> torch.Tensor:
     """Apply ``blocks`` in order, each with the keyword arguments ``mode`` (``grid``, the
     tokens' ``positions`` and the mixers' context mode); activation checkpointing when
     ``checkpointing`` in training."""
     for block in blocks:
         if checkpointing and block.training and torch.is_grad_enabled():
-            tokens = checkpoint(block, tokens, c, use_reentrant=False, **mode)
+            tokens = checkpoint(block, tokens, cond, use_reentrant=False, **mode)
         else:
-            tokens = block(tokens, c, **mode)
+            tokens = block(tokens, cond, **mode)
     return tokens
 
 

@@ -1,6 +1,6 @@
 """Class-conditional diffusion transformer (DiT, Peebles & Xie 2023) with a pluggable mixer.
 
-Every block is adaLN-Zero: the conditioning vector ``c = t_emb + y_emb`` gives a shift,
+Every block is adaLN-Zero: the conditioning vector ``cond = t_emb + y_emb`` gives a shift,
 scale and gate for the token mixer and for the MLP, zero-initialised so each block starts
 as the identity. The token mixer is either the Polynomial Mixer (``mixer="pom"``) or
 multi-head softmax attention (``mixer="attention"``); nothing else differs, so the two are
@@ -176,11 +176,11 @@ class DiT(nn.Module):
         gh, gw = H // p, W // p
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
         tokens = tokens + self.positions(gh, gw, tokens.device, tokens.dtype)
-        c = self.time_embed(t) + self.class_embed(labels_of(y))  # (B, D)
+        cond = self.time_embed(t) + self.class_embed(labels_of(y))  # (B, D)
         if self.uses_positions:  # rotary mixers: the (row, column) of each token
             context = {**context, "positions": token_coordinates(gh, gw, device=tokens.device)}
-        tokens = run_blocks(self.blocks, tokens, c, self.gradient_checkpointing, grid=(gh, gw), **context)
-        out = self.final(tokens, c)  # (B, N, p*p*C)
+        tokens = run_blocks(self.blocks, tokens, cond, self.gradient_checkpointing, grid=(gh, gw), **context)
+        out = self.final(tokens, cond)  # (B, N, p*p*C)
         out = out.view(B, gh, gw, p, p, C).permute(0, 5, 1, 3, 2, 4)
         return out.reshape(B, C, H, W)
 

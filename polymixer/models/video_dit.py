@@ -194,9 +194,9 @@ class VideoDiT(nn.Module):
 
     def _check_inputs(self, x, t, y) -> torch.Tensor:
         self.check_clip(x)
-        B, F = x.shape[:2]
+        B, frames = x.shape[:2]
         if self.config.noise_levels == "frame":
-            t = check_time(t, (B, F))
+            t = check_time(t, (B, frames))
         else:
             t = check_time(t, (B,))
         check_condition(y, self.config.n_classes, B)
@@ -242,34 +242,34 @@ class VideoDiT(nn.Module):
 
     def _embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, frame_offset: int):
         """Tokens ``(B, G*T, D)`` and conditioning ``(B, D)`` or ``(B, F, D)`` of clips ``x``."""
-        B, F, C, H, W = x.shape
+        B, frames, C, H, W = x.shape
         p, tp = self.config.patch_size, self.config.temporal_patch
-        G, gh, gw = F // tp, H // p, W // p
+        G, gh, gw = frames // tp, H // p, W // p
         T = gh * gw
         frames = x.reshape(B * G, tp * C, H, W)
         tokens = self.patch_embed(frames).flatten(2).transpose(1, 2).reshape(B, G * T, -1)
         tokens = tokens + self.positions(gh, gw, G, frame_offset // tp, tokens.device, tokens.dtype)
-        c = self.time_embed(t)  # (B, D) or (B, F, D)
+        cond = self.time_embed(t)  # (B, D) or (B, F, D)
         label = self.class_embed(labels_of(y))
-        c = c + (label if c.dim() == 2 else label[:, None])
-        return tokens, c, (gh, gw)
+        cond = cond + (label if cond.dim() == 2 else label[:, None])
+        return tokens, cond, (gh, gw)
 
-    def _unembed(self, tokens: torch.Tensor, c: torch.Tensor, shape) -> torch.Tensor:
-        B, F, C, H, W = shape
+    def _unembed(self, tokens: torch.Tensor, cond: torch.Tensor, shape) -> torch.Tensor:
+        B, frames, C, H, W = shape
         p, tp = self.config.patch_size, self.config.temporal_patch
-        out = self.final(tokens, c)  # (B, G*T, tp*p*p*C)
-        out = out.view(B, F // tp, H // p, W // p, tp, C, p, p).permute(0, 1, 4, 5, 2, 6, 3, 7)
-        return out.reshape(B, F, C, H, W)
+        out = self.final(tokens, cond)  # (B, G*T, tp*p*p*C)
+        out = out.view(B, frames // tp, H // p, W // p, tp, C, p, p).permute(0, 1, 4, 5, 2, 6, 3, 7)
+        return out.reshape(B, frames, C, H, W)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, frame_offset: int = 0) -> torch.Tensor:
         """Predict the velocity (or noise) of clips ``x: (B, F, C, H, W)``, every frame at
         once, block-causal over frames; see the class docstring."""
         if not compiling():
             t = self._check_inputs(x, t, y)
-        tokens, c, grid = self._embed(x, t, y, frame_offset)
-        tokens = run_blocks(self.blocks, tokens, c, self.gradient_checkpointing, block_size=grid[0] * grid[1],
+        tokens, cond, grid = self._embed(x, t, y, frame_offset)
+        tokens = run_blocks(self.blocks, tokens, cond, self.gradient_checkpointing, block_size=grid[0] * grid[1],
                             grid=grid, **self._positions(grid, tokens.shape[1], frame_offset, tokens.device))
-        return self._unembed(tokens, c, x.shape)
+        return self._unembed(tokens, cond, x.shape)
 
     def step(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, state: StateCache, *,
              frame_offset: int = 0) -> tuple[torch.Tensor, StateCache]:
@@ -286,16 +286,16 @@ class VideoDiT(nn.Module):
         for g in range(x.shape[1] // tp):
             xg = x[:, g * tp:(g + 1) * tp]
             tg = t[:, g * tp:(g + 1) * tp] if t.dim() == 2 else t
-            tokens, c, grid = self._embed(xg, tg, y, frame_offset + g * tp)
+            tokens, cond, grid = self._embed(xg, tg, y, frame_offset + g * tp)
             positions = self._positions(grid, tokens.shape[1], frame_offset + g * tp, tokens.device)
             new = {}
             for i, block in enumerate(self.blocks):
-                tokens, block_state = block.step(tokens, c, state[str(i)] if block.keeps_state else None, grid=grid,
+                tokens, block_state = block.step(tokens, cond, state[str(i)] if block.keeps_state else None, grid=grid,
                                                  **positions)
                 if block.keeps_state:
                     new[str(i)] = block_state
             state = StateCache(new)
-            outs.append(self._unembed(tokens, c, xg.shape))
+            outs.append(self._unembed(tokens, cond, xg.shape))
         return torch.cat(outs, dim=1), state
 
     def frame_local_blocks(self) -> frozenset:
