@@ -16,6 +16,8 @@
 #   pom_rotary                 the PoM preset with rotary positions (frame, row, column: the frames are
 #                              1-frame clips, so a third of the rotated pairs never turn)
 #   pom_conv_rotary            both
+#   pom_sideconv, attention_sideconv  an identity-initialised 3x3 depthwise convolution beside the
+#                              mixer ("pom + conv", DiG-style) instead of inside the MLP
 # then `polymixer eval` on each EMA model. Results: RUNS (default runs/compare_gate).
 #   bash experiments/compare_gate.sh [SEED] [STEPS]
 #   NAMES="power_fullgate power_k3_fullgate power_e4" RUNS=runs/compare_gate_power bash experiments/compare_gate.sh 0 4000
@@ -45,14 +47,16 @@ declare -A options=(
   [attention_conv]="--mixer attention --mlp-conv 3"
   [pom_rotary]="--mixer pom --pom-rotary 3"
   [pom_conv_rotary]="--mixer pom --mlp-conv 3 --pom-rotary 3"
+  [pom_sideconv]="--mixer 'pom + conv'"
+  [attention_sideconv]="--mixer 'attention + conv'"
 )
 read -r -a names <<< "${NAMES:-pom pom_fullgate pom_e1 attention}"
 for name in "${names[@]}"; do
   [ -n "${options[$name]+set}" ] || { echo "compare_gate.sh: unknown run name $name (one of ${!options[*]})" >&2; exit 2; }
 done
 for name in "${names[@]}"; do
-  # shellcheck disable=SC2086  # the options are several words on purpose
-  polymixer train --data moving-digits --frames 1 --image-size 32 --preset DiT-M/4 --depth 6 ${options[$name]} \
+  eval "opts=(${options[$name]})"  # several words, some quoted ('pom + conv')
+  polymixer train --data moving-digits --frames 1 --image-size 32 --preset DiT-M/4 --depth 6 "${opts[@]}" \
     --batch-size 64 --lr "$lr" --warmup-steps 300 --ema-decay 0.999 --steps "$steps" \
     --checkpoint-every "$every" --sample-every 1000 --sample-steps 20 --keep-last "$keep" --log-every 50 --progress false \
     --num-threads 1 --seed "$seed" --out "$runs/${name}_seed${seed}" $resume \

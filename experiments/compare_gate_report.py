@@ -130,7 +130,8 @@ lines = [
 ]
 for r in rows:
     gate = "full" if r["pom_heads"] == 1 else f"{r['pom_heads']} heads"
-    shape = f"{r['pom_variant']}, {r['pom_degree']}, {r['pom_expand']}, {gate}" if r["mixer"] == "pom" else "-"
+    shape = f"{r['pom_variant']}, {r['pom_degree']}, {r['pom_expand']}, {gate}" if "pom" in r["mixer"] else "-"
+    shape += f"; mixer {r['mixer']!r}" if r["mixer"] not in ("pom", "attention") else ""
     shape += f"; MLP conv {r['mlp_conv']}" if r["mlp_conv"] else ""
     shape += f"; rotary {r['pom_rotary']} axes" if r["pom_rotary"] else ""
     stroke = ""

@@ -81,3 +81,71 @@ def test_hybrid_image_block_sums_its_members():
     out = model(torch.randn(2, 1, 16, 16), torch.rand(2), torch.tensor([0, 2]))
     assert out.shape == (2, 1, 16, 16)
     assert model.config.mlp_ratio == 3.0  # a pattern with PoM blocks gets PoM's preset MLP ratio
+
+
+# ----------------------------------------------------------------------------- a convolution beside the mixer
+def test_grid_conv_is_identity_at_start_and_a_depthwise_conv_per_frame():
+    from polymixer.models.mixers import GridConv
+
+    conv = GridConv(6).double()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3 * 12, 6, generator=g, dtype=torch.float64)  # 3 frames of a 3x4 grid
+    torch.testing.assert_close(conv(x, grid=(3, 4)), x)
+    with torch.no_grad():
+        conv.conv.weight.copy_(torch.randn(conv.conv.weight.shape, generator=g, dtype=torch.float64))
+        conv.conv.bias.copy_(torch.randn(6, generator=g, dtype=torch.float64))
+    y = conv(x, grid=(3, 4))
+    w, b = conv.conv.weight, conv.conv.bias
+    for f in range(3):  # the definition, one frame and one channel at a time, no padding across frames
+        frame = x[:, f * 12:(f + 1) * 12].reshape(2, 3, 4, 6)
+        padded = torch.nn.functional.pad(frame.permute(0, 3, 1, 2), (1, 1, 1, 1))
+        for r in range(3):
+            for c in range(4):
+                want = (padded[:, :, r:r + 3, c:c + 3] * w[:, 0]).sum(dim=(2, 3)) + b
+                torch.testing.assert_close(y[:, f * 12 + r * 4 + c], want)
+    with pytest.raises(ValueError, match="grid"):
+        conv(x)
+    with pytest.raises(ValueError, match="do not tile"):
+        conv(x, grid=(5, 5))
+
+
+@pytest.mark.parametrize("mixer", ["pom + conv", "pom + frame-local conv", "frame-local conv, pom"])
+def test_conv_beside_the_mixer_streams_exactly(mixer):
+    model = _video(mixer, "frame")
+    assert model.can_stream() and model.has_constant_state()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 4, 1, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.rand(2, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([3, 7])
+    joint = model(x, t, y)
+    state = model.init_state(2, dtype=torch.float64)
+    outs = []
+    for f in range(4):
+        out, state = model.step(x[:, f:f + 1], t[:, f:f + 1], y, state, frame_offset=f)
+        outs.append(out)
+    assert (torch.cat(outs, 1) - joint).abs().max() < 1e-12
+    x2 = x.clone()
+    x2[:, 1, :, 0, 0] += 1  # one pixel of frame 1: earlier frames unchanged
+    changed = (model(x2, t, y) - joint).abs().amax(dim=(2, 3, 4))
+    assert (changed[:, :1] == 0).all() and (changed[:, 1:] > 1e-6).all()
+
+
+def test_conv_beside_the_mixer_trains_in_an_image_dit():
+    from polymixer.models.mixers import GridConv
+
+    torch.manual_seed(0)
+    model = build_model(dit_config("DiT-T/4", "pom + conv", image_size=16, in_channels=1, n_classes=3))
+    conv = model.blocks[0].mixer.mixers[1]
+    assert isinstance(conv, GridConv)
+    h = torch.randn(2, 16, model.config.width)
+    torch.testing.assert_close(conv(h, grid=(4, 4)), h)  # identity after the DiT initialisation
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, t, y = torch.randn(4, 1, 16, 16), torch.rand(4), torch.tensor([0, 1, 2, 0])
+    target = torch.randn(4, 1, 16, 16)
+    for _ in range(3):  # zero output layer and gates at start: the third step reaches the conv
+        opt.zero_grad()
+        (model(x, t, y) - target).square().mean().backward()
+        opt.step()
+    assert conv.conv.weight.grad is not None and conv.conv.weight.grad.abs().sum() > 0
+    # larger images than trained: the grid comes from the input
+    assert model(torch.randn(1, 1, 24, 24), torch.rand(1), torch.tensor([1])).shape == (1, 1, 24, 24)

@@ -251,8 +251,8 @@ class DiTBlock(nn.Module):
 
     ``forward(x, cond, *, grid=None, positions=None, **mode)``: ``x: (B, N, D)``, ``cond: (B, D)``
     or ``(B, G, D)``; ``grid`` the (rows, columns) of each image or frame (for the MLP's
-    convolution); ``positions: (N, A)`` the tokens' coordinates, passed to a mixer that
-    declares ``uses_positions`` (rotary PoM) and ignored by the others; ``mode`` the
+    convolution, and a mixer that declares ``uses_grid``); ``positions: (N, A)`` the tokens'
+    coordinates, passed to a mixer that declares ``uses_positions`` (rotary PoM); ``mode`` the
     mixer's context mode (``block_size``, ``context_mask``, ...).
     A frame-local block (``layer.frame_local``) mixes inside each block of ``block_size``
     tokens only (the whole sequence without one).
@@ -280,17 +280,25 @@ class DiTBlock(nn.Module):
         """Whether the mixer takes the tokens' ``positions`` (rotary PoM, or a hybrid with one)."""
         return bool(getattr(self.mixer, "uses_positions", False))
 
-    def _position_kwargs(self, positions) -> dict:
-        if not self.uses_positions:
-            return {}
-        if positions is None:
-            raise ValueError(f"positions: the mixer of this block ({self.layer}) takes the tokens' positions "
-                             "(rotary); the model must pass them")
-        return {"positions": positions}
+    def _layout_kwargs(self, positions, grid) -> dict:
+        """What the mixer declares it reads of the tokens' layout: ``positions`` (``uses_positions``,
+        rotary PoM) and ``grid`` (``uses_grid``, e.g. a convolution over each frame)."""
+        kw = {}
+        if self.uses_positions:
+            if positions is None:
+                raise ValueError(f"positions: the mixer of this block ({self.layer}) takes the tokens' positions "
+                                 "(rotary); the model must pass them")
+            kw["positions"] = positions
+        if getattr(self.mixer, "uses_grid", False):
+            if grid is None:
+                raise ValueError(f"grid: the mixer of this block ({self.layer}) takes the token grid (rows, "
+                                 "columns); the model must pass it")
+            kw["grid"] = grid
+        return kw
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, *, grid: tuple[int, int] | None = None,
                 positions: torch.Tensor | None = None, **mode) -> torch.Tensor:
-        mode.update(self._position_kwargs(positions))
+        mode.update(self._layout_kwargs(positions, grid))
         if not self.layer.frame_local:
             return self._residuals(x, cond, lambda h: self.mixer(h, **mode), grid)
         return self._residuals(x, cond, lambda h: frame_local_call(self.mixer, h, mode), grid)
@@ -317,7 +325,7 @@ class DiTBlock(nn.Module):
         """The block on the next block of tokens ``x: (B, t, D)`` of a stream (one frame),
         which reads ``state`` and itself (``positions: (t, A)`` the block's coordinates, for
         a mixer that uses them); returns ``(out, new_state)``."""
-        kw = self._position_kwargs(positions)
+        kw = self._layout_kwargs(positions, grid)
         if not self.keeps_state:
             return self._residuals(x, cond, lambda h: self.mixer(h, **kw), grid), None
         new = []

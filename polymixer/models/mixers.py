@@ -11,6 +11,8 @@ entry may also be a *hybrid*, mixers joined by ``+`` whose outputs are summed
     "attention"                      every block attention
     "frame-local pom, pom"           blocks 0, 2, 4, ... mix inside each frame, the others across frames
     "pom + frame-local attention"    every block: PoM across frames plus softmax inside the frame
+    "pom + conv"                     every block: PoM plus a 3x3 depthwise convolution over the
+                                     token grid of each frame, identity at start (DiG-style)
 
 A mixer is registered with a builder that makes it for a model config::
 
@@ -36,7 +38,8 @@ from ..nn import MultiHeadAttention, PolynomialMixer
 from ..nn.protocol import can_stream
 
 __all__ = ["register_mixer", "registered_mixers", "build_mixer", "LayerMixer", "parse_mixer_pattern",
-           "mixer_names", "legacy_frame_local_pattern", "FRAME_LOCAL", "MixerSum", "StateTuple", "frame_local_call"]
+           "mixer_names", "legacy_frame_local_pattern", "FRAME_LOCAL", "MixerSum", "StateTuple", "frame_local_call",
+           "GridConv", "NoState"]
 
 FRAME_LOCAL = "frame-local"
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
@@ -142,24 +145,26 @@ def frame_local_call(mixer: nn.Module, x: torch.Tensor, mode: dict) -> torch.Ten
     """``mixer`` inside each frame of ``x: (B, N, D)``: the frames are the blocks of
     ``mode["block_size"]`` tokens (the whole sequence without one), mixed as a batch of
     ``(B * N / T, T, D)``; ``mode["positions"]`` (``(N, A)`` or ``(B, N, A)``, for a mixer
-    that uses them) is cut the same way. Any other context mode is an error."""
+    that uses them) is cut the same way, ``mode["grid"]`` (the rows and columns of a frame)
+    passed on. Any other context mode is an error."""
     mode = dict(mode)
     size = mode.pop("block_size", None)
-    positions = mode.pop("positions", None)
+    layout = {key: mode.pop(key) for key in ("positions", "grid") if mode.get(key) is not None}
+    mode.pop("positions", None), mode.pop("grid", None)
     if mode:
         raise ValueError(f"mode: a frame-local mixer takes only block_size, got {sorted(mode)}")
     if size is None:
-        return mixer(x) if positions is None else mixer(x, positions=positions)
+        return mixer(x, **layout)
     B, N, D = x.shape
     if N % size != 0:
         raise ValueError(f"block_size: a frame-local block needs whole frames; {size} does not divide the "
                          f"{N} tokens")
     frames = x.reshape(B * N // size, size, D)
-    if positions is None:
-        return mixer(frames).reshape(B, N, D)
-    positions = positions.expand(B, *positions.shape[-2:]) if positions.dim() == 2 else positions
-    positions = positions.reshape(B * N // size, size, positions.shape[-1])
-    return mixer(frames, positions=positions).reshape(B, N, D)
+    positions = layout.get("positions")
+    if positions is not None:
+        positions = positions.expand(B, *positions.shape[-2:]) if positions.dim() == 2 else positions
+        layout["positions"] = positions.reshape(B * N // size, size, positions.shape[-1])
+    return mixer(frames, **layout).reshape(B, N, D)
 
 
 @dataclass
@@ -193,7 +198,8 @@ class MixerSum(nn.Module):
     A frame-local member mixes inside each frame (``block_size``) and keeps no state; the
     others get the call's context mode. It streams when every other member streams; its
     state is a :class:`StateTuple`, constant in size when theirs are. The tokens'
-    ``positions`` go to the members that declare ``uses_positions`` (rotary PoM).
+    ``positions`` go to the members that declare ``uses_positions`` (rotary PoM), the
+    ``grid`` of a frame to those that declare ``uses_grid`` (a convolution).
     """
 
     def __init__(self, mixers: list[nn.Module], frame_local: list[bool]):
@@ -206,14 +212,16 @@ class MixerSum(nn.Module):
         self.streams = all(can_stream(m) for m in crossing)
         self.constant_state = self.streams and all(getattr(m, "constant_state", False) for m in crossing)
         self.uses_positions = any(getattr(m, "uses_positions", False) for m in self.mixers)
+        self.uses_grid = any(getattr(m, "uses_grid", False) for m in self.mixers)
 
     def extra_repr(self) -> str:
         return f"frame_local={self.frame_local}"
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None, **mode) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None,
+                grid: tuple[int, int] | None = None, **mode) -> torch.Tensor:
         out = None
         for mixer, local in zip(self.mixers, self.frame_local):
-            kw = _positions_for(mixer, positions)
+            kw = _layout_for(mixer, positions, grid)
             y = frame_local_call(mixer, x, {**mode, **kw}) if local else mixer(x, **mode, **kw)
             out = y if out is None else out + y
         return out
@@ -224,13 +232,13 @@ class MixerSum(nn.Module):
         return StateTuple(tuple(None if local else m.init_state(batch_size, device=device, dtype=dtype)
                                 for m, local in zip(self.mixers, self.frame_local)))
 
-    def step(self, x: torch.Tensor, state: StateTuple,
-             positions: torch.Tensor | None = None) -> tuple[torch.Tensor, StateTuple]:
+    def step(self, x: torch.Tensor, state: StateTuple, positions: torch.Tensor | None = None,
+             grid: tuple[int, int] | None = None) -> tuple[torch.Tensor, StateTuple]:
         if not isinstance(state, StateTuple) or len(state.states) != len(self.mixers):
             raise TypeError(f"state: expected the StateTuple of init_state, got {type(state).__name__}")
         out, new = None, []
         for mixer, local, s in zip(self.mixers, self.frame_local, state.states):
-            kw = _positions_for(mixer, positions)
+            kw = _layout_for(mixer, positions, grid)
             if local:  # x is one frame: the member mixes it alone
                 y, s = mixer(x, **kw), None
             else:
@@ -240,13 +248,19 @@ class MixerSum(nn.Module):
         return out, StateTuple(tuple(new))
 
 
-def _positions_for(mixer: nn.Module, positions: torch.Tensor | None) -> dict:
-    """``{"positions": positions}`` for a mixer that declares ``uses_positions``, else ``{}``."""
-    if not getattr(mixer, "uses_positions", False):
-        return {}
-    if positions is None:
-        raise ValueError(f"positions: {type(mixer).__name__} takes the tokens' positions (rotary); pass them")
-    return {"positions": positions}
+def _layout_for(mixer: nn.Module, positions: torch.Tensor | None, grid: tuple[int, int] | None) -> dict:
+    """The ``positions`` and ``grid`` keywords ``mixer`` declares it takes (``uses_positions``,
+    ``uses_grid``)."""
+    kw = {}
+    if getattr(mixer, "uses_positions", False):
+        if positions is None:
+            raise ValueError(f"positions: {type(mixer).__name__} takes the tokens' positions (rotary); pass them")
+        kw["positions"] = positions
+    if getattr(mixer, "uses_grid", False):
+        if grid is None:
+            raise ValueError(f"grid: {type(mixer).__name__} takes the token grid (rows, columns); pass it")
+        kw["grid"] = grid
+    return kw
 
 
 @register_mixer("pom")
@@ -269,3 +283,69 @@ def _pom(config) -> nn.Module:
 def _attention(config) -> nn.Module:
     return MultiHeadAttention(config.width, heads=config.heads, qk_norm=config.qk_norm,
                               window=getattr(config, "attention_window", 0) or None)
+
+
+@dataclass
+class NoState:
+    """The state of a mixer that reads nothing of earlier blocks (:class:`GridConv`)."""
+
+    def to(self, device=None, dtype=None) -> "NoState":
+        return self
+
+    def clone(self) -> "NoState":
+        return self
+
+    def detach(self) -> "NoState":
+        return self
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def nbytes(self) -> int:
+        return 0
+
+
+class GridConv(nn.Module):
+    """A ``kernel x kernel`` depthwise convolution over the token grid of each frame, as a
+    token mixer: ``forward(x, grid)`` with ``x: (B, N, D)`` made of consecutive
+    ``grid = (rows, columns)`` frames. Zero padding; identity at start (the centre tap 1),
+    so ``"pom + conv"`` starts as PoM plus the block's own input. Each frame is mixed
+    alone, so it streams with an empty state (``step`` takes whole frames)."""
+
+    uses_grid = True
+    constant_state = True
+
+    def __init__(self, width: int, kernel: int = 3):
+        super().__init__()
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"kernel: expected an odd size, got {kernel}")
+        self.conv = nn.Conv2d(width, width, kernel, padding=kernel // 2, groups=width)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        k = self.conv.kernel_size[0]
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[:, 0, k // 2, k // 2] = 1.0
+            self.conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None, **mode) -> torch.Tensor:
+        if grid is None:
+            raise ValueError("grid: GridConv needs the token grid (rows, columns) of a frame")
+        rows, cols = grid
+        B, N, D = x.shape
+        if N % (rows * cols) != 0:
+            raise ValueError(f"grid: {rows}x{cols} grids do not tile the {N} tokens")
+        g = x.reshape(-1, rows, cols, D).permute(0, 3, 1, 2)
+        return self.conv(g).permute(0, 2, 3, 1).reshape(B, N, D)
+
+    def init_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> NoState:
+        return NoState()
+
+    def step(self, x: torch.Tensor, state: NoState, grid: tuple[int, int] | None = None):
+        return self.forward(x, grid), state
+
+
+@register_mixer("conv")
+def _conv(config) -> nn.Module:
+    return GridConv(config.width, 3)
