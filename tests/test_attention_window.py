@@ -8,6 +8,8 @@ import torch
 from polymixer.nn import MultiHeadAttention
 from polymixer.ops.context import dense_context_mask, resolve_context
 
+from helpers import random_weights
+
 
 @pytest.mark.parametrize("window", [1, 2, 3])
 def test_rolling_cache_equals_windowed_block_causal(window):
@@ -49,11 +51,8 @@ def test_video_dit_with_a_rolling_attention_window():
     torch.manual_seed(0)
     model = VideoDiT(VideoDiTConfig(image_size=8, in_channels=1, patch_size=4, width=16, depth=2, heads=2,
                                     mlp_ratio=2.0, frames=3, mixer="attention", attention_window=2, n_classes=4))
+    model = random_weights(model, torch.float64, eval=False)
     g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    model = model.double()
     assert model.has_constant_state() and model.default_sampling_mode() == "sequential"
     kw = dict(frames=5, steps=2, cfg_scale=2.0, seed=0)
     joint = sample_video(model, SamplingConfig(), torch.tensor([1, 3]), mode="joint", **kw)

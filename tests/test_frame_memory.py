@@ -19,6 +19,8 @@ from polymixer.ops.frame_memory import parse_frame_memory
 from polymixer.pipeline import SamplingConfig
 from polymixer.video import sample_video
 
+from helpers import random_weights
+
 f64 = torch.float64
 OPTIONS = ["decay", "gated-decay", "window:1", "window:2", "window:9"]
 
@@ -266,12 +268,6 @@ def test_bad_input_errors():
 
 
 # ------------------------------------------------------------------ models
-def random_weights(model, dtype=f64):
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # the zero adaLN init would hide most bugs
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model.to(dtype).eval()
 
 
 def tiny_video(frame_memory, mixer="pom", dtype=f64, **kw):

@@ -11,6 +11,8 @@ from polymixer.models.presets import dit_config
 from polymixer.pipeline import SamplingConfig
 from polymixer.video import sample_video
 
+from helpers import random_weights
+
 
 def test_pattern_of_hybrids():
     layers = parse_mixer_pattern("pom + frame-local attention, frame-local pom", depth=3)
@@ -27,11 +29,7 @@ def _video(mixer, noise_levels="clip"):
     torch.manual_seed(0)
     model = VideoDiT(VideoDiTConfig(image_size=8, in_channels=1, patch_size=2, width=32, depth=2, heads=2,
                                     mlp_ratio=2.0, frames=4, mixer=mixer, noise_levels=noise_levels, n_classes=10))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model.double().eval()
+    return random_weights(model, torch.float64)
 
 
 @pytest.mark.parametrize("mixer,constant", [("pom + frame-local attention", True), ("pom + attention", False),

@@ -11,6 +11,8 @@ from polymixer.io import CheckpointError
 from polymixer.models import PRESETS, DiT, DiTConfig, dit_config
 from polymixer.models.io import load_state_checked, widen_gates
 
+from helpers import random_weights
+
 
 def tiny(mixer="pom", **kw):
     base = dict(image_size=8, in_channels=1, patch_size=2, width=32, depth=2, heads=2, mlp_ratio=2.0,
@@ -26,11 +28,7 @@ def inputs(B=3, C=1, H=8, W=8, n_classes=10):
 
 def perturb(model):
     """Random weights everywhere (the zero-initialised adaLN would hide most bugs)."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
+    return random_weights(model, eval=False)
 
 
 @pytest.mark.parametrize("mixer", ["pom", "attention"])

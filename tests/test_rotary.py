@@ -19,6 +19,8 @@ from polymixer.ops.pom.rotary import rotary_angles, rotary_layout, rotate
 from polymixer.pipeline import SamplingConfig
 from polymixer.video import sample_video
 
+from helpers import random_weights
+
 f64 = torch.float64
 
 
@@ -317,12 +319,6 @@ def test_bad_input_errors():
 
 
 # ------------------------------------------------------------------ models
-def random_weights(model, dtype=f64):
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # the zero adaLN init would hide most bugs
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model.to(dtype).eval()
 
 
 def tiny_video(mixer="pom", dtype=f64, **kw):
@@ -337,7 +333,7 @@ def test_image_dit_with_rotary_positions():
     config = DiTConfig(image_size=8, in_channels=1, patch_size=2, width=32, depth=2, heads=2, pom_rotary=2,
                        mixer="pom, frame-local pom + attention")
     torch.manual_seed(0)
-    model = random_weights(DiT(config))
+    model = random_weights(DiT(config), f64)
     assert model.uses_positions and all(block.uses_positions for block in model.blocks)
     x, t, y = torch.randn(2, 1, 8, 8, dtype=f64), torch.rand(2, dtype=f64), torch.tensor([1, 2])
     out = model(x, t, y)

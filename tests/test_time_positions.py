@@ -7,17 +7,15 @@ import torch
 
 from polymixer.models import VideoDiT, VideoDiTConfig
 
+from helpers import random_weights
+
 
 def _model(frame_embedding, rotary):
     torch.manual_seed(0)
     model = VideoDiT(VideoDiTConfig(image_size=8, in_channels=1, patch_size=2, width=32, depth=2, heads=2,
                                     mlp_ratio=2.0, frames=4, n_classes=10, pom_rotary=rotary,
                                     frame_embedding=frame_embedding))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model.double().eval()
+    return random_weights(model, torch.float64)
 
 
 def test_no_absolute_time_with_relative_rotary_is_shift_invariant():

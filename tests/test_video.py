@@ -9,6 +9,8 @@ from polymixer.models.mixers import legacy_frame_local_pattern
 from polymixer.pipeline import SamplingConfig
 from polymixer.video import sample_video
 
+from helpers import random_weights
+
 
 def tiny_video(mixer="pom", noise_levels="clip", dtype=torch.float32, **kw):
     base = dict(image_size=8, in_channels=1, patch_size=2, width=32, depth=2, heads=2, mlp_ratio=2.0, frames=4,
@@ -18,11 +20,7 @@ def tiny_video(mixer="pom", noise_levels="clip", dtype=torch.float32, **kw):
         base["mixer"] = legacy_frame_local_pattern(mixer, base.pop("frame_local_every"))
     torch.manual_seed(0)
     model = VideoDiT(VideoDiTConfig(**base))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # random weights everywhere: the zero adaLN init would hide most bugs
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model.to(dtype).eval()
+    return random_weights(model, dtype)
 
 
 def clip_inputs(B=2, F=5, dtype=torch.float32, per_frame=False):
