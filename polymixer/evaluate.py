@@ -32,6 +32,14 @@ blind to speckled or broken strokes, issue 23):
 Each comes with its real-data floor (``..._real``): real images drawn from the reference
 (seeded) scored the same way.
 
+Video models also get measures over time (:mod:`polymixer.metrics.temporal`; issue 24):
+``identity`` (the share of clips whose frame f is classified as their first frame, by
+position, and ``whole_clip``), and, for one digit per clip, ``per_frame_real`` (the Fréchet
+distance and accuracy of as many real clips of the same length, by position: the floor of
+each frame position) and ``motion`` (speed, its steadiness, standing still, direction
+reversals and the share of them at a wall, generated against real clips, and the distance
+between the speed distributions). Long clips: ``frames=64`` (``--frames 64``).
+
 The real statistics are computed at each call (a few seconds), nothing is cached.
 """
 
@@ -222,7 +230,7 @@ def evaluate_checkpoint(
     precision_real, recall_real = precision_recall(manifold, texture_ref.reference[order[n_pr:2 * n_pr]],
                                                    PRECISION_RECALL_K) if with_pr else (None, None)
 
-    def measure(x: torch.Tensor) -> dict:
+    def measure(x: torch.Tensor, labels: torch.Tensor = labels) -> dict:
         m = _measurements(classifier, x, 200)
         pred = m["predictions"]
         precision, recall = precision_recall(manifold, texture_ref(m["texture"][:n_pr]),
@@ -232,7 +240,7 @@ def evaluate_checkpoint(
                "per_class_accuracy": per_class_accuracy(pred, labels, cfg.n_classes) if digits else None,
                "stroke_frechet_distance": strokes_ref.distance(m["strokes"]),
                "texture_frechet_distance": texture_ref.distance(m["texture"]),
-               "precision": precision, "recall": recall, "strokes": m["strokes"]}
+               "precision": precision, "recall": recall, "strokes": m["strokes"], "predictions": pred}
         return out
 
     result: dict = {"checkpoint": str(checkpoint), "kind": model.kind, "num_samples": num_samples, "seed": seed,
@@ -266,6 +274,7 @@ def evaluate_checkpoint(
         sampling_seconds = time.time() - t_sampling
         m = measure(to_classifier_input(samples, (lo, hi)))
         strokes = m.pop("strokes")
+        m.pop("predictions")
         result.update(m)
     else:
         from .video import sample_video, video_noise
@@ -294,6 +303,7 @@ def evaluate_checkpoint(
                       **{key: float(np.mean(per_frame[key])) if per_frame[key][0] is not None else None
                          for key in _PER_FRAME[2:]},
                       per_frame={**per_frame, "conditional_accuracy": accs if digits else None})
+        result.update(_over_time(model, pipeline, x01, frames_measured, measure, num_samples, seed))
     result["stroke_statistics"] = {name: {"generated": float(strokes[:, j].mean()),
                                           "real": float(real["strokes"][:, j].mean())}
                                    for j, name in enumerate(STROKE_STATISTICS)}
@@ -301,6 +311,37 @@ def evaluate_checkpoint(
     result["samples_per_second"] = round(num_samples / max(sampling_seconds, 1e-9), 3)  # clips for video models
     result["seconds"] = round(time.time() - t0, 1)
     return result
+
+
+def _over_time(model, pipeline, clips: torch.Tensor, frames_measured: list, measure, num_samples: int,
+               seed: int) -> dict:
+    """A video evaluation's measures over time (:mod:`polymixer.metrics.temporal`), for clips
+    ``(B, F, 1, H, W)`` in [-1, 1] of one moving digit: ``per_frame_real`` (the Fréchet distance
+    and accuracy of as many real clips, frame position by position: the floor), ``identity``
+    (the share of clips whose frame f is classified as their first frame, by position, and
+    ``whole_clip``), and ``motion`` (speed, steadiness, standing still, reversals and how many
+    happen at a wall, generated against real; 3 frames or more)."""
+    from .data import VIDEO_DATA, moving_digits
+    from .metrics.temporal import compare_motion, identity_consistency, motion_statistics
+
+    n_frames = clips.shape[1]
+    out: dict = {}
+    predictions = torch.stack([torch.as_tensor(m["predictions"]) for m in frames_measured], dim=1)  # (B, F)
+    out["identity"] = identity_consistency(predictions)
+    if VIDEO_DATA.get(pipeline.dataset) != 1:
+        out["note_over_time"] = "motion and the real per-frame floor are measured for one digit per clip only"
+        return out
+    cfg = model.config
+    real = moving_digits(cfg.image_size, n_frames, 1, seed=REFERENCE_SEED + 1 + int(seed), num_clips=num_samples)
+    real_clips, real_labels = real.batch(torch.arange(num_samples))
+    real_measured = [measure(recenter_digits(real_clips[:, f]), real_labels) for f in range(n_frames)]
+    out["per_frame_real"] = {"frechet_distance": [m["frechet_distance"] for m in real_measured],
+                             "conditional_accuracy": [m["conditional_accuracy"] for m in real_measured]}
+    out["per_frame_real_clips"] = (f"{num_samples} real clips of {n_frames} frames (seed "
+                                   f"{REFERENCE_SEED + 1 + int(seed)}), scored like the generated ones")
+    if n_frames >= 3:
+        out["motion"] = compare_motion(motion_statistics((clips + 1) / 2), motion_statistics((real_clips + 1) / 2))
+    return out
 
 
 def summary_lines(result: dict) -> list[str]:
@@ -324,4 +365,24 @@ def summary_lines(result: dict) -> list[str]:
                 f"{result['recall_real']:.3f})"),
              f"stroke statistics per {'frame' if video else 'image'}, generated (real): "
              + ", ".join(f"{name} {v['generated']:.3g} ({v['real']:.3g})" for name, v in stats.items())]
+    if "identity" in result:
+        same = result["identity"]["per_frame"]
+        lines.append(f"identity: {result['identity']['whole_clip']:.3f} of the clips keep their first frame's digit "
+                     f"in every frame (last frame: {same[-1]:.3f})")
+    if "per_frame_real" in result:
+        fd, floor = result["per_frame"]["frechet_distance"], result["per_frame_real"]["frechet_distance"]
+        acc, acc_real = result["per_frame"]["conditional_accuracy"], result["per_frame_real"]["conditional_accuracy"]
+        line = f"last frame ({len(fd)}): Fréchet distance {fd[-1]:.1f} (real clips: {floor[-1]:.1f})"
+        if acc is not None:
+            line += f", accuracy {acc[-1]:.3f} (real clips: {acc_real[-1]:.3f})"
+        lines.append(line)
+    if "motion" in result:
+        m = result["motion"]
+
+        def both(key: str, fmt: str = ".3g") -> str:
+            return f"{m[key]['generated']:{fmt}} ({m[key]['real']:{fmt}})"
+
+        lines.append(f"motion, generated (real clips): speed {both('mean_speed')} px/frame, still "
+                     f"{both('still_fraction')}, reversals per frame {both('reversals_per_frame')}, at a wall "
+                     f"{both('wall_reversal_fraction')}; speed distance {m['speed_wasserstein']:.3g} px/frame")
     return lines

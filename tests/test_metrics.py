@@ -239,7 +239,7 @@ def test_eval_bad_input_is_one_line(tmp_path, monkeypatch, capsys, argv, message
 
 def test_eval_video_model_per_frame(tmp_path, monkeypatch):
     pytest.importorskip("mlxtend")
-    from polymixer.evaluate import evaluate_checkpoint
+    from polymixer.evaluate import evaluate_checkpoint, summary_lines
     from polymixer.models import VideoDiT, VideoDiTConfig
     from polymixer.pipeline import SamplingConfig
 
@@ -260,13 +260,24 @@ def test_eval_video_model_per_frame(tmp_path, monkeypatch):
         assert result[f"{key}_real"] >= 0
     assert result["stroke_statistics"]["fragments"]["real"] >= 0
     assert "moving-digits" in result["reference"]
+    # over time: identity by position, the real clips' floor by position, motion against real clips
+    assert result["identity"]["per_frame"][0] == 1.0 and len(result["identity"]["per_frame"]) == 3
+    assert 0 <= result["identity"]["whole_clip"] <= 1
+    assert len(result["per_frame_real"]["frechet_distance"]) == 3
+    assert all(0 <= a <= 1 for a in result["per_frame_real"]["conditional_accuracy"])
+    motion = result["motion"]
+    assert 0 <= motion["still_fraction"]["generated"] <= 1 and motion["mean_speed"]["real"] > 0  # (8x8: slow)
+    assert motion["speed_wasserstein"] >= 0
+    lines = summary_lines(result)
+    assert any(line.startswith("identity:") for line in lines), lines
+    assert any(line.startswith("last frame (3)") for line in lines), lines
+    assert any(line.startswith("motion, generated (real clips)") for line in lines), lines
     json.dumps(result)
     # the batch size changes nothing but the batching: the same clips, the same numbers
     again = evaluate_checkpoint(folder, num_samples=6, steps=1, batch_size=5, frames=3)
     for key in ("frechet_distance", "conditional_accuracy"):
         assert again["per_frame"][key] == pytest.approx(per_frame[key], rel=1e-5)
     # below k + 1 = 4 samples there is no precision / recall, the rest is measured
-    from polymixer.evaluate import summary_lines
 
     few = evaluate_checkpoint(folder, num_samples=3, steps=1, frames=3)
     assert few["precision"] is None and few["recall"] is None and few["per_frame"]["precision"] == [None] * 3
