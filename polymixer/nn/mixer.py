@@ -291,9 +291,10 @@ class PolynomialMixer(nn.Module):
         dtype = autocast_dtype(x.device.type) or x.dtype
         spec = self.spec
         failed = self.compile_record.failed((spec.variant, spec.degree, spec.heads, x.device.type, dtype))
+        memory = () if self.frame_memory.is_mean else (f"frame_memory={str(self.frame_memory)!r}",)
         return choose_path(self.settings, self.implementation, self.spec, self.state_width, x, context, mode,
-                           streaming, rotary=self.rotary_axes > 0, frame_memory=str(self.frame_memory),
-                           compile_failures=failed)
+                           streaming, autograd_only=(("rotary positions",) if self.rotary_axes else ()) + memory,
+                           torch_aggregation_only=memory, compile_failures=failed)
 
     def _all_angles(self, x, context, positions, context_positions):
         """(context angles, query angles) of a call (None, None without rotary positions)."""

@@ -231,34 +231,36 @@ _COMPILING_PLANS = {impl: _compiling_plan(impl) for impl in FORMS}
 
 
 def choose_path(settings: MixerSettings, implementation: str, spec: MixerSpec, width: int, x: torch.Tensor,
-                context: torch.Tensor, mode, streaming: bool = False, rotary: bool = False,
-                frame_memory: str = "mean", compile_failures: tuple[str, ...] = ()) -> ExecutionPlan:
+                context: torch.Tensor, mode, streaming: bool = False, autograd_only: tuple[str, ...] = (),
+                torch_aggregation_only: tuple[str, ...] = (),
+                compile_failures: tuple[str, ...] = ()) -> ExecutionPlan:
     """The :class:`ExecutionPlan` of a mixer call.
 
     settings, implementation (``"fused"``, ``"lean"``, ``"autograd"``), spec and width
     (the state width F): the mixer's; x: (B, M, D) queries, context: (B, N, D) (x itself when self-mixing); mode:
     the call's :class:`~polymixer.ops.context.ContextMode`; streaming: a state of earlier
-    tokens is read; rotary: rotary positions are given; frame_memory: the mixer's option
-    (:mod:`polymixer.ops.frame_memory`); compile_failures: the chunk functions whose compile
-    failed before for this configuration (``mixer.compile_record``, see
-    :mod:`polymixer.ops.pom.chunk_ops`), run eagerly. The plan is a function of these
-    arguments alone. The implementation is a request:
-    the plain autograd form runs with a streaming state, with rotary positions (the fused
-    and lean forms do not rotate yet), with a frame memory other than the mean (PyTorch
-    aggregation: the fused, lean and Triton forms take the plain mean only), inside torch.compile (which cannot trace the hand-written backward,
-    and fuses the autograd form itself), and for ``"fused"`` in modes with one segment
-    per token (causal) on CUDA, where autograd with the Triton scan is faster and keeps
-    less than the fused form's per-token float32 states (H200, bench_gpu.py).
+    tokens is read; autograd_only: the mixer's options that only the plain autograd form
+    (and PyTorch's aggregation) computes, in words (e.g. ``"rotary positions"``,
+    ``"frame_memory='decay'"``: a new such option is a new entry here, not a new argument);
+    torch_aggregation_only: those options that PyTorch's aggregation alone computes (not the
+    Triton kernels: e.g. a frame memory other than the mean);
+    compile_failures: the chunk functions whose compile failed before for this configuration
+    (``mixer.compile_record``, see :mod:`polymixer.ops.pom.chunk_ops`), run eagerly. The plan
+    is a function of these arguments alone. The implementation is a request: the plain
+    autograd form runs with a streaming state, with any ``autograd_only`` option, inside
+    torch.compile (which cannot trace the hand-written backward, and fuses the autograd form
+    itself), and for ``"fused"`` in modes with one segment per token (causal) on CUDA, where
+    autograd with the Triton scan is faster and keeps less than the fused form's per-token
+    float32 states (H200, bench_gpu.py).
     """
-    frame_memory = str(frame_memory)
-    if frame_memory != "mean":
+    if torch_aggregation_only:
+        options = ", ".join(torch_aggregation_only)
         if compiling():
-            return ExecutionPlan("autograd", reason=f"inside torch.compile: the plain autograd form; "
-                                                    f"frame_memory={frame_memory!r}: PyTorch aggregation")
-        return ExecutionPlan("autograd", reason=f"implementation={implementation!r}, but frame_memory="
-                                                f"{frame_memory!r} runs the plain autograd form (the fused and "
-                                                f"lean forms take the plain mean only); aggregation: PyTorch "
-                                                f"(the Triton kernels take the plain mean only)")
+            return ExecutionPlan("autograd", reason=f"inside torch.compile: the plain autograd form; {options}: "
+                                                    f"PyTorch aggregation")
+        return ExecutionPlan("autograd", reason=f"implementation={implementation!r}, but {options}: the plain "
+                                                f"autograd form and PyTorch aggregation (the fused, lean and "
+                                                f"Triton forms do not have it)")
     if compiling():
         return _COMPILING_PLANS[implementation]
     device_type = x.device.type
@@ -271,9 +273,9 @@ def choose_path(settings: MixerSettings, implementation: str, spec: MixerSpec, w
         why = "implementation='autograd'"
     elif streaming:
         why = f"implementation={implementation!r}, but a streaming state runs the plain autograd form"
-    elif rotary:
-        why = (f"implementation={implementation!r}, but rotary positions run the plain autograd form "
-               "(the fused and lean forms do not rotate yet)")
+    elif autograd_only:
+        why = (f"implementation={implementation!r}, but {', '.join(autograd_only)}: the plain autograd form "
+               "(the fused and lean forms do not have it)")
     elif implementation == "fused" and device_type == "cuda" and seg is not None and seg.per_token:
         why = ("implementation='fused', but in the causal mode on CUDA the autograd form (Triton scan) is "
                "faster and keeps less")
