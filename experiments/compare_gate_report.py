@@ -143,12 +143,22 @@ for r in rows:
                  f"{r['frechet_distance']:.1f} ({r['frechet_distance_real']:.1f}) | {r['conditional_accuracy']:.3f} | "
                  + stroke + " | ".join(f"{v:.4f}" for v in r["loss_at_t"].values()) + " |")
 lines.append("")
+def _mean_sd(values, fmt: str) -> str:
+    """``mean ± sample standard deviation`` (the spread of the seeds), or the one value."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    spread = f" ± {statistics.stdev(values):{fmt}}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):{fmt}}{spread}"
+
+
 for name, lr in groups:
-    fd = [r["frechet_distance"] for r in rows if (r["name"], r["lr"]) == (name, lr)]
-    acc = [r["conditional_accuracy"] for r in rows if (r["name"], r["lr"]) == (name, lr)]
-    spread = f" ± {statistics.stdev(fd):.1f}" if len(fd) > 1 else ""
-    lines.append(f"- {name}, lr {lr:g}: Fréchet distance {statistics.mean(fd):.1f}{spread}, "
-                 f"accuracy {statistics.mean(acc):.3f} over {len(fd)} seed(s)")
+    group = [r for r in rows if (r["name"], r["lr"]) == (name, lr)]
+    lines.append(f"- {name}, lr {lr:g}: Fréchet distance {_mean_sd([r['frechet_distance'] for r in group], '.1f')}, "
+                 f"accuracy {_mean_sd([r['conditional_accuracy'] for r in group], '.3f')}, stroke FD "
+                 f"{_mean_sd([r['stroke_frechet_distance'] for r in group], '.2f')}, loss t=0.2 "
+                 f"{_mean_sd([r['loss_at_t']['0.2'] for r in group], '.4f')} "
+                 f"over {len(group)} seed(s)")
 args.out.parent.mkdir(parents=True, exist_ok=True)
 args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
