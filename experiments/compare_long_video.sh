@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Long video (issue 24): video DiTs trained on short clips of varied length, then generating
+# clips far longer than any they saw, measured frame position by frame position.
+#
+# Every model: moving digits (one digit, 32x32), clips of MIN_FRAMES..FRAMES frames drawn per
+# step (default 4..12), one noise level per frame (diffusion forcing) with the finished frames
+# read at a small noise level (--history-noise 0.05), no absolute frame index
+# (--frame-embedding none: time only through the mixers), DiT-M/4 with 6 blocks, the same
+# steps, batch, learning rate and seed, each started from its mixer's shipped image model
+# (checkpoints/compare/{pom,attention}). The rivals (NAMES picks some):
+#   pom_mean        PoM, the paper's mean over every earlier frame, rotary positions over
+#                   (frame, row, column): relative in time
+#   pom_decay       the same with a learned decay per channel (--pom-frame-memory decay)
+#   pom_gated       a decay gated by the frame's content (gated-decay)
+#   pom_window      an exact sliding window of the last 4 frames (window:4)
+#   attention_roll  attention with a rolling KV cache of the last 4 frames (--attention-window 4)
+#   attention       attention with the full KV cache (its cost grows with the clip)
+# then `polymixer eval` of each EMA model on clips of EVAL_FRAMES frames (default 64), frame by
+# frame (per-frame Fréchet distance and accuracy with the real clips' floor, identity, motion,
+# clip Fréchet distance by 8-frame window).
+#   bash experiments/compare_long_video.sh [SEED] [STEPS]
+#   NAMES="pom_mean attention_roll" bash experiments/compare_long_video.sh 0 1500
+# RESUME=1 resumes an interrupted set; RUNS (default runs/compare_long_video); SAMPLES (100);
+# EVAL_FRAMES (64); FRAMES/MIN_FRAMES (12/4); INIT_ROOT (checkpoints/compare).
+# Two runs at a time, one thread each (a 2-core machine).
+set -euo pipefail
+seed=${1:-0}
+steps=${2:-1500}
+resume=${RESUME:+--resume}
+runs=${RUNS:-runs/compare_long_video}
+samples=${SAMPLES:-100}
+eval_frames=${EVAL_FRAMES:-64}
+frames=${FRAMES:-12}
+min_frames=${MIN_FRAMES:-4}
+init_root=${INIT_ROOT:-checkpoints/compare}
+mkdir -p "$runs"
+declare -A options=(
+  [pom_mean]="--mixer pom --pom-rotary 3"
+  [pom_decay]="--mixer pom --pom-rotary 3 --pom-frame-memory decay"
+  [pom_gated]="--mixer pom --pom-rotary 3 --pom-frame-memory gated-decay"
+  [pom_window]="--mixer pom --pom-rotary 3 --pom-frame-memory window:4"
+  [attention_roll]="--mixer attention --attention-window 4"
+  [attention]="--mixer attention"
+)
+read -r -a names <<< "${NAMES:-pom_mean pom_decay pom_gated pom_window attention_roll attention}"
+for name in "${names[@]}"; do
+  [ -n "${options[$name]+set}" ] || { echo "compare_long_video.sh: unknown run name $name (one of ${!options[*]})" >&2; exit 2; }
+done
+train() {
+  local name=$1 init
+  init="$init_root/${name%%_*}"
+  eval "opts=(${options[$name]})"
+  polymixer train --data moving-digits --image-size 32 --frames "$frames" --min-frames "$min_frames" \
+    --noise-levels frame --history-noise 0.05 --frame-embedding none \
+    --preset DiT-M/4 --depth 6 "${opts[@]}" --init-from "$init" \
+    --batch-size 16 --lr 5e-4 --warmup-steps 100 --ema-decay 0.998 --steps "$steps" \
+    --checkpoint-every 100 --sample-every 500 --sample-steps 20 --keep-last 2 --log-every 20 --progress false \
+    --num-threads 1 --seed "$seed" --out "$runs/${name}_seed${seed}" $resume \
+    > "$runs/${name}_seed${seed}.log" 2>&1
+}
+evaluate() {
+  local name=$1
+  polymixer eval --checkpoint "$runs/${name}_seed${seed}/ema_model" --frames "$eval_frames" \
+    --num-samples "$samples" --steps 20 --batch-size 50 --seed 0 --threads 1 \
+    --out "$runs/${name}_seed${seed}_eval${eval_frames}.json" > "$runs/${name}_seed${seed}_eval${eval_frames}.log" 2>&1
+}
+running=0
+for name in "${names[@]}"; do
+  (train "$name" && evaluate "$name") &
+  running=$((running + 1))
+  if [ "$running" = 2 ]; then wait -n; running=1; fi
+done
+wait
