@@ -16,6 +16,7 @@
 #   pom_rotary                 the PoM preset with rotary positions (frame, row, column: the frames are
 #                              1-frame clips, so a third of the rotated pairs never turn)
 #   pom_conv_rotary            both
+#   pom_fullgate_conv          the full-width gate (--pom-heads 1) with the MLP conv
 #   pom_sideconv, attention_sideconv  an identity-initialised 3x3 depthwise convolution beside the
 #                              mixer ("pom + conv", DiG-style) instead of inside the MLP
 # then `polymixer eval` on each EMA model. Results: RUNS (default runs/compare_gate).
@@ -47,6 +48,7 @@ declare -A options=(
   [attention_conv]="--mixer attention --mlp-conv 3"
   [pom_rotary]="--mixer pom --pom-rotary 3"
   [pom_conv_rotary]="--mixer pom --mlp-conv 3 --pom-rotary 3"
+  [pom_fullgate_conv]="--mixer pom --pom-heads 1 --mlp-conv 3"
   [pom_sideconv]="--mixer 'pom + conv'"
   [attention_sideconv]="--mixer 'attention + conv'"
 )
