@@ -40,6 +40,16 @@ each frame position) and ``motion`` (speed, its steadiness, standing still, dire
 reversals and the share of them at a wall, generated against real clips, and the distance
 between the speed distributions). Long clips: ``frames=64`` (``--frames 64``).
 
+One digit per clip, 32x32 frames, at least 8 frames: ``clip_frechet_distance``, a Fréchet
+distance over whole clips (in place of FVD, whose I3D weights would have to be downloaded):
+the clips are cut into non-overlapping 8-frame windows ``[0, 8), [8, 16), ...`` and each
+window position's features from the bundled clip classifier
+(:mod:`polymixer.metrics.clip_classifier`: which digit, and which way it moves, from all 8
+frames at once) are compared with those of :data:`REFERENCE_WINDOWS` real 8-frame clips of
+seed :data:`REFERENCE_SEED`; ``clip_frechet_distance_real`` is the same for the real clips
+above (the floor of each window position). A frozen, jittering or shape-shifting digit scores
+high here even when every frame alone looks real.
+
 The real statistics are computed at each call (a few seconds), nothing is cached.
 """
 
@@ -57,12 +67,15 @@ from .metrics import (feature_statistics, frechet_distance, load_digit_classifie
                       recenter_digits, to_classifier_input)
 from .metrics.stroke import STROKE_STATISTICS, precision_recall, stroke_statistics
 
-__all__ = ["evaluate_checkpoint", "summary_lines", "REFERENCE_SEED", "REFERENCE_FRAMES", "PRECISION_RECALL_K"]
+__all__ = ["evaluate_checkpoint", "summary_lines", "REFERENCE_SEED", "REFERENCE_FRAMES", "REFERENCE_WINDOWS",
+           "PRECISION_RECALL_K"]
 
 # Real moving-digit clips for the video reference come from this seed (training data use seed 0 by default).
 REFERENCE_SEED = 1234
 # About this many real frames make the video reference statistics.
 REFERENCE_FRAMES = 5000
+# This many real 8-frame clips (seed REFERENCE_SEED) make the reference of the clip Fréchet distance.
+REFERENCE_WINDOWS = 5000
 # Neighbours that set the radius of the k-NN manifolds of precision and recall (Kynkäänniemi et al. use 3).
 PRECISION_RECALL_K = 3
 
@@ -319,8 +332,10 @@ def _over_time(model, pipeline, clips: torch.Tensor, frames_measured: list, meas
     ``(B, F, 1, H, W)`` in [-1, 1] of one moving digit: ``per_frame_real`` (the Fréchet distance
     and accuracy of as many real clips, frame position by position: the floor), ``identity``
     (the share of clips whose frame f is classified as their first frame, by position, and
-    ``whole_clip``), and ``motion`` (speed, steadiness, standing still, reversals and how many
-    happen at a wall, generated against real; 3 frames or more)."""
+    ``whole_clip``), ``motion`` (speed, steadiness, standing still, reversals and how many
+    happen at a wall, generated against real; 3 frames or more) and, for 32x32 clips of 8
+    frames or more, ``clip_frechet_distance`` and its floor ``clip_frechet_distance_real`` by
+    8-frame window (:func:`_clip_frechet`)."""
     from .data import VIDEO_DATA, moving_digits
     from .metrics.temporal import compare_motion, identity_consistency, motion_statistics
 
@@ -341,7 +356,42 @@ def _over_time(model, pipeline, clips: torch.Tensor, frames_measured: list, meas
                                    f"{REFERENCE_SEED + 1 + int(seed)}), scored like the generated ones")
     if n_frames >= 3:
         out["motion"] = compare_motion(motion_statistics((clips + 1) / 2), motion_statistics((real_clips + 1) / 2))
+    out.update(_clip_frechet(clips, real_clips))
     return out
+
+
+def _clip_frechet(clips: torch.Tensor, real_clips: torch.Tensor) -> dict:
+    """The clip Fréchet distance of generated clips ``(B, F, 1, H, W)`` in [-1, 1] and its floor
+    (real clips ``(B', F, 1, H, W)``), by non-overlapping window of the clip classifier's 8 frames:
+    ``clip_frechet_distance`` and ``clip_frechet_distance_real`` (lists, one value per window
+    ``[8k, 8k + 8)``), against :data:`REFERENCE_WINDOWS` real 8-frame clips of seed
+    :data:`REFERENCE_SEED`. Only a note for frames that are not 32x32 or clips under 8 frames."""
+    from .data import moving_digits
+    from .metrics.clip_classifier import load_clip_classifier, window_starts
+
+    classifier = load_clip_classifier()
+    w, size = classifier.config.window, classifier.config.image_size
+    n_frames = clips.shape[1]
+    if tuple(clips.shape[-2:]) != (size, size) or n_frames < w:
+        return {"note_clip_frechet": f"the clip Fréchet distance needs {size}x{size} frames and clips of at least "
+                                     f"{w} frames; these are {clips.shape[-2]}x{clips.shape[-1]}, {n_frames} frames"}
+    reference = moving_digits(size, w, 1, seed=REFERENCE_SEED, num_clips=REFERENCE_WINDOWS)
+    feats = [classifier.batched_features(reference.batch(torch.arange(i, min(i + 1000, REFERENCE_WINDOWS)))[0])
+             for i in range(0, REFERENCE_WINDOWS, 1000)]
+    mu, sigma = feature_statistics(torch.cat(feats).double())
+    starts = window_starts(n_frames, w)
+
+    def by_window(x: torch.Tensor) -> list[float]:
+        return [frechet_distance(*feature_statistics(classifier.batched_features(x[:, s:s + w].float()).double()),
+                                 mu, sigma) for s in starts]
+
+    return {"clip_frechet_distance": by_window(clips), "clip_frechet_distance_real": by_window(real_clips),
+            "clip_windows": [[s, s + w] for s in starts],
+            "clip_reference": (f"{REFERENCE_WINDOWS} real moving-digits clips of {w} frames ({size}x{size}, seed "
+                               f"{REFERENCE_SEED}); features: the bundled clip classifier's penultimate layer "
+                               f"({classifier.config.feature_dim}; held-out accuracy digit "
+                               f"{classifier.info.get('heldout_digit_accuracy')}, direction "
+                               f"{classifier.info.get('heldout_direction_accuracy')})")}
 
 
 def summary_lines(result: dict) -> list[str]:
@@ -376,6 +426,12 @@ def summary_lines(result: dict) -> list[str]:
         if acc is not None:
             line += f", accuracy {acc[-1]:.3f} (real clips: {acc_real[-1]:.3f})"
         lines.append(line)
+    if "clip_frechet_distance" in result:
+        windows = ", ".join(f"{a}-{b - 1}" for a, b in result["clip_windows"])
+        width = result["clip_windows"][0][1] - result["clip_windows"][0][0]
+        lines.append(f"clip Fréchet distance by {width}-frame window (frames {windows}): "
+                     + ", ".join(f"{v:.2f}" for v in result["clip_frechet_distance"])
+                     + " (real clips: " + ", ".join(f"{v:.2f}" for v in result["clip_frechet_distance_real"]) + ")")
     if "motion" in result:
         m = result["motion"]
 
