@@ -188,7 +188,9 @@ def evaluate_checkpoint(
     ``texture_frechet_distance``, ``precision``, ``recall`` (None below 4 samples), each with
     its ``..._real`` floor, and ``stroke_statistics`` (``{name: {"generated", "real"}}``, the
     mean of each statistic); and, for video models, ``per_frame`` (lists of the metrics by frame
-    position; the top-level values are their averages; ``stroke_statistics`` pools all frames).
+    position; the top-level values are their averages; ``stroke_statistics`` pools all frames)
+    and the measures over time of the module docstring (``identity``, ``per_frame_real``,
+    ``motion``, ``clip_frechet_distance`` with ``clip_frechet_distance_real`` and ``clip_windows``).
     """
     _positive_int("num_samples", num_samples)
     if num_samples < 2:

