@@ -27,7 +27,7 @@ from torch import nn
 
 from ..io import CheckpointError, load_tensors, save_tensors, write_json
 
-__all__ = ["DigitClassifierConfig", "DigitClassifier", "load_digit_classifier", "bundled_classifier_folder",
+__all__ = ["SavedClassifier", "DigitClassifierConfig", "DigitClassifier", "load_digit_classifier", "bundled_classifier_folder",
            "to_classifier_input", "recenter_digits"]
 
 WEIGHTS_NAME = "classifier.safetensors"
@@ -56,13 +56,74 @@ class DigitClassifierConfig:
             raise ValueError(f"image_size: the classifier takes 32x32 inputs, got {self.image_size!r}")
 
 
-class DigitClassifier(nn.Module):
+class SavedClassifier:
+    """Saving and loading of the bundled judges (:class:`DigitClassifier`, the clip classifier):
+    ``classifier.safetensors`` (float16 by default) and ``classifier.json`` (the config plus
+    information: accuracy, recipe, split). A subclass sets ``ARCHITECTURE`` (the JSON's
+    ``architecture``) and ``CONFIG`` (its config dataclass, whose ``channels`` is a tuple)."""
+
+    ARCHITECTURE: str = ""
+    CONFIG: type = object
+    WHAT: str = "classifier"
+
+    def save(self, folder: str | Path, info: dict | None = None, dtype: torch.dtype = torch.float16) -> Path:
+        """Write ``classifier.safetensors`` (``dtype``) and ``classifier.json`` (the config plus
+        ``info``) into ``folder``, atomically."""
+        folder = Path(folder)
+        save_tensors(folder / WEIGHTS_NAME, {k: v.to(dtype) for k, v in self.state_dict().items()})
+        write_json(folder / CONFIG_NAME, {"architecture": self.ARCHITECTURE, "config": asdict(self.config),
+                                          **(info or {})})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path):
+        """Load a classifier written by :meth:`save` (float32, eval mode); the JSON is in ``.info``."""
+        folder = Path(folder)
+        path = folder / CONFIG_NAME
+        if not path.is_file():
+            raise CheckpointError(f"{path}: file not found")
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+            if info.get("architecture", cls.ARCHITECTURE) != cls.ARCHITECTURE:
+                raise ValueError(f"architecture {info.get('architecture')!r} is not {cls.ARCHITECTURE!r}")
+            cfg = dict(info["config"])
+            cfg["channels"] = tuple(cfg["channels"])
+            config = cls.CONFIG(**cfg)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a {cls.WHAT} config: {exc}") from exc
+        model = cls(config)
+        state = load_tensors(folder / WEIGHTS_NAME)
+        try:
+            model.load_state_dict({k: v.float() for k, v in state.items()})
+        except RuntimeError as exc:
+            raise CheckpointError(f"{folder / WEIGHTS_NAME}: weights do not match the config: {exc}") from exc
+        model.info = info
+        return model.eval()
+
+    @classmethod
+    def load_frozen(cls, folder: Path, bundled: bool, device: str | torch.device = "cpu"):
+        """:meth:`load` on ``device`` with gradients off; ``bundled``: the folder is the package's
+        own (a missing file then means a broken installation)."""
+        if not (folder / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"path: no {WEIGHTS_NAME} in {str(folder)!r}"
+                                    + (" (a broken installation: reinstall polymixer)" if bundled else ""))
+        model = cls.load(folder).to(device)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
+
+
+class DigitClassifier(SavedClassifier, nn.Module):
     """CNN for digits ``x: (N, 1, 32, 32)`` in [-1, 1] (black background, white ink).
 
     ``forward(x)`` gives logits ``(N, n_classes)``; ``features(x)`` the penultimate layer
     ``(N, feature_dim)`` (the hidden layer's pre-activations, so no unit is constantly zero);
     ``predict(x)`` the argmax classes ``(N,)``.
     """
+
+    ARCHITECTURE = "polymixer.DigitClassifier"
+    CONFIG = DigitClassifierConfig
+    WHAT = "digit classifier"
 
     def __init__(self, config: DigitClassifierConfig | None = None):
         super().__init__()
@@ -135,39 +196,6 @@ class DigitClassifier(nn.Module):
         self._check(x)
         return torch.cat([self.features(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
 
-    def save(self, folder: str | Path, info: dict | None = None, dtype: torch.dtype = torch.float16) -> Path:
-        """Write ``classifier.safetensors`` (``dtype``) and ``classifier.json`` (the config
-        plus ``info``: accuracy, recipe, split) into ``folder``, atomically."""
-        folder = Path(folder)
-        save_tensors(folder / WEIGHTS_NAME, {k: v.to(dtype) for k, v in self.state_dict().items()})
-        data = {"architecture": "polymixer.DigitClassifier", "config": asdict(self.config), **(info or {})}
-        write_json(folder / CONFIG_NAME, data)
-        return folder
-
-    @classmethod
-    def load(cls, folder: str | Path) -> "DigitClassifier":
-        """Load a classifier written by :meth:`save` (float32, eval mode); the JSON is in ``.info``."""
-        folder = Path(folder)
-        path = folder / CONFIG_NAME
-        if not path.is_file():
-            raise CheckpointError(f"{path}: file not found")
-        try:
-            info = json.loads(path.read_text(encoding="utf-8"))
-            cfg = dict(info["config"])
-            cfg["channels"] = tuple(cfg["channels"])
-            config = DigitClassifierConfig(**cfg)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: not a digit classifier config: {exc}") from exc
-        model = cls(config)
-        state = load_tensors(folder / WEIGHTS_NAME)
-        try:
-            model.load_state_dict({k: v.float() for k, v in state.items()})
-        except RuntimeError as exc:
-            raise CheckpointError(f"{folder / WEIGHTS_NAME}: weights do not match the config: {exc}") from exc
-        model.info = info
-        return model.eval()
-
-
 def bundled_classifier_folder() -> Path:
     """The folder of the digit classifier shipped with the package."""
     return Path(str(resources.files("polymixer.bundled"))) / "digit_classifier"
@@ -176,14 +204,8 @@ def bundled_classifier_folder() -> Path:
 def load_digit_classifier(path: str | Path | None = None, device: str | torch.device = "cpu") -> DigitClassifier:
     """The bundled digit classifier (or the one saved in ``path``), float32, eval mode, no
     gradients needed. ``.info`` holds its JSON (``heldout_accuracy``, ``recipe``, ``split``)."""
-    folder = Path(path) if path is not None else bundled_classifier_folder()
-    if not (folder / WEIGHTS_NAME).is_file():
-        raise FileNotFoundError(f"path: no {WEIGHTS_NAME} in {str(folder)!r}"
-                                + (" (a broken installation: reinstall polymixer)" if path is None else ""))
-    model = DigitClassifier.load(folder).to(device)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return DigitClassifier.load_frozen(Path(path) if path is not None else bundled_classifier_folder(),
+                                       bundled=path is None, device=device)
 
 
 def to_classifier_input(images: torch.Tensor, data_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:

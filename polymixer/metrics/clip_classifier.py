@@ -35,9 +35,8 @@ downloaded.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -45,13 +44,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..io import CheckpointError, load_tensors, save_tensors, write_json
+from .classifier import SavedClassifier
 
 __all__ = ["ClipClassifierConfig", "ClipClassifier", "load_clip_classifier", "bundled_clip_classifier_folder",
            "window_directions", "window_starts", "DIRECTION_NAMES", "WINDOW"]
 
-WEIGHTS_NAME = "classifier.safetensors"
-CONFIG_NAME = "classifier.json"
 #: frames per window of the bundled clip classifier
 WINDOW = 8
 #: the direction bins, counter-clockwise from "right" (rows grow downwards, so "up" is -rows)
@@ -87,7 +84,7 @@ class ClipClassifierConfig:
             raise ValueError(f"image_size: the clip classifier takes 32x32 frames, got {self.image_size!r}")
 
 
-class ClipClassifier(nn.Module):
+class ClipClassifier(SavedClassifier, nn.Module):
     """CNN for windows ``x: (N, W, 1, 32, 32)`` of W = ``config.window`` frames in [-1, 1]
     (black background, white ink).
 
@@ -95,6 +92,10 @@ class ClipClassifier(nn.Module):
     ``features(x)`` the penultimate layer ``(N, feature_dim)`` (the hidden layer's
     pre-activations, as for the digit classifier); ``predict(x)`` the argmax of both heads.
     """
+
+    ARCHITECTURE = "polymixer.ClipClassifier"
+    CONFIG = ClipClassifierConfig
+    WHAT = "clip classifier"
 
     def __init__(self, config: ClipClassifierConfig | None = None):
         super().__init__()
@@ -156,41 +157,6 @@ class ClipClassifier(nn.Module):
             return torch.zeros(0, self.config.feature_dim)
         return torch.cat([self.features(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
 
-    def save(self, folder: str | Path, info: dict | None = None, dtype: torch.dtype = torch.float16) -> Path:
-        """Write ``classifier.safetensors`` (``dtype``) and ``classifier.json`` (the config plus
-        ``info``: accuracies, recipe, split) into ``folder``, atomically."""
-        folder = Path(folder)
-        save_tensors(folder / WEIGHTS_NAME, {k: v.to(dtype) for k, v in self.state_dict().items()})
-        data = {"architecture": "polymixer.ClipClassifier", "config": asdict(self.config), **(info or {})}
-        write_json(folder / CONFIG_NAME, data)
-        return folder
-
-    @classmethod
-    def load(cls, folder: str | Path) -> "ClipClassifier":
-        """Load a classifier written by :meth:`save` (float32, eval mode); the JSON is in ``.info``."""
-        folder = Path(folder)
-        path = folder / CONFIG_NAME
-        if not path.is_file():
-            raise CheckpointError(f"{path}: file not found")
-        try:
-            info = json.loads(path.read_text(encoding="utf-8"))
-            if info.get("architecture") != "polymixer.ClipClassifier":
-                raise ValueError(f"architecture {info.get('architecture')!r} is not 'polymixer.ClipClassifier'")
-            cfg = dict(info["config"])
-            cfg["channels"] = tuple(cfg["channels"])
-            config = ClipClassifierConfig(**cfg)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: not a clip classifier config: {exc}") from exc
-        model = cls(config)
-        state = load_tensors(folder / WEIGHTS_NAME)
-        try:
-            model.load_state_dict({k: v.float() for k, v in state.items()})
-        except RuntimeError as exc:
-            raise CheckpointError(f"{folder / WEIGHTS_NAME}: weights do not match the config: {exc}") from exc
-        model.info = info
-        return model.eval()
-
-
 def bundled_clip_classifier_folder() -> Path:
     """The folder of the clip classifier shipped with the package."""
     return Path(str(resources.files("polymixer.bundled"))) / "clip_classifier"
@@ -200,14 +166,8 @@ def load_clip_classifier(path: str | Path | None = None, device: str | torch.dev
     """The bundled clip classifier (or the one saved in ``path``), float32, eval mode, no
     gradients needed. ``.info`` holds its JSON (``heldout_digit_accuracy``,
     ``heldout_direction_accuracy``, ``recipe``, ``split``)."""
-    folder = Path(path) if path is not None else bundled_clip_classifier_folder()
-    if not (folder / WEIGHTS_NAME).is_file():
-        raise FileNotFoundError(f"path: no {WEIGHTS_NAME} in {str(folder)!r}"
-                                + (" (a broken installation: reinstall polymixer)" if path is None else ""))
-    model = ClipClassifier.load(folder).to(device)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return ClipClassifier.load_frozen(Path(path) if path is not None else bundled_clip_classifier_folder(),
+                                      bundled=path is None, device=device)
 
 
 def _ink_boxes(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
