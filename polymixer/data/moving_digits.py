@@ -15,13 +15,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MovingDigits", "moving_digits"]
+__all__ = ["MovingDigits", "moving_digits", "default_digit_size"]
 
 
 def _check_int(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
     return value
+
+
+def default_digit_size(image_size: int) -> int:
+    """The side of the digits on a canvas of ``image_size`` when none is given: half the canvas
+    below 56 px, else MNIST's own 28."""
+    return image_size // 2 if image_size < 56 else 28
 
 
 class MovingDigits:
@@ -48,7 +54,7 @@ class MovingDigits:
         self.digits_per_clip = digits_per_clip
         self.num_clips = _check_int("num_clips", num_clips)
         if digit_size is None:
-            digit_size = image_size // 2 if image_size < 56 else 28
+            digit_size = default_digit_size(image_size)
         self.digit_size = _check_int("digit_size", digit_size)
         if self.digit_size >= image_size:
             raise ValueError(f"digit_size: {digit_size} leaves no room to move in a {image_size}x{image_size} canvas")
