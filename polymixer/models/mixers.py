@@ -149,8 +149,7 @@ def frame_local_call(mixer: nn.Module, x: torch.Tensor, mode: dict) -> torch.Ten
     passed on. Any other context mode is an error."""
     mode = dict(mode)
     size = mode.pop("block_size", None)
-    layout = {key: mode.pop(key) for key in ("positions", "grid") if mode.get(key) is not None}
-    mode.pop("positions", None), mode.pop("grid", None)
+    layout = {key: value for key in ("positions", "grid") if (value := mode.pop(key, None)) is not None}
     if mode:
         raise ValueError(f"mode: a frame-local mixer takes only block_size, got {sorted(mode)}")
     if size is None:
