@@ -19,6 +19,9 @@
 #   pom_fullgate_conv          the full-width gate (--pom-heads 1) with the MLP conv
 #   pom_sideconv, attention_sideconv  an identity-initialised 3x3 depthwise convolution beside the
 #                              mixer ("pom + conv", DiG-style) instead of inside the MLP
+#   pom_local_conv, attention_local_conv  softmax attention over each token's 5x5 neighbours beside the
+#                              mixer ("pom + local-attention", a hybrid block), with the MLP conv
+#   pom_local                  the same hybrid without the MLP conv
 # then `polymixer eval` on each EMA model. Results: RUNS (default runs/compare_gate).
 #   bash experiments/compare_gate.sh [SEED] [STEPS]
 #   NAMES="power_fullgate power_k3_fullgate power_e4" RUNS=runs/compare_gate_power bash experiments/compare_gate.sh 0 4000
@@ -51,6 +54,9 @@ declare -A options=(
   [pom_fullgate_conv]="--mixer pom --pom-heads 1 --mlp-conv 3"
   [pom_sideconv]="--mixer 'pom + conv'"
   [attention_sideconv]="--mixer 'attention + conv'"
+  [pom_local_conv]="--mixer 'pom + local-attention' --mlp-conv 3"
+  [attention_local_conv]="--mixer 'attention + local-attention' --mlp-conv 3"
+  [pom_local]="--mixer 'pom + local-attention'"
 )
 read -r -a names <<< "${NAMES:-pom pom_fullgate pom_e1 attention}"
 for name in "${names[@]}"; do

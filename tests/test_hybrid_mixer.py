@@ -147,3 +147,105 @@ def test_conv_beside_the_mixer_trains_in_an_image_dit():
     assert conv.conv.weight.grad is not None and conv.conv.weight.grad.abs().sum() > 0
     # larger images than trained: the grid comes from the input
     assert model(torch.randn(1, 1, 24, 24), torch.rand(1), torch.tensor([1])).shape == (1, 1, 24, 24)
+
+
+# ----------------------------------------------------------------------------- neighbourhood attention beside the mixer
+def _dense_neighbourhood(mixer, x, rows, cols):
+    """The definition with an explicit loop: each token's softmax over the in-frame tokens
+    within kernel // 2 rows and columns, plus the bias of the offset."""
+    B, N, D = x.shape
+    H, d, k = mixer.heads, mixer.head_dim, mixer.kernel
+    q, key, v = mixer.qkv(x).view(B, N, 3, H, d).unbind(2)
+    out = torch.zeros(B, N, H, d, dtype=x.dtype)
+    T = rows * cols
+    for i in range(N):
+        f, r, c = i // T, (i % T) // cols, i % cols
+        js, biases = [], []
+        for dr in range(-(k // 2), k // 2 + 1):
+            for dc in range(-(k // 2), k // 2 + 1):
+                if 0 <= r + dr < rows and 0 <= c + dc < cols:
+                    js.append(f * T + (r + dr) * cols + c + dc)
+                    biases.append(mixer.position_bias[:, (dr + k // 2) * k + dc + k // 2])
+        scores = torch.einsum("bhd,bjhd->bhj", q[:, i], key[:, js]) / d ** 0.5 + torch.stack(biases, -1)
+        out[:, i] = torch.einsum("bhj,bjhd->bhd", scores.softmax(-1), v[:, js])
+    return mixer.out_proj(out.reshape(B, N, D))
+
+
+@pytest.mark.parametrize("rows, cols, kernel", [(3, 5, 3), (4, 4, 5), (2, 7, 5), (1, 1, 3), (7, 10, 5)])
+@pytest.mark.parametrize("tiled", [False, True], ids=["one-call", "tiled"])
+def test_neighbourhood_attention_matches_its_definition(rows, cols, kernel, tiled):
+    from polymixer.models.mixers import NeighbourhoodAttention
+
+    torch.manual_seed(0)
+    # tiled: 3x3 query tiles (awkward: they do not divide most grids), forced on small frames
+    options = {"tile": 3, "dense_up_to": 0} if tiled else {}
+    mixer = NeighbourhoodAttention(12, heads=3, kernel=kernel, **options).double()
+    with torch.no_grad():
+        mixer.position_bias.normal_()
+    x = torch.randn(2, 3 * rows * cols, 12, dtype=torch.float64, requires_grad=True)  # 3 frames
+    y = mixer(x, grid=(rows, cols))
+    want = _dense_neighbourhood(mixer, x, rows, cols)
+    torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+    gy = torch.randn_like(y)
+    got = torch.autograd.grad(y, [x, mixer.position_bias], gy)
+    ref = torch.autograd.grad(want, [x, mixer.position_bias], gy)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="do not tile"):
+        mixer(x, grid=(rows + 1, cols + 1))
+    with pytest.raises(ValueError, match="grid"):
+        mixer(x)
+
+
+def test_neighbourhood_attention_is_local_and_translation_equivariant():
+    from polymixer.models.mixers import NeighbourhoodAttention
+
+    torch.manual_seed(1)
+    mixer = NeighbourhoodAttention(8, heads=2, kernel=3).double()
+    x = torch.randn(1, 81, 8, dtype=torch.float64)  # one 9x9 frame
+    base = mixer(x, grid=(9, 9))
+    x2 = x.clone()
+    x2[0, 4 * 9 + 4] += 1  # the centre token
+    changed = (mixer(x2, grid=(9, 9)) - base).abs().amax(-1).view(9, 9) > 0
+    want = torch.zeros(9, 9, dtype=torch.bool)
+    want[3:6, 3:6] = True  # its 3x3 neighbourhood, nothing else
+    assert torch.equal(changed, want)
+    # away from the edges, shifting the content shifts the output
+    shifted = torch.roll(x.view(1, 9, 9, 8), shifts=(1, 2), dims=(1, 2)).reshape(1, 81, 8)
+    out = torch.roll(mixer(shifted, grid=(9, 9)).view(9, 9, 8), shifts=(-1, -2), dims=(0, 1))
+    torch.testing.assert_close(out[2:6, 2:5], base.view(9, 9, 8)[2:6, 2:5])
+
+
+@pytest.mark.parametrize("mixer", ["pom + local-attention", "local-attention, pom"])
+def test_neighbourhood_attention_beside_the_mixer_streams_exactly(mixer):
+    model = _video(mixer, "frame")
+    assert model.can_stream() and model.has_constant_state()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 1, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.rand(2, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([3, 7])
+    joint = model(x, t, y)
+    state = model.init_state(2, dtype=torch.float64)
+    outs = []
+    for f in range(4):
+        out, state = model.step(x[:, f:f + 1], t[:, f:f + 1], y, state, frame_offset=f)
+        outs.append(out)
+    assert (torch.cat(outs, 1) - joint).abs().max() < 1e-12
+
+
+def test_neighbourhood_attention_trains_in_an_image_dit_and_takes_larger_images():
+    from polymixer.models.mixers import NeighbourhoodAttention
+
+    torch.manual_seed(0)
+    model = build_model(dit_config("DiT-T/4", "pom + local-attention", image_size=16, in_channels=1, n_classes=3))
+    local = model.blocks[0].mixer.mixers[1]
+    assert isinstance(local, NeighbourhoodAttention)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, t, y = torch.randn(4, 1, 16, 16), torch.rand(4), torch.tensor([0, 1, 2, 0])
+    target = torch.randn(4, 1, 16, 16)
+    for _ in range(3):
+        opt.zero_grad()
+        (model(x, t, y) - target).square().mean().backward()
+        opt.step()
+    assert local.position_bias.grad is not None and local.position_bias.grad.abs().sum() > 0
+    assert model(torch.randn(1, 1, 24, 24), torch.rand(1), torch.tensor([1])).shape == (1, 1, 24, 24)

@@ -13,6 +13,8 @@ entry may also be a *hybrid*, mixers joined by ``+`` whose outputs are summed
     "pom + frame-local attention"    every block: PoM across frames plus softmax inside the frame
     "pom + conv"                     every block: PoM plus a 3x3 depthwise convolution over the
                                      token grid of each frame, identity at start (DiG-style)
+    "pom + local-attention"          every block: PoM plus softmax attention of each token to the
+                                     5x5 tokens around it in its own frame (neighbourhood attention)
 
 A mixer is registered with a builder that makes it for a model config::
 
@@ -39,7 +41,7 @@ from ..nn.protocol import can_stream
 
 __all__ = ["register_mixer", "registered_mixers", "build_mixer", "LayerMixer", "parse_mixer_pattern",
            "mixer_names", "legacy_frame_local_pattern", "FRAME_LOCAL", "MixerSum", "StateTuple", "frame_local_call",
-           "GridConv", "NoState"]
+           "GridConv", "NeighbourhoodAttention", "NoState"]
 
 FRAME_LOCAL = "frame-local"
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
@@ -348,3 +350,122 @@ class GridConv(nn.Module):
 @register_mixer("conv")
 def _conv(config) -> nn.Module:
     return GridConv(config.width, 3)
+
+
+class NeighbourhoodAttention(nn.Module):
+    """Softmax attention of each token to the ``kernel x kernel`` tokens around it in its own
+    frame's token grid (neighbourhood attention), as a token mixer: ``forward(x, grid)`` with
+    ``x: (B, N, D)`` made of consecutive ``grid = (rows, columns)`` frames.
+
+    Per head, token ``i`` at ``(r, c)`` reads ``sum_j softmax_j(q_i . k_j / sqrt(d) + b[j - i]) v_j``
+    over the in-frame tokens ``j`` with ``|r_j - r| <= kernel // 2`` and ``|c_j - c| <= kernel // 2``
+    (fewer at the frame's edges), where ``b`` is a learned bias per head and relative offset
+    (zero at start). A frame of at most ``dense_up_to`` tokens is one masked attention call;
+    a larger one is cut into ``tile x tile`` query tiles, each reading the keys of its tile
+    and a margin of ``kernel // 2``: ``O(N * (tile + kernel - 1)^2)``, linear in the number
+    of tokens. Each frame is mixed alone, so it streams with an empty state (``step`` takes
+    whole frames) and the context mode of the call (``block_size``, ...) changes nothing.
+    """
+
+    uses_grid = True
+    constant_state = True
+
+    def __init__(self, width: int, heads: int = 4, kernel: int = 5, qk_norm: bool = False, *,
+                 tile: int = 8, dense_up_to: int = 256):
+        super().__init__()
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"kernel: expected an odd size, got {kernel}")
+        if width % heads != 0:
+            raise ValueError(f"heads: {heads} does not divide width={width}")
+        if tile < 1:
+            raise ValueError(f"tile: expected a positive size, got {tile}")
+        self.width, self.heads, self.kernel, self.head_dim = width, heads, kernel, width // heads
+        self.tile, self.dense_up_to = tile, dense_up_to
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out_proj = nn.Linear(width, width)
+        self.qk_norm = qk_norm
+        if qk_norm:
+            self.q_norm = nn.RMSNorm(self.head_dim)
+            self.k_norm = nn.RMSNorm(self.head_dim)
+        self.position_bias = nn.Parameter(torch.zeros(heads, kernel * kernel))
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}, heads={self.heads}, kernel={self.kernel}, qk_norm={self.qk_norm}"
+
+    def _bias(self, q_rc: torch.Tensor, k_rc: torch.Tensor) -> torch.Tensor:
+        """``(H, Q, K)``: the learned bias of each query-key offset, ``-inf`` beyond the
+        neighbourhood; ``q_rc: (Q, 2)``, ``k_rc: (K, 2)`` integer (row, column) coordinates."""
+        r = self.kernel // 2
+        offset = k_rc[None, :, :] - q_rc[:, None, :]  # (Q, K, 2)
+        near = (offset.abs() <= r).all(-1)
+        index = ((offset[..., 0] + r) * self.kernel + offset[..., 1] + r).clamp(0, self.kernel ** 2 - 1)
+        bias = self.position_bias[:, index]  # (H, Q, K)
+        return bias.masked_fill(~near, float("-inf"))
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None, **mode) -> torch.Tensor:
+        if grid is None:
+            raise ValueError("grid: NeighbourhoodAttention needs the token grid (rows, columns) of a frame")
+        rows, cols = grid
+        B, N, D = x.shape
+        T = rows * cols
+        if N % T != 0:
+            raise ValueError(f"grid: {rows}x{cols} grids do not tile the {N} tokens")
+        G, H, d = B * N // T, self.heads, self.head_dim
+        q, k, v = self.qkv(x).view(G, T, 3, H, d).permute(2, 0, 3, 1, 4)  # each (G, H, T, d)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if T <= self.dense_up_to:
+            rc = _grid_coordinates(rows, cols, x.device)
+            out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self._bias(rc, rc).to(q.dtype))
+        else:
+            out = self._tiled(q, k, v, rows, cols)
+        return self.out_proj(out.transpose(1, 2).reshape(B, N, D))
+
+    def _tiled(self, q, k, v, rows: int, cols: int) -> torch.Tensor:
+        """The attention of ``(G, H, T, d)`` queries by ``tile x tile`` tiles, each against
+        its tile and a margin of ``kernel // 2`` (keys outside the frame masked)."""
+        G, H, T, d = q.shape
+        t, r = self.tile, self.kernel // 2
+        tr, tc = -(-rows // t), -(-cols // t)  # tiles per column and row
+        span = t + 2 * r
+
+        def padded(z, margin):  # (G, H, T, d) -> (G, H*d, rows + ..., cols + ...), zeros outside
+            z = z.permute(0, 1, 3, 2).reshape(G, H * d, rows, cols)
+            return nn.functional.pad(z, (margin, tc * t - cols + margin, margin, tr * t - rows + margin))
+
+        def windows(z):  # the keys (or values) each tile reads: (G, tiles, H, span^2, d)
+            w = nn.functional.unfold(padded(z, r), span, stride=t)  # (G, H*d*span^2, tiles)
+            return w.view(G, H, d, span * span, tr * tc).permute(0, 4, 1, 3, 2)
+
+        qt = padded(q, 0).view(G, H, d, tr, t, tc, t).permute(0, 3, 5, 1, 4, 6, 2).reshape(G, tr * tc, H, t * t, d)
+        # coordinates of each tile's queries and keys; keys outside the frame never count
+        ty, tx = torch.meshgrid(torch.arange(tr, device=q.device), torch.arange(tc, device=q.device), indexing="ij")
+        origin = torch.stack([ty.reshape(-1), tx.reshape(-1)], -1) * t  # (tiles, 2)
+        q_rc = origin[:, None, :] + _grid_coordinates(t, t, q.device)[None]  # (tiles, t*t, 2)
+        k_rc = origin[:, None, :] - r + _grid_coordinates(span, span, q.device)[None]  # (tiles, span^2, 2)
+        bias = torch.stack([self._bias(a, b) for a, b in zip(q_rc, k_rc)])  # (tiles, H, t*t, span^2)
+        inside = ((k_rc >= 0) & (k_rc < torch.tensor([rows, cols], device=q.device))).all(-1)
+        q_inside = ((q_rc < torch.tensor([rows, cols], device=q.device))).all(-1)
+        # a padding query reads its own (zero) key so that no row is empty; its output is cut off
+        keep = inside[:, None, None, :] | ~q_inside[:, None, :, None]
+        mask = bias.masked_fill(~keep, float("-inf")).to(q.dtype)
+        out = nn.functional.scaled_dot_product_attention(qt, windows(k), windows(v), attn_mask=mask)
+        out = out.view(G, tr, tc, H, t, t, d).permute(0, 3, 1, 4, 2, 5, 6).reshape(G, H, tr * t, tc * t, d)
+        return out[:, :, :rows, :cols].reshape(G, H, T, d)
+
+    def init_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> NoState:
+        return NoState()
+
+    def step(self, x: torch.Tensor, state: NoState, grid: tuple[int, int] | None = None):
+        return self.forward(x, grid), state
+
+
+def _grid_coordinates(rows: int, cols: int, device=None) -> torch.Tensor:
+    """``(rows * cols, 2)`` integer (row, column) of a grid's cells, row-major."""
+    r, c = torch.meshgrid(torch.arange(rows, device=device), torch.arange(cols, device=device), indexing="ij")
+    return torch.stack([r.reshape(-1), c.reshape(-1)], -1)
+
+
+@register_mixer("local-attention")
+def _local_attention(config) -> nn.Module:
+    return NeighbourhoodAttention(config.width, heads=config.heads, kernel=5, qk_norm=config.qk_norm)
