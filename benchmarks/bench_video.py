@@ -11,9 +11,14 @@ generation, Linux VmHWM after a reset):
 * ``attention-kv-cache``: attention generating frame by frame with a key-value cache per
   evaluation and block (``polymixer.nn.KVCache``, what autoregressive video diffusion with
   attention does): the cache, and the work per frame, grow with every frame.
+* ``attention-rolling``: the same with a rolling cache of the last ``--window`` frames
+  (``attention_window``, the standard for long autoregressive video): constant in size,
+  like PoM's state, but each frame reads ``window`` frames of keys.
 
 Before timing, the script checks that attention with the KV cache gives the joint
-attention video, and PoM sequential the joint PoM video (same seed, float64, 3 frames).
+attention video, the rolling cache the joint video under the same window mask, and PoM
+sequential the joint PoM video (same seed, float64, 3 frames; 5 frames for the rolling cache
+with a window of 2 in the check, so that frames leave the window).
 Weights are random (time and memory do not depend on training). The output (table, JSON,
 plot) goes to ``benchmarks/results/`` with the command, date and machine.
 
@@ -41,15 +46,16 @@ from polymixer.models.mixers import legacy_frame_local_pattern
 from polymixer.pipeline import SamplingConfig
 from polymixer.video import iter_video_frames
 
-RIVALS = ("pom-sequential", "pom-joint", "attention-joint", "attention-kv-cache")
+RIVALS = ("pom-sequential", "pom-joint", "attention-joint", "attention-kv-cache", "attention-rolling")
 
 
-def make_model(mixer: str, args, dtype=torch.float32) -> VideoDiT:
+def make_model(mixer: str, args, dtype=torch.float32, window: int = 0) -> VideoDiT:
+    """The benchmark's video DiT with ``mixer``; ``window``: attention's rolling window in frames (0: all)."""
     torch.manual_seed(0)
     config = VideoDiTConfig(image_size=args.image_size, in_channels=1, patch_size=args.patch_size, width=args.width,
                             depth=args.depth, heads=args.heads, mlp_ratio=3.0 if mixer == "pom" else 4.0,
                             mixer=legacy_frame_local_pattern(mixer, getattr(args, "frame_local_every", 0)),
-                            pom_heads=1, frames=8, n_classes=10)
+                            pom_heads=1, frames=8, n_classes=10, attention_window=window)
     model = VideoDiT(config)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # non-zero adaLN so every block really works
@@ -68,12 +74,13 @@ def generate(rival: str, model: VideoDiT, frames: int, steps: int, batch: int):
 
 
 def check_equivalences(args) -> None:
-    """KV-cached attention == joint attention, PoM sequential == PoM joint (float64)."""
+    """KV-cached attention == joint attention (full and rolling window), PoM sequential == PoM joint (float64)."""
     small = argparse.Namespace(**{**vars(args), "depth": 2})
-    for mixer, rival in (("attention", "attention-kv-cache"), ("pom", "pom-sequential")):
-        model = make_model(mixer, small, torch.float64)
-        joint = torch.cat(list(generate("pom-joint" if mixer == "pom" else "attention-joint", model, 3, 2, 2)), 1)
-        seq = torch.cat(list(generate(rival, model, 3, 2, 2)), 1)
+    for mixer, rival, window, frames in (("attention", "attention-kv-cache", 0, 3),
+                                         ("attention", "attention-rolling", 2, 5), ("pom", "pom-sequential", 0, 3)):
+        model = make_model(mixer, small, torch.float64, window)
+        joint = torch.cat(list(generate("pom-joint" if mixer == "pom" else "attention-joint", model, frames, 2, 2)), 1)
+        seq = torch.cat(list(generate(rival, model, frames, 2, 2)), 1)
         err = (seq.clamp(-1, 1) - joint.clamp(-1, 1)).abs().max().item()
         if err > 1e-9:
             raise SystemExit(f"{rival} differs from joint generation by {err:.2e}")
@@ -84,7 +91,8 @@ def check_equivalences(args) -> None:
 def child(args) -> None:
     """In a fresh process: one generation of ``args.frames_one`` frames by ``args.rival``."""
     torch.set_num_threads(args.threads)
-    model = make_model("pom" if args.rival.startswith("pom") else "attention", args)
+    model = make_model("pom" if args.rival.startswith("pom") else "attention", args,
+                       window=args.window if args.rival == "attention-rolling" else 0)
     # Warm-up, one sampling step: thread pools, first allocations, and for the joint rivals
     # the compiled chunk functions of PoM at this size (compiled from 8192 token rows on),
     # so the measurement sees generation only. Frame-by-frame rivals work at one frame's size.
@@ -117,6 +125,7 @@ def main(argv=None) -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--frame-local-every", type=int, default=0, help="spatial blocks 0, k, 2k, ... (0: none)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--window", type=int, default=4, help="attention-rolling: frames kept in the rolling cache")
     p.add_argument("--max-joint-frames", type=int, default=128, help="skip joint rivals above this many frames")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "video_frames_cpu"))
     p.add_argument("--from-json", default=None, help="only write the report again from a JSON of an earlier run")
@@ -149,7 +158,7 @@ def main(argv=None) -> None:
             cmd = [sys.executable, __file__, "--child", "--rival", r, "--frames-one", str(n)] + [
                 f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
                 if k in ("steps", "batch", "image_size", "patch_size", "width", "depth", "heads", "threads",
-                         "frame_local_every")]
+                         "frame_local_every", "window")]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if out.returncode != 0:
                 print(out.stderr[-2000:], file=sys.stderr)
@@ -177,7 +186,9 @@ def report(args, rows, rivals, frame_counts, command) -> None:
         "- ms/frame = the whole generation's time / frames; for the frame-by-frame rivals also the mean of the "
         "first 8 and of the last 8 frames of the same generation; peak = resident memory added by the generation "
         "(fresh process per cell, finished frames not kept)",
-        "- checked first: attention-kv-cache == attention-joint and pom-sequential == pom-joint (float64)",
+        "- checked first: attention-kv-cache == attention-joint, attention-rolling == attention-joint under the "
+        "same window mask, and pom-sequential == pom-joint (float64)"
+        + (f"; attention-rolling keeps the last {args.window} frames" if "attention-rolling" in rivals else ""),
         "",
         "| frames | " + " | ".join(f"{r} ms/frame{'' if r.endswith('joint') else ' (first 8 / last 8)'} | {r} peak MB"
                                     for r in rivals) + " |",

@@ -49,3 +49,18 @@ def test_dit_scaling_mixed_precision_and_crossover(tmp_path):
     assert "bfloat16 autocast" in text and "| 16 | forward |" in text
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert {(r["mixer"], r["tokens"]) for r in rows} == {(m, n) for m in ("pom", "attention") for n in (4, 16)}
+
+
+def test_bench_video_rolling_cache_rival(tmp_path):
+    """The rolling-cache rival is checked against joint attention under its window mask, then
+    measured beside PoM (toy sizes; the numbers themselves belong to the benchmark)."""
+    bench_video = load("bench_video")
+    out = tmp_path / "video"
+    bench_video.main(["--frames", "4", "--steps", "1", "--image-size", "8", "--patch-size", "4", "--width", "16",
+                      "--depth", "1", "--heads", "2", "--window", "2", "--rivals", "pom-sequential,attention-rolling",
+                      "--out", str(out)])
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert sorted((r["rival"], r["frames"]) for r in rows) == [("attention-rolling", 4), ("pom-sequential", 4)]
+    assert all(len(r["frame_seconds"]) == r["frames"] for r in rows)
+    text = out.with_suffix(".md").read_text()
+    assert "attention-rolling keeps the last 2 frames" in text and "attention-rolling / pom-sequential" in text
