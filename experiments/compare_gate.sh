@@ -22,6 +22,7 @@
 #   pom_local_conv, attention_local_conv  softmax attention over each token's 5x5 neighbours beside the
 #                              mixer ("pom + local-attention", a hybrid block), with the MLP conv
 #   pom_local                  the same hybrid without the MLP conv
+#   pom_local_half_conv        the hybrid in every other block ('pom + local-attention, pom'), MLP conv
 # then `polymixer eval` on each EMA model. Results: RUNS (default runs/compare_gate).
 #   bash experiments/compare_gate.sh [SEED] [STEPS]
 #   NAMES="power_fullgate power_k3_fullgate power_e4" RUNS=runs/compare_gate_power bash experiments/compare_gate.sh 0 4000
@@ -57,6 +58,7 @@ declare -A options=(
   [pom_local_conv]="--mixer 'pom + local-attention' --mlp-conv 3"
   [attention_local_conv]="--mixer 'attention + local-attention' --mlp-conv 3"
   [pom_local]="--mixer 'pom + local-attention'"
+  [pom_local_half_conv]="--mixer 'pom + local-attention, pom' --mlp-conv 3"
 )
 read -r -a names <<< "${NAMES:-pom pom_fullgate pom_e1 attention}"
 for name in "${names[@]}"; do
