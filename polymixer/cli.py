@@ -188,9 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--context", default=None,
                    help="a clip to continue (.npy (F, C, H, W) or (B, F, C, H, W), GIF or MP4): its frames come "
                         "first, the rest are generated (models trained with one noise level per frame)")
-    v.add_argument("--history-noise", type=float, default=0.0,
+    v.add_argument("--history-noise", type=float, default=None,
                    help="per-frame-noise models: the model reads each finished frame noised to this level "
-                        "(0 = clean, default; e.g. 0.05 against drift on long clips)")
+                        "(0 = clean; default: the level it was trained with, 0 for models saved before that was "
+                        "recorded; e.g. 0.05 against drift on long clips)")
     v.add_argument("--steps", type=int, default=30, help="sampling steps per frame (default 30)")
     v.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (1 = off, default 2)")
     v.add_argument("--sampler", default=None, help="euler or heun (flow), ddim (ddpm); default euler / ddim")
@@ -248,9 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--video-out", default="outputs/demo_video.gif",
                    help="the GIF of moving digits (.gif, .mp4 or .npy); a PNG filmstrip is written beside it "
                         "(default outputs/demo_video.gif)")
-    d.add_argument("--frames", type=int, default=None, help="frames per clip of the GIF (default: the video "
-                   "model's training length; more frames are generated at the same memory, but the bundled model "
-                   "was trained on 8-frame clips only and degrades past them)")
+    d.add_argument("--frames", type=int, default=None, help="frames per clip of the GIF (default: 64 for a model "
+                   "made for long clips (one noise level per frame, no absolute frame index), else the model's "
+                   "training length; more frames are generated at the same memory)")
     return parser
 
 
@@ -477,7 +478,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _demo_video(checkpoint: Path, args: argparse.Namespace) -> None:
-    """The ten digits moving, each clip generated frame by frame (PoM states, constant memory)."""
+    """The ten digits moving, each clip generated frame by frame (PoM states, constant memory);
+    for a model made for long clips (one noise level per frame, no absolute frame index) 64
+    frames by default, and a continuation of real clips (:func:`_demo_continuation`)."""
     import torch
 
     from .media import save_clip, save_filmstrip
@@ -485,18 +488,58 @@ def _demo_video(checkpoint: Path, args: argparse.Namespace) -> None:
     from .video import sample_video
 
     model, pipeline = load_for_sampling(checkpoint, kind="video")
+    cfg = model.config
     mode = model.default_sampling_mode()
-    frames = args.frames or model.config.frames
-    _warn_past_training_length(frames, model.config.frames)
+    long_clips = cfg.noise_levels == "frame" and cfg.frame_embedding == "none" and mode == "sequential"
+    frames = args.frames or (DEMO_LONG_FRAMES if long_clips else cfg.frames)
+    if not long_clips:
+        _warn_past_training_length(frames, cfg.frames)
     print(f"demo: generating ten clips of {frames} frames ({mode}) from the video DiT in {checkpoint}")
     t0 = time.time()
-    clips = sample_video(model, pipeline, torch.arange(min(10, model.config.n_classes)), frames=frames,
+    clips = sample_video(model, pipeline, torch.arange(min(10, cfg.n_classes)), frames=frames,
                          mode=mode, steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler, seed=args.seed,
                          progress=True)
     out = save_clip(clips, args.video_out, fps=pipeline.frames_per_second, data_range=pipeline.data_range, scale=2)
-    strip = save_filmstrip(clips, Path(args.video_out).with_suffix(".png"), data_range=pipeline.data_range)
+    strip = save_filmstrip(clips[:, :min(frames, 16)], Path(args.video_out).with_suffix(".png"),
+                           data_range=pipeline.data_range)
     print(f"generated in {time.time() - t0:.1f} s; GIF written to {Path(out).resolve()}, filmstrip (one row per "
-          f"digit, one column per frame) to {Path(strip).resolve()}")
+          f"digit, one column per frame{', the first 16' if frames > 16 else ''}) to {Path(strip).resolve()}")
+    if cfg.noise_levels == "frame" and mode == "sequential":
+        _demo_continuation(model, pipeline, frames, args)
+
+
+DEMO_LONG_FRAMES = 64  # the demo GIF's length for a model made for long clips
+DEMO_CONTEXT_FRAMES = 4  # real frames a continuation starts from
+
+
+def _demo_continuation(model, pipeline, frames: int, args: argparse.Namespace) -> None:
+    """Ten real moving-digit clips (one per digit), their first :data:`DEMO_CONTEXT_FRAMES`
+    frames given, the rest generated, as ``<video-out stem>_continuation<suffix>``; only for
+    a model trained on the bundled moving digits (the real clips come from the same source)."""
+    import torch
+
+    from .data import VIDEO_DATA, moving_digits
+    from .media import save_clip
+    from .video import sample_video
+
+    cfg = model.config
+    digits = VIDEO_DATA.get(pipeline.dataset)
+    if digits is None or cfg.n_classes != 10 or cfg.in_channels != 1 or frames <= DEMO_CONTEXT_FRAMES:
+        return
+    real = moving_digits(cfg.image_size, DEMO_CONTEXT_FRAMES, digits, seed=1000 + args.seed, num_clips=400)
+    x, labels = real.batch(torch.arange(400))
+    first = [int((labels == c).nonzero()[0]) for c in range(10)]  # one clip per digit, 0 to 9
+    lo, hi = pipeline.data_range
+    context = (x[first] + 1) / 2 * (hi - lo) + lo  # the data's [-1, 1] into the model's range
+    t0 = time.time()
+    clips = sample_video(model, pipeline, labels[first], frames=frames, mode="sequential", steps=args.steps,
+                         cfg_scale=args.cfg, sampler=args.sampler, seed=args.seed, given_frames=context,
+                         progress=True)
+    path = Path(args.video_out)
+    out = save_clip(clips, path.with_name(f"{path.stem}_continuation{path.suffix}"), fps=pipeline.frames_per_second,
+                    data_range=pipeline.data_range, scale=2)
+    print(f"continuation: {DEMO_CONTEXT_FRAMES} real frames of each digit in, {frames - DEMO_CONTEXT_FRAMES} "
+          f"generated out, in {time.time() - t0:.1f} s; written to {Path(out).resolve()}")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

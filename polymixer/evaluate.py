@@ -317,6 +317,7 @@ def evaluate_checkpoint(
                                       progress=progress))
         videos = torch.cat(clips)
         sampling_seconds = time.time() - t_sampling
+        result["history_noise"] = pipeline.history_noise if cfg.noise_levels == "frame" else 0.0
         x01 = ((videos - lo) / (hi - lo) * 2 - 1).clamp(-1, 1)
         frames_measured = [measure(recenter_digits(x01[:, f])) for f in range(n_frames)]
         per_frame = {key: [m[key] for m in frames_measured] for key in _PER_FRAME}

@@ -31,6 +31,9 @@ class SamplingConfig:
         class_names: the name of each class index.
         dataset: the training data's name (for display).
         frames_per_second: playback rate of generated clips (video models).
+        history_noise: the noise level at which frame-by-frame sampling reads the finished
+            frames, by default (per-frame-noise video models: the training run's
+            ``history_noise``, so that sampling shows the model what training did; 0 = clean).
     """
 
     objective: str = "flow"
@@ -40,6 +43,7 @@ class SamplingConfig:
     class_names: list[str] | None = None
     dataset: str | None = None
     frames_per_second: float = 8.0
+    history_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -53,6 +57,10 @@ class SamplingConfig:
         self.shift = float(self.shift)
         if not self.frames_per_second > 0:
             raise ValueError(f"frames_per_second: expected a positive number, got {self.frames_per_second!r}")
+        if not (isinstance(self.history_noise, (int, float)) and not isinstance(self.history_noise, bool)
+                and 0 <= self.history_noise < 1):
+            raise ValueError(f"history_noise: expected a noise level in [0, 1), got {self.history_noise!r}")
+        self.history_noise = float(self.history_noise)
 
     @property
     def samplers(self) -> tuple[str, ...]:

@@ -119,7 +119,7 @@ def iter_video_frames(
     frame_size: int | None = None,
     given_frames: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
-    history_noise: float = 0.0,
+    history_noise: float | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> Iterator[torch.Tensor]:
@@ -130,7 +130,8 @@ def iter_video_frames(
     seeded draws (``seed`` is then unused): rows of :func:`video_noise` for ``N >= B`` clips
     give each clip the noise it gets when all ``N`` are made at once, whatever the batching.
     ``history_noise``: per-frame-noise models read each finished frame noised to this level
-    (0 = clean; its noise drawn from ``seed + 1``).
+    (0 = clean; its noise drawn from ``seed + 1``); None (default): ``pipeline.history_noise``,
+    the level the model was trained with.
     See the module docstring for the modes."""
     check_video_model(model)
     cfg = model.config
@@ -162,6 +163,8 @@ def iter_video_frames(
         known = given_frames.shape[1]
         if known >= frames:
             raise ValueError(f"frames: {frames} frames asked for, but given_frames already has {known}")
+    if history_noise is None:
+        history_noise = pipeline.history_noise if cfg.noise_levels == "frame" else 0.0
     if not (isinstance(history_noise, (int, float)) and not isinstance(history_noise, bool)
             and 0 <= history_noise < 1):
         raise ValueError(f"history_noise: expected a noise level in [0, 1), got {history_noise!r}")

@@ -218,3 +218,37 @@ def test_history_noise_in_training_and_sampling(tmp_path):
         train(video_config(tmp_path / "c", history_noise=0.1))  # a per-clip model
     with pytest.raises(ValueError, match="history_noise"):
         sample_video(model, SamplingConfig(), torch.tensor([1]), frames=2, history_noise=1.5)
+    # the run records its level in pipeline.json, and sampling reads finished frames at it by default
+    pipeline = SamplingConfig.load(tmp_path / "h" / "ema_model")
+    assert pipeline.history_noise == 0.1
+    assert torch.equal(sample_video(model, pipeline, torch.tensor([1, 2]), **kw), noisy)
+    assert torch.equal(sample_video(model, pipeline, torch.tensor([1, 2]), history_noise=0.0, **kw), clean)
+    assert SamplingConfig.from_dict({"objective": "flow"}).history_noise == 0.0  # a pipeline saved before the field
+    with pytest.raises(ValueError, match="history_noise"):
+        SamplingConfig(history_noise=1.0)
+
+
+def test_demo_of_a_long_clip_model_writes_the_continuation(tmp_path, monkeypatch, capsys):
+    """A model made for long clips (per-frame noise, no absolute frame index): the demo makes
+    64 frames by default and continues real clips; given frames come first, unchanged."""
+    import numpy as np
+
+    train(video_config(tmp_path / "long", noise_levels="frame", frame_embedding="none", history_noise=0.05,
+                       steps=2, checkpoint_every=2))
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["demo", "--per-class", "1", "--steps", "1", "--threads", "1", "--out", "grid.png",
+                     "--video-checkpoint", str(tmp_path / "long" / "ema_model"), "--frames", "6",
+                     "--video-out", "v.npy"]) == 0
+    out = capsys.readouterr().out
+    assert "ten clips of 6 frames" in out and "4 real frames of each digit in, 2 generated out" in out
+    clips = np.load(tmp_path / "v_continuation.npy")
+    assert clips.shape == (10, 6, 1, 16, 16)
+    from polymixer.data import moving_digits
+
+    real, labels = moving_digits(16, 4, 1, seed=1000, num_clips=400).batch(torch.arange(400))
+    first = [int((labels == c).nonzero()[0]) for c in range(10)]
+    np.testing.assert_allclose(clips[:, :4], real[first].numpy(), atol=1e-6)  # the given frames, digits 0..9
+    assert np.load(tmp_path / "v.npy").shape == (10, 6, 1, 16, 16)
+    assert cli_main(["demo", "--per-class", "1", "--steps", "1", "--threads", "1", "--out", "grid.png",
+                     "--video-checkpoint", str(tmp_path / "long" / "ema_model"), "--video-out", "w.npy"]) == 0
+    assert np.load(tmp_path / "w.npy").shape[1] == 64 == np.load(tmp_path / "w_continuation.npy").shape[1]
