@@ -42,6 +42,8 @@ _TRAIN_HELP: dict[str, tuple[str, tuple | None]] = {
                    "multiple of the patch), 32 for the bundled data]", None),
     "channels": ("1 or 3: channels of the images or clips of a folder [grey files: 1, colour: 3]", None),
     "frames": ("frames of a training clip (video data)", None),
+    "clip_stride": ("a folder of clips: cut each clip into every window of --frames frames starting every this "
+                    "many frames (default: each clip's first --frames frames only)", None),
     "min_frames": ("video data: each step trains on a window of a length drawn from min_frames..frames "
                    "(default: always frames)", None),
     "history_noise": ("per-frame-noise video models: a random prefix of each training clip is noised to at most "

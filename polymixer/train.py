@@ -102,6 +102,7 @@ class TrainConfig(ModelOverrides):
     channels: int | None = None
     frames: int = 8
     min_frames: int | None = None
+    clip_stride: int | None = None
     history_noise: float = 0.0
     skip_bad_files: bool = False
     vae: str | None = None
@@ -169,6 +170,10 @@ class TrainConfig(ModelOverrides):
                                             or not 1 <= self.min_frames <= self.frames):
             raise ValueError(f"min_frames: expected an int in [1, frames={self.frames}] or None (always {self.frames} "
                              f"frames), got {self.min_frames!r}")
+        if self.clip_stride is not None and (isinstance(self.clip_stride, bool) or not isinstance(self.clip_stride, int)
+                                             or self.clip_stride < 1):
+            raise ValueError(f"clip_stride: expected a positive int or None (each clip's first frames only), "
+                             f"got {self.clip_stride!r}")
         if not (isinstance(self.history_noise, (int, float)) and not isinstance(self.history_noise, bool)
                 and 0 <= self.history_noise < 1):
             raise ValueError(f"history_noise: expected a noise level in [0, 1), got {self.history_noise!r}")
@@ -255,6 +260,10 @@ def _validate_model_options(config: TrainConfig) -> None:
         shape = (config.frames, *shape)
     elif config.min_frames is not None:
         raise ValueError(f"min_frames: only for video data; {config.data!r} holds images")
+    if config.clip_stride is not None and (config.data in _BUNDLED_DATA or not is_video_data(config.data)):
+        raise ValueError(f"clip_stride: only for a folder of clips (cut into windows); {config.data!r} is not one"
+                         + (" (moving digits are made at any length: use --frames)" if config.data in _BUNDLED_DATA
+                            else ""))
     model_config = config_for_data(config.preset, config.mixer, shape, 10, **overrides)
     tp = getattr(model_config, "temporal_patch", 1)
     if config.history_noise and (getattr(model_config, "noise_levels", None) != "frame" or config.objective != "flow"):
@@ -470,7 +479,7 @@ def _load_data(config: TrainConfig, progress: bool) -> TrainingData:
                             skip_bad_files=config.skip_bad_files, frames=config.frames, seed=config.seed)
     if has_clips(config.data):
         return clip_folder(config.data, config.image_size, config.frames, channels=config.channels,
-                           skip_bad_files=config.skip_bad_files, progress=progress)
+                           skip_bad_files=config.skip_bad_files, progress=progress, stride=config.clip_stride)
     return image_folder(config.data, config.image_size, channels=config.channels,
                         skip_bad_files=config.skip_bad_files, progress=progress)
 

@@ -122,6 +122,37 @@ def test_clip_folder_reads_gif_and_npy_and_reports_bad_files(tmp_path):
         clip_folder(tmp_path, 16, 4, channels=1)
 
 
+def test_clip_folder_cut_into_windows(tmp_path):
+    """With a stride, a long clip gives every window of ``frames`` frames starting at a multiple
+    of the stride (frame k of the files below has the value k / 10, so windows are readable)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ramp = lambda n: (torch.arange(n, dtype=torch.float32) / 10).view(n, 1, 1, 1).expand(n, 1, 8, 8)
+    np.save(tmp_path / "a" / "long.npy", ramp(10).numpy())
+    np.save(tmp_path / "b" / "short.npy", ramp(4).numpy())
+    data = clip_folder(tmp_path, 8, 4, channels=1, stride=3)
+    # long: starts 0, 3, 6 (6 + 4 = 10 frames); short: its one window
+    assert data.labels.tolist() == [0, 0, 0, 1]
+    firsts = (data.clips[:, :, 0, 0, 0] * 10).round().int().tolist()
+    assert firsts == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9], [0, 1, 2, 3]]
+    assert clip_folder(tmp_path, 8, 4, channels=1).labels.tolist() == [0, 1]  # no stride: the first frames only
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="stride"):
+            clip_folder(tmp_path, 8, 4, channels=1, stride=bad)
+    from polymixer.cli import main as cli_main
+    from polymixer.train import TrainConfig, train
+
+    result = train(TrainConfig(data=str(tmp_path), image_size=8, frames=4, clip_stride=3, preset="DiT-T/4", depth=1,
+                               width=16, heads=2, steps=1, batch_size=2, warmup_steps=0, sample_every=0,
+                               checkpoint_every=0, keep_last=0, progress=False, tensorboard=False, num_threads=1,
+                               out=str(tmp_path / "run")))
+    assert result["model"].kind == "video"
+    with pytest.raises(ValueError, match="clip_stride: only for a folder of clips"):
+        train(TrainConfig(data="moving-digits", image_size=16, frames=4, clip_stride=2, steps=1, out=str(tmp_path / "x")))
+    assert cli_main(["train", "--data", str(tmp_path), "--image-size", "8", "--frames", "4", "--clip-stride", "0",
+                     "--steps", "1", "--out", str(tmp_path / "y")]) == 2
+
+
 def test_in_memory_datasets_check_shapes_and_batch_alike():
     from polymixer.data import ImageDataset
 

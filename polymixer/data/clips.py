@@ -2,6 +2,8 @@
 
 Every clip is brought to ``frames`` frames (its first ones; shorter clips are an error, or
 skipped on request), and every frame to ``image_size`` (short side resized, centre crop).
+With a ``stride``, a clip gives every window of ``frames`` frames that starts at a multiple
+of the stride instead of its first frames only: long clips train on all their length.
 """
 
 from __future__ import annotations
@@ -68,11 +70,12 @@ def probe_clip_folder(root: str | Path, limit: int = 8) -> tuple[int, int] | Non
     return None if side is None else (channels, int(side))
 
 
-def _fit(clip: torch.Tensor, frames: int, image_size: int, channels: int) -> torch.Tensor:
-    """The first ``frames`` frames, ``channels`` channels, resized and centre-cropped."""
+def _fit(clip: torch.Tensor, frames: int, image_size: int, channels: int, keep: int | None = -1) -> torch.Tensor:
+    """The first ``keep`` frames (default ``frames``; None: all, at least ``frames``),
+    ``channels`` channels, resized and centre-cropped."""
     if clip.shape[0] < frames:
         raise ValueError(f"has {clip.shape[0]} frames, fewer than the {frames} asked for")
-    clip = clip[:frames]
+    clip = clip[:frames if keep == -1 else keep]
     if clip.shape[1] != channels:
         if channels == 1:
             clip = clip.mean(dim=1, keepdim=True)
@@ -91,19 +94,28 @@ def _fit(clip: torch.Tensor, frames: int, image_size: int, channels: int) -> tor
 
 
 def clip_folder(root: str | Path, image_size: int, frames: int, *, channels: int = 3, skip_bad_files: bool = False,
-                progress: bool = True) -> ClipDataset:
+                progress: bool = True, stride: int | None = None) -> ClipDataset:
     """Load every clip under ``root/<class>/`` (classes in sorted order) into memory.
 
     ``.npy`` files hold ``(F, C, H, W)`` float arrays in [-1, 1]; GIF and MP4 pixels are
     mapped to [-1, 1]. ``skip_bad_files`` skips unreadable or too short clips (and reports
-    how many) instead of stopping with an error naming the file."""
+    how many) instead of stopping with an error naming the file. ``stride``: each clip of
+    ``L >= frames`` frames gives the windows ``[s, s + frames)`` for ``s = 0, stride, 2 stride,
+    ...`` up to ``L - frames`` (each a sample of the clip's class); None: its first ``frames``."""
     for name, value in (("image_size", image_size), ("frames", frames)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int) or stride < 1):
+        raise ValueError(f"stride: expected a positive int or None (the first frames only), got {stride!r}")
     if channels not in (1, 3):
         raise ValueError(f"channels: expected 1 or 3, got {channels!r}")
+    keep = None if stride is not None else frames  # with a stride, every frame (then cut into windows)
     clips, labels, skipped, classes = read_class_folder(
-        root, CLIP_SUFFIXES, lambda path: _fit(load_clip(path), frames, image_size, channels), what="clip",
-        errors=(ValueError, OSError), skip_bad_files=skip_bad_files, progress=progress)
+        root, CLIP_SUFFIXES, lambda path: _fit(load_clip(path), frames, image_size, channels, keep=keep),
+        what="clip", errors=(ValueError, OSError), skip_bad_files=skip_bad_files, progress=progress)
+    if stride is not None:
+        starts = [range(0, clip.shape[0] - frames + 1, stride) for clip in clips]
+        labels = [label for label, s in zip(labels, starts) for _ in s]
+        clips = [clip[i:i + frames] for clip, s in zip(clips, starts) for i in s]
     return ClipDataset(torch.stack(clips), torch.tensor(labels, dtype=torch.int64), n_classes=len(classes),
                        name=Path(root).name, class_names=classes, skipped=skipped)
