@@ -229,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sample at another size (divisible by the patch size), e.g. 48 or 64 for a model trained at 32")
     ev.add_argument("--batch-size", type=int, default=250, help="samples (clips) generated per batch (default 250)")
     ev.add_argument("--out", default="eval.json", help="JSON file of the results (default eval.json, here)")
+    ev.add_argument("--save-samples", default=None,
+                    help="also write the samples to look at, e.g. samples.png: the first 100, one column per class "
+                         "(clips of several frames: the first 10 as a filmstrip)")
     ev.add_argument("--device", default="cpu")
     _add_threads(ev)
 
@@ -573,6 +576,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .io import check_writable
 
     check_writable(args.out, "--out")
+    if args.save_samples is not None:
+        from .images import check_image_path
+
+        check_image_path(args.save_samples, "--save-samples")
+        check_writable(args.save_samples, "--save-samples")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     ckpt = Path(args.checkpoint)
@@ -581,7 +589,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(ckpt, num_samples=args.num_samples, seed=args.seed, steps=args.steps,
                                  cfg_scale=args.cfg, sampler=args.sampler, mode=args.mode, frames=args.frames,
                                  batch_size=args.batch_size, device=args.device, progress=True,
-                                 image_size=args.image_size)
+                                 image_size=args.image_size, samples_out=args.save_samples)
     acc = result["conditional_accuracy"]
     print(f"{result['kind']} model {ckpt}: {result['num_samples']} samples, {result['steps']} steps, "
           f"cfg {result['cfg_scale']}, seed {result['seed']} ({result['seconds']:.0f} s)")

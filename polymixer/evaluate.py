@@ -170,6 +170,7 @@ def evaluate_checkpoint(
     device: str | torch.device = "cpu",
     progress: bool = False,
     image_size: int | None = None,
+    samples_out: str | Path | None = None,
 ) -> dict:
     """Sample ``checkpoint`` and measure the samples (see the module docstring).
 
@@ -187,6 +188,9 @@ def evaluate_checkpoint(
             then moving digits on a canvas of that size with the training digit size (the same
             objects on a larger canvas); image models: the real digits stay MNIST's. Every image
             is brought to the classifier's 32x32 (recentred for video), real and generated alike.
+        samples_out: also write the samples to look at (an image path, e.g. ``samples.png``):
+            the first 100 (one column per class: the classes come in turn), or for clips of
+            several frames the first 10 clips, one row each (up to 32 frames).
     Returns: a JSON-ready dict: ``frechet_distance``, ``conditional_accuracy`` (None when the
     model's classes are not the ten digits), ``per_class_accuracy``, ``num_samples``, the
     settings, ``reference`` (what the real statistics are made of),
@@ -300,6 +304,8 @@ def evaluate_checkpoint(
                                        cfg_scale=cfg_scale, sampler=sampler, seed=seed, device=device,
                                        progress=progress, batch_size=batch_size, image_size=size)
         sampling_seconds = time.time() - t_sampling
+        if samples_out is not None:
+            save_samples(samples, samples_out, (lo, hi))
         m = measure(to_classifier_input(samples, (lo, hi)))
         strokes = m.pop("strokes")
         m.pop("predictions")
@@ -318,6 +324,8 @@ def evaluate_checkpoint(
         videos = torch.cat(clips)
         sampling_seconds = time.time() - t_sampling
         result["history_noise"] = pipeline.history_noise if cfg.noise_levels == "frame" else 0.0
+        if samples_out is not None:
+            save_samples(videos, samples_out, (lo, hi))
         x01 = ((videos - lo) / (hi - lo) * 2 - 1).clamp(-1, 1)
         frames_measured = [measure(recenter_digits(x01[:, f])) for f in range(n_frames)]
         per_frame = {key: [m[key] for m in frames_measured] for key in _PER_FRAME}
@@ -341,6 +349,19 @@ def evaluate_checkpoint(
     result["samples_per_second"] = round(num_samples / max(sampling_seconds, 1e-9), 3)  # clips for video models
     result["seconds"] = round(time.time() - t0, 1)
     return result
+
+
+def save_samples(samples: torch.Tensor, path: str | Path, data_range: tuple[float, float]) -> Path:
+    """Write an evaluation's samples to look at: images ``(N, C, H, W)`` or one-frame clips as
+    a grid of the first 100, ten per row (the classes in turn: one column per class); clips
+    ``(N, F, C, H, W)`` of several frames as a filmstrip of the first 10, up to 32 frames."""
+    from .images import save_grid
+    from .media import save_filmstrip
+
+    if samples.dim() == 5 and samples.shape[1] > 1:
+        return save_filmstrip(samples[:10, :32], path, data_range=data_range)
+    images = samples[:, 0] if samples.dim() == 5 else samples
+    return save_grid(images[:100], path, nrow=10, data_range=data_range, scale=2)
 
 
 def _over_time(model, pipeline, clips: torch.Tensor, frames_measured: list, measure, num_samples: int,

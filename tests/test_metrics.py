@@ -195,8 +195,13 @@ def test_eval_bundled_demo(tmp_path, monkeypatch, capsys):
     from polymixer.cli import main
 
     monkeypatch.chdir(tmp_path)
-    assert main(["eval", "--checkpoint", "demo", "--num-samples", "20", "--steps", "2", "--threads", "1"]) == 0
+    assert main(["eval", "--checkpoint", "demo", "--num-samples", "20", "--steps", "2", "--threads", "1",
+                 "--save-samples", "look.png"]) == 0
     out = capsys.readouterr().out
+    from PIL import Image
+
+    with Image.open(tmp_path / "look.png") as im:  # 20 samples: two rows of ten, 2x pixels
+        assert im.size == (10 * (2 * 32 + 4) + 4, 2 * (2 * 32 + 4) + 4), im.size  # padding scaled too
     assert "Fréchet distance" in out and "conditional accuracy" in out
     assert "stroke Fréchet distance" in out and "texture Fréchet distance" in out and "precision / recall" in out
     assert "stroke statistics per image" in out and "fragments" in out
@@ -224,6 +229,7 @@ def test_eval_bundled_demo(tmp_path, monkeypatch, capsys):
     (["--out", "x.txt"], "--out: expected a .json file"),
     (["--steps", "0"], "steps: expected a positive int"),
     (["--mode", "joint"], "mode/frames: only for video models"),
+    (["--save-samples", "x.txt"], "--save-samples"),
 ])
 def test_eval_bad_input_is_one_line(tmp_path, monkeypatch, capsys, argv, message):
     from polymixer.cli import main
@@ -287,7 +293,9 @@ def test_eval_video_model_per_frame(tmp_path, monkeypatch):
     assert any(line.startswith("stroke Fréchet distance (mean over frames)") for line in lines), lines
     assert any(line.startswith("stroke statistics per frame") for line in lines), lines
     # sampled on a larger canvas than trained: real frames on that canvas, same digit size
-    big = evaluate_checkpoint(folder, num_samples=4, steps=1, frames=3, image_size=12)
+    big = evaluate_checkpoint(folder, num_samples=4, steps=1, frames=3, image_size=12,
+                              samples_out=tmp_path / "strip.png")
+    assert (tmp_path / "strip.png").read_bytes()[:4] == b"\x89PNG"
     assert big["image_size"] == 12 and big["training_image_size"] == 8
     assert "12x12, digit size 4" in big["reference"] and len(big["per_frame"]["frechet_distance"]) == 3
     with pytest.raises(ValueError, match="not divisible"):
