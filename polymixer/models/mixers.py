@@ -371,7 +371,7 @@ class NeighbourhoodAttention(nn.Module):
     constant_state = True
 
     def __init__(self, width: int, heads: int = 4, kernel: int = 5, qk_norm: bool = False, *,
-                 tile: int = 8, dense_up_to: int = 256):
+                 tile: int = 8, dense_up_to: int = 128):
         super().__init__()
         if kernel < 1 or kernel % 2 == 0:
             raise ValueError(f"kernel: expected an odd size, got {kernel}")
@@ -443,7 +443,8 @@ class NeighbourhoodAttention(nn.Module):
         origin = torch.stack([ty.reshape(-1), tx.reshape(-1)], -1) * t  # (tiles, 2)
         q_rc = origin[:, None, :] + _grid_coordinates(t, t, q.device)[None]  # (tiles, t*t, 2)
         k_rc = origin[:, None, :] - r + _grid_coordinates(span, span, q.device)[None]  # (tiles, span^2, 2)
-        bias = torch.stack([self._bias(a, b) for a, b in zip(q_rc, k_rc)])  # (tiles, H, t*t, span^2)
+        # the offsets of a tile's queries to its keys are the same in every tile: one bias for all
+        bias = self._bias(q_rc[0] - origin[0], k_rc[0] - origin[0])[None]  # (1, H, t*t, span^2)
         inside = ((k_rc >= 0) & (k_rc < torch.tensor([rows, cols], device=q.device))).all(-1)
         q_inside = ((q_rc < torch.tensor([rows, cols], device=q.device))).all(-1)
         # a padding query reads its own (zero) key so that no row is empty; its output is cut off
