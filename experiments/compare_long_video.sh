@@ -5,9 +5,12 @@
 # Every model: moving digits (one digit, 32x32), clips of MIN_FRAMES..FRAMES frames drawn per
 # step (default 4..12), one noise level per frame (diffusion forcing) with the finished frames
 # read at a small noise level (--history-noise 0.05), no absolute frame index
-# (--frame-embedding none: time only through the mixers), DiT-M/4 with 6 blocks, the same
-# steps, batch, learning rate and seed, each started from its mixer's shipped image model
-# (checkpoints/compare/{pom,attention}). The rivals (NAMES picks some):
+# (--frame-embedding none: time only through the mixers), DiT-M/4 with 6 blocks and the
+# identity-initialised 3x3 depthwise conv in every MLP (issue 23's addition for both mixers),
+# the same steps, batch, learning rate and seed, each started from its mixer's shipped model of
+# single moving-digit frames (INIT_ROOT=checkpoints/compare/frames: pom_rotary, PoM with the
+# conv and rotary positions over (frame, row, column); attention, attention with the conv).
+# The rivals (NAMES picks some):
 #   pom_mean        PoM, the paper's mean over every earlier frame, rotary positions over
 #                   (frame, row, column): relative in time
 #   pom_decay       the same with a learned decay per channel (--pom-frame-memory decay)
@@ -21,7 +24,8 @@
 #   bash experiments/compare_long_video.sh [SEED] [STEPS]
 #   NAMES="pom_mean attention_roll" bash experiments/compare_long_video.sh 0 1500
 # RESUME=1 resumes an interrupted set; RUNS (default runs/compare_long_video); SAMPLES (100);
-# EVAL_FRAMES (64); FRAMES/MIN_FRAMES (12/4); INIT_ROOT (checkpoints/compare).
+# EVAL_FRAMES (64); FRAMES/MIN_FRAMES (12/4); INIT_ROOT (checkpoints/compare/frames).
+# Table and plot: python experiments/compare_long_video_report.py --runs RUNS --frames EVAL_FRAMES
 # Two runs at a time, one thread each (a 2-core machine).
 set -euo pipefail
 seed=${1:-0}
@@ -32,7 +36,7 @@ samples=${SAMPLES:-100}
 eval_frames=${EVAL_FRAMES:-64}
 frames=${FRAMES:-12}
 min_frames=${MIN_FRAMES:-4}
-init_root=${INIT_ROOT:-checkpoints/compare}
+init_root=${INIT_ROOT:-checkpoints/compare/frames}
 mkdir -p "$runs"
 declare -A options=(
   [pom_mean]="--mixer pom --pom-rotary 3"
@@ -48,11 +52,11 @@ for name in "${names[@]}"; do
 done
 train() {
   local name=$1 init
-  init="$init_root/${name%%_*}"
+  case $name in pom*) init="$init_root/pom_rotary" ;; *) init="$init_root/attention" ;; esac
   eval "opts=(${options[$name]})"
   polymixer train --data moving-digits --image-size 32 --frames "$frames" --min-frames "$min_frames" \
     --noise-levels frame --history-noise 0.05 --frame-embedding none \
-    --preset DiT-M/4 --depth 6 "${opts[@]}" --init-from "$init" \
+    --preset DiT-M/4 --depth 6 --mlp-conv 3 "${opts[@]}" --init-from "$init" \
     --batch-size 16 --lr 5e-4 --warmup-steps 100 --ema-decay 0.998 --steps "$steps" \
     --checkpoint-every 100 --sample-every 500 --sample-steps 20 --keep-last 2 --log-every 20 --progress false \
     --num-threads 1 --seed "$seed" --out "$runs/${name}_seed${seed}" $resume \
