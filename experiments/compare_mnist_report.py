@@ -72,6 +72,10 @@ def variant(config: dict) -> str:
     if extra_options(config)[1]:
         heads = config["pom_heads"]
         parts.append("full gate" if heads == 1 else f"{heads} gate heads")
+    if config.get("mlp_conv"):
+        parts.append(f"MLP conv {config['mlp_conv']}")
+    if config.get("pom_rotary") and base_mixer(config) == "pom":
+        parts.append(f"rotary {config['pom_rotary']} axes")
     return "".join(f", {p}" for p in parts)
 
 
