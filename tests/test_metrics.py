@@ -182,6 +182,17 @@ def test_to_classifier_input_and_recentering():
     assert r.shape == (2, 1, 32, 32) and abs(ink[:, 0].mean() - 15.5) < 1.5 and abs(ink[:, 1].mean() - 15.5) < 1.5
     assert (ink[:, 0].max() - ink[:, 0].min() + 1) == 20  # longer side scaled to the 20-px box
     assert torch.equal(recenter_digits(torch.full((1, 1, 8, 8), -1.0)), torch.full((1, 1, 32, 32), -1.0))
+    # faint specks far from the digit do not stretch the box (they would shrink the digit to nothing);
+    # a second piece of the digit with real ink stays in
+    specks = x.clone()
+    specks[0, 0, 15, 15] = -0.4  # 0.3 on the 0..1 scale: above the threshold, one pixel
+    specks[0, 0, 0, 15] = -0.4
+    torch.testing.assert_close(recenter_digits(specks), recenter_digits(x))
+    broken = x.clone()
+    broken[:, :, 10:13, 3:5] = 1.0  # a second piece, a little apart
+    r2 = recenter_digits(broken)
+    rows = (r2[0, 0] > 0).any(1).nonzero()[:, 0]
+    assert rows.max() - rows.min() + 1 == 20 and not torch.equal(r2, r)  # both pieces in the 20-px box
     assert torch.allclose(to_classifier_input(torch.zeros(1, 1, 32, 32), (0.0, 1.0)), torch.full((1, 1, 32, 32), -1.0))
     with pytest.raises(ValueError, match="images: expected 1-channel"):
         to_classifier_input(torch.zeros(1, 3, 32, 32))

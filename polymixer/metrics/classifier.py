@@ -225,13 +225,20 @@ def to_classifier_input(images: torch.Tensor, data_range: tuple[float, float] = 
     return x
 
 
-def recenter_digits(images: torch.Tensor, box: int = 20, threshold: float = 0.2) -> torch.Tensor:
+def recenter_digits(images: torch.Tensor, box: int = 20, threshold: float = 0.2,
+                    keep_fraction: float = 0.1) -> torch.Tensor:
     """MNIST's own normalisation, for digits that are small or away from the centre (e.g.
     moving-digit frames): each image ``(N, 1, H, W)`` in [-1, 1] is cropped to the bounding
     box of its ink (pixels above ``threshold`` on a 0..1 scale), resized so its longer side is
     ``box`` pixels (aspect kept), and placed with its centre of mass at the centre of a
     32x32 black canvas. Returns ``(N, 1, 32, 32)`` in [-1, 1]; an image with no ink comes
-    back black. Apply it to the real and to the generated images alike."""
+    back black. Apply it to the real and to the generated images alike.
+
+    The box holds the connected pieces of ink (8-neighbours) whose ink mass is at least
+    ``keep_fraction`` of the largest piece's: a few faint specks far from the digit (texture
+    a model paints on a canvas larger than it was trained on) would otherwise stretch the box
+    over the canvas and shrink the digit to nothing. Specks are still counted by the stroke
+    statistics; the pieces of a broken digit stay in the box."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 1:
         raise ValueError(f"images: expected 1-channel images (N, 1, H, W), got "
                          f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
@@ -239,8 +246,9 @@ def recenter_digits(images: torch.Tensor, box: int = 20, threshold: float = 0.2)
         raise ValueError(f"box: expected 1..28 pixels, got {box!r}")
     x01 = ((images.float() + 1) / 2).clamp(0, 1)
     out = torch.zeros(len(images), 1, 32, 32)
+    main_ink = _main_pieces(x01[:, 0], threshold, keep_fraction)
     for i, img in enumerate(x01[:, 0]):
-        ink = img > threshold
+        ink = main_ink[i]
         if not ink.any():
             continue
         rows = ink.any(1).nonzero()[:, 0]
@@ -260,3 +268,24 @@ def recenter_digits(images: torch.Tensor, box: int = 20, threshold: float = 0.2)
         left = min(max(round(15.5 - cx), 0), 32 - nw)
         out[i, 0, top:top + nh, left:left + nw] = crop
     return out * 2 - 1
+
+
+def _main_pieces(images: torch.Tensor, threshold: float, keep_fraction: float) -> torch.Tensor:
+    """``(N, H, W)`` bool: the pixels of ``images: (N, H, W)`` (0..1) above ``threshold`` that
+    belong to a connected piece (8-neighbours) holding at least ``keep_fraction`` of the ink
+    mass of the image's largest piece."""
+    N, H, W = images.shape
+    ink = images > threshold
+    # each pixel's piece: the largest index in it, spread by 3x3 max-pooling inside the ink
+    labels = torch.where(ink, torch.arange(1, H * W + 1, dtype=torch.float32).view(1, H, W), 0.0)
+    while True:
+        spread = F.max_pool2d(labels[:, None], 3, stride=1, padding=1)[:, 0] * ink
+        if torch.equal(spread, labels):
+            break
+        labels = spread
+    index = labels.long().view(N, -1)
+    mass = torch.zeros(N, H * W + 1).scatter_add_(1, index, images.float().reshape(N, -1) * ink.view(N, -1))
+    mass[:, 0] = 0  # the background
+    kept = mass >= keep_fraction * mass.amax(dim=1, keepdim=True)
+    kept[:, 0] = False
+    return kept.gather(1, index).view(N, H, W)
