@@ -149,6 +149,63 @@ def test_cross_mixing_and_per_sample_positions_equal_the_oracle(rotary_query):
     assert (y - ref).abs().max() < 1e-12
 
 
+CHUNK_MODES = {name: MODES[name] for name in ("full", "padding", "causal", "block-lengths", "packed", "dense")}
+
+
+@pytest.mark.parametrize("mode", list(CHUNK_MODES))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_and_lean_chunks_equal_autograd(mode, dtype):
+    """The fused and lean forms rotate chunk by chunk: chunks of 10 rows split the 63 tokens
+    of a batch row unevenly (the full mode's chunks are parts of one row) and 100 rows take
+    a whole row plus part of the next; per-sample float positions; outputs and the
+    gradients of the inputs and every parameter against the autograd form."""
+    from polymixer.ops.plan import MixerSettings
+
+    kwargs = dict(CHUNK_MODES[mode])
+    batch = 1 if "cu_seqlens" in kwargs else B
+    kwargs = {k: (v[:batch] if k in ("context_mask", "mask") else v) for k, v in kwargs.items()}
+    g = torch.Generator().manual_seed(5)
+    positions = torch.rand(batch, N, 2, generator=g, dtype=f64) * 8
+    x0 = torch.randn(batch, N, 6, generator=g, dtype=f64)
+    upstream = torch.randn(batch, N, 6, generator=g, dtype=f64).to(dtype)
+    results = {}
+    for implementation, rows in (("autograd", None), ("fused", 10), ("lean", 10), ("fused", 100)):
+        mixer = make_mixer("product", 3, "state", settings=MixerSettings(chunk_rows=rows, compile="never"),
+                           implementation=implementation).to(dtype)
+        x = x0.to(dtype).requires_grad_(True)
+        assert mixer.execution_plan(x, positions=positions, **kwargs).form == implementation
+        y = mixer(x, positions=positions, **kwargs)
+        grads = torch.autograd.grad(y, [x] + list(mixer.parameters()), upstream)
+        results[(implementation, rows)] = [y.detach()] + list(grads)
+    tol = 1e-11 if dtype == f64 else 2e-5
+    want = results[("autograd", None)]
+    for key, got in results.items():
+        for a, b in zip(got, want):
+            assert (a - b).abs().max() <= tol * max(1.0, b.abs().max().item()), key
+
+
+def test_fused_cross_mixing_with_shared_context_positions():
+    """Cross-mixing in the fused form: queries and context at different positions, the
+    context's shared by the batch (a (N, A) tensor), chunks that cross batch rows."""
+    from polymixer.ops.plan import MixerSettings
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(B, 11, 6, generator=g, dtype=f64, requires_grad=True)
+    context = torch.randn(B, N, 6, generator=g, dtype=f64, requires_grad=True)
+    positions = torch.randint(0, 9, (B, 11, 2), generator=g)
+    context_positions = grid_positions(ROWS, COLS)
+    outs = []
+    for implementation in ("autograd", "fused"):
+        mixer = make_mixer("power", 2, "state", implementation=implementation,
+                           settings=MixerSettings(chunk_rows=7, compile="never"))
+        y = mixer(x, context, positions=positions, context_positions=context_positions)
+        outs.append([y] + list(torch.autograd.grad(y.square().sum(), [x, context] + list(mixer.parameters()))))
+    ref = dense_oracle(mixer, x, context, positions, context_positions)
+    assert (outs[1][0] - ref).abs().max() < 1e-12
+    for a, b in zip(*outs):
+        assert (a - b).abs().max() < 1e-11 * max(1.0, b.abs().max().item())
+
+
 def test_gradcheck_of_the_rotary_mixer():
     mixer = make_mixer("power", 2, "gate", axes=2, dim=3)  # F = 6, awkward D
     x = torch.randn(2, 7, 3, dtype=f64, requires_grad=True)
@@ -267,17 +324,20 @@ def test_torch_compile_fullgraph_matches_eager():
 
 
 # ------------------------------------------------------------------ plan and errors
-def test_plan_is_autograd_with_a_reason():
+def test_plan_fused_for_the_state_placement_autograd_for_the_gate():
     torch.manual_seed(0)
     x = torch.randn(2, 16, 8)
     positions = token_coordinates(4, 4)
     for implementation in ("fused", "lean"):
         mixer = PolynomialMixer(8, rotary_axes=2, implementation=implementation)
-        plan = mixer.execution_plan(x, positions=positions)
-        assert plan.form == "autograd" and "rotary positions" in plan.reason
-        assert mixer.execution_plan(x, positions=positions, causal=True).form == "autograd"
-        y = mixer(x, positions=positions)
-        assert y.shape == x.shape
+        assert mixer.execution_plan(x, positions=positions).form == implementation
+        assert mixer.execution_plan(x, positions=positions, causal=True).form == implementation
+        gate = PolynomialMixer(8, rotary_axes=2, implementation=implementation, rotary_query="gate")
+        plan = gate.execution_plan(x, positions=positions)
+        assert plan.form == "autograd" and "rotary_query='gate'" in plan.reason
+        assert gate(x, positions=positions).shape == x.shape
+        state = mixer.init_state(2)
+        assert mixer.execution_plan(x, state=state, positions=positions).form == "autograd"  # a stream
     plain = PolynomialMixer(8)
     assert plain.execution_plan(x).form == "fused" and not plain.uses_positions
     assert PolynomialMixer(8, rotary_axes=1).uses_positions

@@ -66,8 +66,9 @@ class PolynomialMixer(nn.Module):
             of rotary positions inside the mixer (docs/design.md, section 8): each context
             token's features are rotated by its position before the mean, channel pairs
             taken in turn by the axes (e.g. row and column of an image; frame, row and
-            column of a video); every call then takes ``positions`` and runs the plain
-            autograd form (:mod:`polymixer.ops.pom.rotary`). F must be even.
+            column of a video); every call then takes ``positions`` (:mod:`polymixer.ops.pom.rotary`;
+            the fused and lean forms rotate chunk by chunk; ``rotary_query="gate"`` runs
+            the plain autograd form). F must be even.
         rotary_max_freq, rotary_min_freq: the frequencies of each axis's pairs, spread
             geometrically from ``rotary_max_freq`` (default pi: the fastest pair flips
             from one token to the next) down to ``rotary_min_freq`` radians per unit of
@@ -293,7 +294,8 @@ class PolynomialMixer(nn.Module):
         failed = self.compile_record.failed((spec.variant, spec.degree, spec.heads, x.device.type, dtype))
         memory = () if self.frame_memory.is_mean else (f"frame_memory={str(self.frame_memory)!r}",)
         return choose_path(self.settings, self.implementation, self.spec, self.state_width, x, context, mode,
-                           streaming, autograd_only=(("rotary positions",) if self.rotary_axes else ()) + memory,
+                           streaming, autograd_only=(("rotary_query='gate'",) if self.rotary_axes
+                                                     and self.rotary_query == "gate" else ()) + memory,
                            torch_aggregation_only=memory, compile_failures=failed)
 
     def _all_angles(self, x, context, positions, context_positions):

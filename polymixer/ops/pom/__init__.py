@@ -42,18 +42,17 @@ def mix(x: torch.Tensor, context: torch.Tensor | None, weights: MixerWeights, sp
     """The mixer's output ``(B, M, D)`` for queries ``x: (B, M, D)`` and ``context: (B, N, D)``
     (None: self-mixing) in ``mode``, by the form ``plan`` names; ``prefix = (total, count)``
     a streaming state every query also reads, ``angles``/``query_angles`` rotary angles of
-    the context tokens and the queries (:mod:`.rotary`; autograd form only); ``memory``
+    the context tokens and the queries (:mod:`.rotary`; the fused and lean forms take the
+    query placement ``"state"`` only); ``memory``
     and ``decay`` a frame memory other than the mean (:mod:`polymixer.ops.frame_memory`;
     autograd form only); ``record`` where the fused and lean forms write a failed compile
     (:class:`~.chunk_ops.CompileRecord`, default the shared one)."""
     if plan.form != "autograd":
         if prefix is not None:
             raise ValueError(f"plan: the {plan.form} form takes no streaming state")
-        if angles is not None or query_angles is not None:
-            raise ValueError(f"plan: the {plan.form} form takes no rotary positions")
         if memory is not None and not memory.is_mean:
             raise ValueError(f"plan: the {plan.form} form has no frame memory but the mean, got {str(memory)!r}")
-        return fused_mix(x, context, weights, spec, mode, plan, record)
+        return fused_mix(x, context, weights, spec, mode, plan, record, angles, query_angles)
     return autograd_mix(x, x if context is None else context, weights, spec, mode, prefix,
                         backend=plan.aggregation_backend, angles=angles, query_angles=query_angles,
                         memory=memory, decay=decay)

@@ -21,6 +21,13 @@ The aggregation comes in two shapes, one per kind of mode:
   aggregation (:meth:`~polymixer.ops.context.ContextMode.aggregate`) to a (B * M, F) table
   of per-query states, and its autograd as the adjoint in phase B; phases A and C and the
   output are chunked as above, with one table row per token.
+
+**Rotary positions** (query placement ``"state"``, :mod:`.rotary`): each context chunk's
+features are rotated by their tokens' angles before they are summed, each query chunk's
+states rotated back by the queries' angles before the gate; the backward pass applies the
+adjoints (the opposite rotations) to the states' gradient in phase A, per token before it
+is summed per segment, and to the features' gradient in phase C. The rotations are
+element-wise on chunk-sized tensors, so no F-wide tensor is added.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import torch.nn.functional as F
 
 from ..aggregation import Segments, segment_counts, segment_means, segment_means_adjoint
 from .chunk_ops import ChunkOps
+from .rotary import rotate
 from .spec import MixerWeights
 
 __all__ = ["mix_forward", "mix_backward"]
@@ -139,7 +147,7 @@ def _add_mm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 class _ChunkedCall:
     """The shapes and flattened views of one call, shared by the forward and backward."""
 
-    def __init__(self, mode, x, c, chunk_rows: int):
+    def __init__(self, mode, x, c, chunk_rows: int, angles=None, query_angles=None):
         self.ctx_in = x if c is None else c
         self.B, self.N, _ = self.ctx_in.shape
         self.M = x.shape[1]
@@ -151,6 +159,29 @@ class _ChunkedCall:
         # Segment modes apply the padding weights themselves; the others' aggregation does.
         mask = mode.context_mask if self.seg is not None else None
         self.w2 = None if mask is None else mask.reshape(self.B * self.N).to(self.acc)
+        self.angles, self.query_angles = angles, query_angles  # (N or B, N, F/2): rotary, or None
+
+    @staticmethod
+    def _angle_rows(angles: torch.Tensor | None, tokens: int, start: int, stop: int) -> torch.Tensor | None:
+        """The angles of the flattened token rows ``start:stop`` (``angles: (tokens, P)``
+        shared by the batch, or ``(B, tokens, P)``): ``(stop - start, P)``."""
+        if angles is None:
+            return None
+        if angles.dim() == 3 and angles.shape[0] > 1:
+            return angles.reshape(-1, angles.shape[-1])[start:stop]
+        angles = angles.reshape(tokens, -1)
+        if start // tokens == (stop - 1) // tokens:  # inside one batch row: a slice
+            return angles[start % tokens:(stop - 1) % tokens + 1]
+        rows = torch.arange(start, stop, device=angles.device) % tokens
+        return angles.index_select(0, rows)
+
+    def context_turns(self, rows: "_TableRows", start: int, stop: int):
+        """The context angles of rows ``start:stop`` in the chunk functions' shape, or None."""
+        return rows.view(self._angle_rows(self.angles, self.N, start, stop))
+
+    def query_turns(self, rows: "_TableRows", start: int, stop: int):
+        """The query angles of rows ``start:stop`` in the chunk functions' shape, or None."""
+        return rows.view(self._angle_rows(self.query_angles, self.M, start, stop))
 
     def rows(self, tokens: int):
         for start, stop in _chunks(self.seg, self.B, tokens, self.chunk):
@@ -170,6 +201,8 @@ class _ChunkedCall:
         if self.seg is None:
             u = u_in if u_in is not None else _project(self.c2, w_h, b_h, u_out)
             h = ops.features(u, coeff, None).view(self.B, self.N, -1)
+            if self.angles is not None:
+                h = rotate(h, self.angles)
             return self.mode.aggregate(h).reshape(self.B * self.M, -1)
         seg = self.seg
         total = torch.zeros(self.B * seg.count, width, dtype=self.acc, device=self.c2.device)
@@ -179,7 +212,10 @@ class _ChunkedCall:
             else:
                 u_c = _project(self.c2[start:stop], w_h, b_h, None if u_out is None else u_out[start:stop])
             w_c = None if self.w2 is None else rows.view(self.w2[start:stop])
-            if rows.sums_rows:
+            if self.angles is not None:  # rotate each token's features, then sum
+                h = rotate(ops.features(rows.view(u_c), coeff, w_c), self.context_turns(rows, start, stop))
+                rows.add(total, h.sum(dim=-2, dtype=self.acc) if rows.sums_rows else h.to(self.acc))
+            elif rows.sums_rows:
                 rows.add(total, ops.feature_sum(rows.view(u_c), coeff, w_c, self.acc))
             else:
                 rows.add(total, ops.features(u_c, coeff, w_c).to(self.acc))
@@ -187,16 +223,28 @@ class _ChunkedCall:
         return state.view(self.B * seg.count, width)
 
 
+def _query_states(call: _ChunkedCall, rows: _TableRows, state: torch.Tensor, start: int, stop: int):
+    """The states the queries of rows ``start:stop`` read: their table rows, rotated back
+    by the queries' own angles with rotary positions (then one per token)."""
+    H = rows.read(state)
+    if call.query_angles is None:
+        return H
+    return rotate(H, -call.query_turns(rows, start, stop))
+
+
 def mix_forward(mode, x: torch.Tensor, c: torch.Tensor | None, weights: MixerWeights,
-                ops: ChunkOps, chunk_rows: int, keep_projections: bool, keep_states: bool):
-    """Forward pass: x (B, M, D) queries, c (B, N, D) context or None (self-mixing).
+                ops: ChunkOps, chunk_rows: int, keep_projections: bool, keep_states: bool,
+                angles: torch.Tensor | None = None, query_angles: torch.Tensor | None = None):
+    """Forward pass: x (B, M, D) queries, c (B, N, D) context or None (self-mixing);
+    ``angles``, ``query_angles``: rotary angles ``(N or B, N, F/2)`` of the context
+    tokens and ``(M or B, M, F/2)`` of the queries (both or neither).
 
     Returns ``(y, state, u, z)``: y (B, M, D); the segment states when ``keep_states``
     (segment modes only), else None; u and z the two projections' rows when
     ``keep_projections`` (else None). Both are the plan's choice
     (:func:`~polymixer.ops.plan.choose_path`).
     """
-    call = _ChunkedCall(mode, x, c, chunk_rows)
+    call = _ChunkedCall(mode, x, c, chunk_rows, angles, query_angles)
     w_s, b_s, w_o, b_o = weights.w_s, weights.b_s, weights.w_o, weights.b_o
     u_all = _buffer(call.B * call.N, weights.w_h.shape[0], weights.b_h, x) if keep_projections else None
     state = call.state_table(ops, weights, None, u_all)
@@ -204,7 +252,7 @@ def mix_forward(mode, x: torch.Tensor, c: torch.Tensor | None, weights: MixerWei
     z_all = _buffer(call.B * call.M, w_s.shape[0], b_s, x) if keep_projections else None
     for start, stop, rows in call.rows(call.M):
         z_c = _project(call.x2[start:stop], w_s, b_s, None if z_all is None else z_all[start:stop])
-        gated = rows.flat(ops.gated(rows.view(z_c), rows.read(state)))
+        gated = rows.flat(ops.gated(rows.view(z_c), _query_states(call, rows, state, start, stop)))
         _project(gated, w_o, b_o, y[start:stop])
     if call.seg is None or not keep_states:
         state = None
@@ -212,12 +260,15 @@ def mix_forward(mode, x: torch.Tensor, c: torch.Tensor | None, weights: MixerWei
 
 
 def mix_backward(mode, dy: torch.Tensor, x: torch.Tensor, c: torch.Tensor | None,
-                 weights: MixerWeights, ops: ChunkOps, chunk_rows: int, state, u_all, z_all):
+                 weights: MixerWeights, ops: ChunkOps, chunk_rows: int, state, u_all, z_all,
+                 angles: torch.Tensor | None = None, query_angles: torch.Tensor | None = None):
     """Backward pass; ``state``, ``u_all``, ``z_all`` as returned by :func:`mix_forward`
-    (None: recomputed). Returns the gradients ``(d_x, d_c, *d_weights)`` in the order of
+    (None: recomputed), ``angles`` and ``query_angles`` as given to it. Returns the
+    gradients ``(d_x, d_c, *d_weights)`` in the order of
     :class:`~polymixer.ops.pom.spec.MixerWeights`.
     """
-    call = _ChunkedCall(mode, x, c, chunk_rows)
+    call = _ChunkedCall(mode, x, c, chunk_rows, angles, query_angles)
+    rotary = query_angles is not None
     w_h, b_h, coeff, w_s, b_s, w_o, b_o = weights
     B, N, M, acc, x2 = call.B, call.N, call.M, call.acc, call.x2
     dy2 = dy.reshape(B * M, -1)
@@ -237,9 +288,14 @@ def mix_backward(mode, dy: torch.Tensor, x: torch.Tensor, c: torch.Tensor | None
         z_c = z_all[start:stop] if z_all is not None else F.linear(x_c, w_s, b_s)
         dy_c = dy2[start:stop]
         d_gated = dy_c @ w_o  # (t, F)
-        gated, d_state, d_z, d_b = ops.gate_backward(rows.view(z_c), rows.read(state), rows.view(d_gated),
-                                                     rows.sums_rows, acc, d_b_s is not None)
+        gated, d_state, d_z, d_b = ops.gate_backward(rows.view(z_c), _query_states(call, rows, state, start, stop),
+                                                     rows.view(d_gated), rows.sums_rows and not rotary, acc,
+                                                     d_b_s is not None)
         del d_gated
+        if rotary:  # the adjoint of the rotation back: each token's gradient turned by its angles, then summed
+            d_state = rotate(d_state, call.query_turns(rows, start, stop))
+            if rows.sums_rows:
+                d_state = d_state.sum(dim=-2)
         _add_mm(d_w_o, dy_c.t(), rows.flat(gated))
         del gated
         rows.add(d_table, d_state)
@@ -272,6 +328,8 @@ def mix_backward(mode, dy: torch.Tensor, x: torch.Tensor, c: torch.Tensor | None
         c_c = call.c2[start:stop]
         u_c = u_all[start:stop] if u_all is not None else F.linear(c_c, w_h, b_h)
         dh = rows.read(g).to(dh_dtype)
+        if rotary:  # the adjoint of the features' rotation (per token)
+            dh = rotate(dh, -call.context_turns(rows, start, stop))
         w_c = None if call.w2 is None else rows.view(call.w2[start:stop])
         du_parts, d_coeff_c, d_b_parts = ops.feature_backward(rows.view(u_c), coeff, dh, w_c,
                                                               None if d_b_h is None else acc)
