@@ -61,6 +61,7 @@ def parse_variants(text: str | None) -> dict[str, tuple[str, dict]]:
 def build(mixer: str, args) -> DiT:
     torch.manual_seed(0)
     pattern, overrides = parse_variants(args.variants).get(mixer, (mixer, {}))
+    overrides = {"mlp_conv": 0, "pom_rotary": 0, **overrides}  # plain mixers unless a variant adds them
     config = dit_config(args.preset, mixer=pattern, image_size=args.patch * 16, in_channels=args.channels,
                         n_classes=10, **overrides)
     model = DiT(config)

@@ -85,7 +85,8 @@ def _dit_step(mixer: str):
     from polymixer.models import DiT, dit_config
 
     torch.manual_seed(0)
-    model = DiT(dit_config("DiT-M/4", mixer, image_size=32, in_channels=1, n_classes=10, depth=6)).train()
+    model = DiT(dit_config("DiT-M/4", mixer, image_size=32, in_channels=1, n_classes=10, depth=6,
+                           mlp_conv=0, pom_rotary=0)).train()
     g = torch.Generator().manual_seed(1)
     return model, torch.randn(16, 1, 32, 32, generator=g), torch.rand(16, generator=g), torch.arange(16) % 10
 

@@ -30,6 +30,8 @@
 # LR sets the learning rate (default 1e-3). Resume an interrupted set with RESUME=1 and the same command.
 # KEEP=0 keeps every checkpoint (one each CKPT_EVERY steps, default 200) for Fréchet distance against
 # steps (`polymixer eval --checkpoint RUN/checkpoints/step_...`); SAMPLES sets the evaluation's size (500).
+# Every run starts from the plain presets (--mlp-conv 0 --pom-rotary 0: the PoM presets now carry both,
+# issue 23) and adds its own options, so the names keep their meaning.
 set -euo pipefail
 seed=${1:-0}
 steps=${2:-1200}
@@ -66,7 +68,7 @@ for name in "${names[@]}"; do
 done
 for name in "${names[@]}"; do
   eval "opts=(${options[$name]})"  # several words, some quoted ('pom + conv')
-  polymixer train --data moving-digits --frames 1 --image-size 32 --preset DiT-M/4 --depth 6 "${opts[@]}" \
+  polymixer train --data moving-digits --frames 1 --image-size 32 --preset DiT-M/4 --depth 6 --mlp-conv 0 --pom-rotary 0 "${opts[@]}" \
     --batch-size 64 --lr "$lr" --warmup-steps 300 --ema-decay 0.999 --steps "$steps" \
     --checkpoint-every "$every" --sample-every 1000 --sample-steps 20 --keep-last "$keep" --log-every 50 --progress false \
     --num-threads 1 --seed "$seed" --out "$runs/${name}_seed${seed}" $resume \

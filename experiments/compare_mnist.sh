@@ -10,6 +10,8 @@
 # RUNS sets the folder (default runs/compare); SAMPLES the evaluation's size (1000).
 # Resume an interrupted set with the same command plus RESUME=1.
 #   NAMES="pom_conv_rotary attention_conv" RUNS=runs/compare_conv bash experiments/compare_mnist.sh 0 4000
+# Every run starts from the plain presets (--mlp-conv 0 --pom-rotary 0: the PoM presets now carry both,
+# issue 23) and adds its own options, so the names keep their meaning.
 set -euo pipefail
 seed=${1:-0}
 steps=${2:-2000}
@@ -30,7 +32,7 @@ for name in "${names[@]}"; do
 done
 for name in "${names[@]}"; do
   read -r -a opts <<< "${options[$name]}"
-  polymixer train --data mnist --image-size 32 --preset DiT-M/4 --depth 6 "${opts[@]}" \
+  polymixer train --data mnist --image-size 32 --preset DiT-M/4 --depth 6 --mlp-conv 0 --pom-rotary 0 "${opts[@]}" \
     --batch-size 64 --lr 1e-3 --warmup-steps 300 --ema-decay 0.999 --time-sampling logit_normal --steps "$steps" \
     --checkpoint-every 200 --sample-every 1000 --keep-last 2 --log-every 50 --progress false \
     --num-threads 1 --seed "$seed" --out "$runs/${name}_seed${seed}" $resume \

@@ -15,6 +15,8 @@
 # training options to every run, RUNS=runs/compare_video_spatial puts the runs elsewhere, e.g.
 #   MIXERS="pom" LOCAL_EVERY=2 RUNS=runs/compare_video_spatial \
 #     INIT_ROOT=checkpoints/compare bash experiments/compare_video.sh 0 2000
+# Every run starts from the plain presets (--mlp-conv 0 --pom-rotary 0: the PoM presets now carry both,
+# issue 23) and adds its own options, so the names keep their meaning.
 set -euo pipefail
 seed=${1:-0}
 steps=${2:-1000}
@@ -30,7 +32,7 @@ for mixer in $mixers; do
     pattern="frame-local $mixer"
     for ((i = 1; i < LOCAL_EVERY; i++)); do pattern="$pattern, $mixer"; done
   fi
-  polymixer train --data moving-digits --image-size 32 --frames 8 --preset DiT-M/4 --depth 6 --mixer "$pattern" \
+  polymixer train --data moving-digits --image-size 32 --frames 8 --preset DiT-M/4 --depth 6 --mixer "$pattern" --mlp-conv 0 --pom-rotary 0 \
     --init-from "$init" \
     --batch-size 16 --lr 5e-4 --warmup-steps 100 --ema-decay 0.998 --steps "$steps" \
     --checkpoint-every 100 --sample-every 500 --sample-steps 20 --keep-last 2 --log-every 20 --progress false \

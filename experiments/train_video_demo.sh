@@ -8,7 +8,7 @@
 # and the run only has to learn motion and consistency across frames.
 # One thread (a 2-core machine shared with other jobs). Resume with the same command plus --resume.
 set -euo pipefail
-polymixer train --data moving-digits --image-size 32 --frames 8 --preset DiT-M/4 --depth 6 --mixer pom \
+polymixer train --data moving-digits --image-size 32 --frames 8 --preset DiT-M/4 --depth 6 --mixer pom --mlp-conv 0 --pom-rotary 0 \
   --pom-heads 1 --init-from "$(python -c 'import polymixer; print(polymixer.bundled_checkpoint("demo"))')" \
   --batch-size 16 --lr 5e-4 --warmup-steps 100 --ema-decay 0.998 --steps 3000 \
   --checkpoint-every 100 --sample-every 500 --sample-steps 20 --keep-last 3 --log-every 20 \

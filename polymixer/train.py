@@ -42,7 +42,7 @@ from .io import CheckpointError, write_json
 from .models import build_model, config_from_dict, config_to_dict
 from .models.blocks import TransformerConfig
 from .models.video_dit import VideoDiTConfig
-from .models.io import add_frame_memory, load_state_checked, widen_gates
+from .models.io import add_frame_memory, add_mlp_convs, load_state_checked, widen_gates
 from .models.presets import config_for_data, dit_config
 from .conditioning import ClassLabels
 from .pipeline import SamplingConfig
@@ -87,7 +87,8 @@ class TrainConfig(ModelOverrides):
     ``init_from``: a model folder (``save_pretrained``/``export``) whose weights start a
     fresh run (every tensor must match this run's model, e.g. a video DiT from the image
     DiT of the same size: their parameters are the same; PoM gates with fewer heads are
-    widened exactly, see :func:`~polymixer.models.io.widen_gates`); ignored when resuming.
+    widened exactly, see :func:`~polymixer.models.io.widen_gates`; MLP convolutions and
+    frame-memory decays the source lacks start at their initial values); ignored when resuming.
 
     Model: images train a DiT, clips a video DiT (block-causal over frames). ``preset``
     (e.g. ``"DiT-C/4"``) and ``mixer`` ("pom" / "attention"); every field of the model
@@ -540,6 +541,10 @@ def build(run: Run) -> None:
         if added and run.dist.main:
             print(f"init_from: {len(added)} frame-memory decay tensors start at this model's initial values "
                   f"(the source model has the plain mean)", flush=True)
+        state, convs = add_mlp_convs(run.model, state)
+        if convs and run.dist.main:
+            print(f"init_from: {len(convs)} MLP convolution tensors start at the identity (the source model has "
+                  f"none; same function at step 0)", flush=True)
         load_state_checked(run.model, state, str(weights))
     run.ema = build_model(run.model_config).to(run.device)
     run.ema.load_state_dict(run.model.state_dict())

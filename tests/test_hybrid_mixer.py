@@ -71,7 +71,7 @@ def test_hybrid_sequential_sampling_equals_joint():
 def test_hybrid_image_block_sums_its_members():
     torch.manual_seed(0)
     model = build_model(dit_config("DiT-T/4", "pom + frame-local attention", image_size=16, in_channels=1,
-                                   n_classes=3))
+                                   n_classes=3, pom_rotary=0))  # called below without positions
     mixer = model.blocks[0].mixer
     h = torch.randn(2, 16, model.config.width)
     # an image is one frame: the frame-local member mixes it whole

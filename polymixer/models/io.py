@@ -17,7 +17,7 @@ from .registry import build_model, config_from_dict, config_to_dict
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
-__all__ = ["save_pretrained", "load_pretrained", "load_state_checked", "widen_gates", "add_frame_memory"]
+__all__ = ["save_pretrained", "load_pretrained", "load_state_checked", "widen_gates", "add_frame_memory", "add_mlp_convs"]
 
 
 def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -66,6 +66,33 @@ def widen_gates(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[
     return out, widened
 
 
+def _add_from_model(model: nn.Module, state: dict[str, torch.Tensor], kind: type,
+                    leaves: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state`` plus the tensors ``<module>.<leaf>`` of ``model``'s modules of type ``kind``
+    that it lacks, taken from ``model`` as it is; returns the new state and the names added."""
+    out, added = dict(state), []
+    own = model.state_dict()
+    for prefix, module in model.named_modules():
+        if not isinstance(module, kind):
+            continue
+        for leaf in leaves:
+            name = f"{prefix}{'.' if prefix else ''}{leaf}"
+            if name in own and name not in state:
+                out[name] = own[name].detach().clone()
+                added.append(name)
+    return out, added
+
+
+def add_mlp_convs(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state`` with the MLP convolutions of ``model`` that it lacks (weights of a model
+    without ``mlp_conv`` starting one with it) taken from ``model`` as it is, i.e. at their
+    identity start: the function is the same at step 0. Returns the new state and the
+    names added; every other tensor is passed through."""
+    from .blocks import MLP
+
+    return _add_from_model(model, state, MLP, ("conv.weight", "conv.bias"))
+
+
 def add_frame_memory(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """``state`` with the frame-memory decay parameters of ``model``'s PoM mixers that it
     lacks (weights of a model with the plain mean starting one with ``"decay"`` or
@@ -74,16 +101,7 @@ def add_frame_memory(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[
     Returns the new state and the names added; every other tensor is passed through."""
     from ..nn.mixer import PolynomialMixer
 
-    out, added = dict(state), []
-    for prefix, module in model.named_modules():
-        if not isinstance(module, PolynomialMixer):
-            continue
-        for leaf in ("decay_logit", "decay_weight"):
-            name = f"{prefix}{'.' if prefix else ''}{leaf}"
-            if hasattr(module, leaf) and name not in state:
-                out[name] = getattr(module, leaf).detach().clone()
-                added.append(name)
-    return out, added
+    return _add_from_model(model, state, PolynomialMixer, ("decay_logit", "decay_weight"))
 
 
 def save_pretrained(model: nn.Module, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
