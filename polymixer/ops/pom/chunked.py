@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from ..aggregation import Segments, segment_counts, segment_means, segment_means_adjoint
 from .chunk_ops import ChunkOps
-from .rotary import rotate
+from .rotary import rotate_by, turns
 from .spec import MixerWeights
 
 __all__ = ["mix_forward", "mix_backward"]
@@ -159,29 +159,32 @@ class _ChunkedCall:
         # Segment modes apply the padding weights themselves; the others' aggregation does.
         mask = mode.context_mask if self.seg is not None else None
         self.w2 = None if mask is None else mask.reshape(self.B * self.N).to(self.acc)
-        self.angles, self.query_angles = angles, query_angles  # (N or B, N, F/2): rotary, or None
+        # rotary: the rotations exp(i angle) of the context tokens and the queries, once per call
+        self.turn = None if angles is None else turns(angles)
+        self.query_turn = self.turn if query_angles is angles else (
+            None if query_angles is None else turns(query_angles))
 
     @staticmethod
-    def _angle_rows(angles: torch.Tensor | None, tokens: int, start: int, stop: int) -> torch.Tensor | None:
-        """The angles of the flattened token rows ``start:stop`` (``angles: (tokens, P)``
-        shared by the batch, or ``(B, tokens, P)``): ``(stop - start, P)``."""
-        if angles is None:
-            return None
-        if angles.dim() == 3 and angles.shape[0] > 1:
-            return angles.reshape(-1, angles.shape[-1])[start:stop]
-        angles = angles.reshape(tokens, -1)
+    def _turn_rows(turn: torch.Tensor, tokens: int, rows: "_TableRows", start: int, stop: int) -> torch.Tensor:
+        """The rotations of the flattened token rows ``start:stop`` in the chunk functions'
+        shape (``turn: (tokens, P)`` shared by the batch, or ``(B, tokens, P)``): whole
+        batch rows of shared positions as ``(1, tokens, P)``, no copy."""
+        if turn.dim() == 3 and turn.shape[0] > 1:
+            return rows.view(turn.reshape(-1, turn.shape[-1])[start:stop])
+        turn = turn.reshape(tokens, -1)
+        if rows.group is not None and start % tokens == 0 and (stop - start) % tokens == 0:
+            return turn.unsqueeze(0)  # whole rows: broadcast over them
         if start // tokens == (stop - 1) // tokens:  # inside one batch row: a slice
-            return angles[start % tokens:(stop - 1) % tokens + 1]
-        rows = torch.arange(start, stop, device=angles.device) % tokens
-        return angles.index_select(0, rows)
+            return rows.view(turn[start % tokens:(stop - 1) % tokens + 1])
+        return rows.view(turn.index_select(0, torch.arange(start, stop, device=turn.device) % tokens))
 
-    def context_turns(self, rows: "_TableRows", start: int, stop: int):
-        """The context angles of rows ``start:stop`` in the chunk functions' shape, or None."""
-        return rows.view(self._angle_rows(self.angles, self.N, start, stop))
+    def context_turns(self, rows: "_TableRows", start: int, stop: int) -> torch.Tensor:
+        """The context tokens' rotations of rows ``start:stop`` (chunk functions' shape)."""
+        return self._turn_rows(self.turn, self.N, rows, start, stop)
 
-    def query_turns(self, rows: "_TableRows", start: int, stop: int):
-        """The query angles of rows ``start:stop`` in the chunk functions' shape, or None."""
-        return rows.view(self._angle_rows(self.query_angles, self.M, start, stop))
+    def query_turns(self, rows: "_TableRows", start: int, stop: int) -> torch.Tensor:
+        """The queries' rotations of rows ``start:stop`` (chunk functions' shape)."""
+        return self._turn_rows(self.query_turn, self.M, rows, start, stop)
 
     def rows(self, tokens: int):
         for start, stop in _chunks(self.seg, self.B, tokens, self.chunk):
@@ -201,8 +204,8 @@ class _ChunkedCall:
         if self.seg is None:
             u = u_in if u_in is not None else _project(self.c2, w_h, b_h, u_out)
             h = ops.features(u, coeff, None).view(self.B, self.N, -1)
-            if self.angles is not None:
-                h = rotate(h, self.angles)
+            if self.turn is not None:
+                h = rotate_by(h, self.turn)
             return self.mode.aggregate(h).reshape(self.B * self.M, -1)
         seg = self.seg
         total = torch.zeros(self.B * seg.count, width, dtype=self.acc, device=self.c2.device)
@@ -212,8 +215,8 @@ class _ChunkedCall:
             else:
                 u_c = _project(self.c2[start:stop], w_h, b_h, None if u_out is None else u_out[start:stop])
             w_c = None if self.w2 is None else rows.view(self.w2[start:stop])
-            if self.angles is not None:  # rotate each token's features, then sum
-                h = rotate(ops.features(rows.view(u_c), coeff, w_c), self.context_turns(rows, start, stop))
+            if self.turn is not None:  # rotate each token's features, then sum
+                h = rotate_by(ops.features(rows.view(u_c), coeff, w_c), self.context_turns(rows, start, stop))
                 rows.add(total, h.sum(dim=-2, dtype=self.acc) if rows.sums_rows else h.to(self.acc))
             elif rows.sums_rows:
                 rows.add(total, ops.feature_sum(rows.view(u_c), coeff, w_c, self.acc))
@@ -227,9 +230,9 @@ def _query_states(call: _ChunkedCall, rows: _TableRows, state: torch.Tensor, sta
     """The states the queries of rows ``start:stop`` read: their table rows, rotated back
     by the queries' own angles with rotary positions (then one per token)."""
     H = rows.read(state)
-    if call.query_angles is None:
+    if call.query_turn is None:
         return H
-    return rotate(H, -call.query_turns(rows, start, stop))
+    return rotate_by(H, call.query_turns(rows, start, stop), inverse=True)
 
 
 def mix_forward(mode, x: torch.Tensor, c: torch.Tensor | None, weights: MixerWeights,
@@ -293,7 +296,7 @@ def mix_backward(mode, dy: torch.Tensor, x: torch.Tensor, c: torch.Tensor | None
                                                      d_b_s is not None)
         del d_gated
         if rotary:  # the adjoint of the rotation back: each token's gradient turned by its angles, then summed
-            d_state = rotate(d_state, call.query_turns(rows, start, stop))
+            d_state = rotate_by(d_state, call.query_turns(rows, start, stop))
             if rows.sums_rows:
                 d_state = d_state.sum(dim=-2)
         _add_mm(d_w_o, dy_c.t(), rows.flat(gated))
@@ -329,7 +332,7 @@ def mix_backward(mode, dy: torch.Tensor, x: torch.Tensor, c: torch.Tensor | None
         u_c = u_all[start:stop] if u_all is not None else F.linear(c_c, w_h, b_h)
         dh = rows.read(g).to(dh_dtype)
         if rotary:  # the adjoint of the features' rotation (per token)
-            dh = rotate(dh, -call.context_turns(rows, start, stop))
+            dh = rotate_by(dh, call.context_turns(rows, start, stop), inverse=True)
         w_c = None if call.w2 is None else rows.view(call.w2[start:stop])
         du_parts, d_coeff_c, d_b_parts = ops.feature_backward(rows.view(u_c), coeff, dh, w_c,
                                                               None if d_b_h is None else acc)
