@@ -264,6 +264,18 @@ def report(args, rows, whats, tokens, params) -> None:
                 cells = [f"{by[(v, n, w)]['seconds']:.3f} | {by[(v, n, w)]['seconds'] / base:.2f}"
                          if (v, n, w) in by else " | " for v in variants]
                 lines.append(f"| {n} | {w} | " + " | ".join(cells) + " |")
+        if any("peak_mb" in r for r in rows if r["mixer"] in variants):
+            lines += ["", "Variants: peak memory (MB) and its ratio over PoM's", "",
+                      "| tokens | what | PoM MB | " + " | ".join(f"{v} MB | {v} / PoM" for v in variants) + " |",
+                      "|---:|---|---:|" + "---:|---:|" * len(variants)]
+            for n in tokens:
+                for w in whats:
+                    base = by.get(("pom", n, w), {}).get("peak_mb")
+                    if base is None:
+                        continue
+                    cells = [f"{by[(v, n, w)]['peak_mb']:.0f} | {by[(v, n, w)]['peak_mb'] / max(base, 1e-9):.2f}"
+                             if "peak_mb" in by.get((v, n, w), {}) else " | " for v in variants]
+                    lines.append(f"| {n} | {w} | {base:.0f} | " + " | ".join(cells) + " |")
         lines.append("\n" + "; ".join(f"{v}: {params[v] / 1e6:.2f}M parameters" for v in variants)
                      + f" (`--variants \"{args.variants}\"`)")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -136,6 +136,10 @@ def test_cli_resume_says_where_it_starts_and_counts_steps_from_there(tmp_path, c
     out = capsys.readouterr().out
     assert f"resuming from step 3 of {tmp_path / 'run'}" in out
     assert "trained steps 3 to 5 (2 steps) in" in out and "this session" not in out
+    # resuming a finished run trains nothing and says so (no 'final loss nan')
+    assert cli_main(["train", "--config", str(tmp_path / "run" / "train_config.json"), "--steps", "5", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"nothing to train: {tmp_path / 'run'} is already at step 5 of 5" in out and "nan" not in out
 
 
 # ------------------------------------------------------------------ item 1: signals
