@@ -8,7 +8,7 @@
 # (--frame-embedding none: time only through the mixers), DiT-M/4 with 6 blocks and the
 # identity-initialised 3x3 depthwise conv in every MLP (issue 23's addition for both mixers),
 # the same steps, batch, learning rate and seed, each started from its mixer's shipped model of
-# single moving-digit frames (INIT_ROOT=checkpoints/compare/frames: pom_rotary, PoM with the
+# single moving-digit frames (INIT_ROOT=checkpoints/compare/frames: pom, PoM with the
 # conv and rotary positions over (frame, row, column); attention, attention with the conv).
 # The rivals (NAMES picks some):
 #   pom_mean        PoM, the paper's mean over every earlier frame, rotary positions over
@@ -52,7 +52,7 @@ for name in "${names[@]}"; do
 done
 train() {
   local name=$1 init
-  case $name in pom*) init="$init_root/pom_rotary" ;; *) init="$init_root/attention" ;; esac
+  case $name in pom*) init="$init_root/pom" ;; *) init="$init_root/attention" ;; esac
   eval "opts=(${options[$name]})"
   polymixer train --data moving-digits --image-size 32 --frames "$frames" --min-frames "$min_frames" \
     --noise-levels frame --history-noise 0.05 --frame-embedding none \

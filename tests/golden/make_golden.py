@@ -5,6 +5,9 @@ refactor of issue 21), single-threaded:
 
     python tests/golden/make_golden.py
 
+After a bundled model is replaced on purpose, record only its entries again (the others keep
+the reference recording): ``python tests/golden/make_golden.py --only demo,compare_``.
+
 It writes ``tests/golden/outputs.safetensors`` and, for the tiny models that no checkpoint
 holds (a frame-local video model with per-frame noise, one with shared noise, an attention
 video model), their config.json + model.safetensors under ``tests/golden/models/``.
@@ -88,7 +91,23 @@ def outputs() -> dict[str, torch.Tensor]:
 
 
 if __name__ == "__main__":
-    from safetensors.torch import save_file
+    import argparse
 
-    save_file(outputs(), str(HERE / "outputs.safetensors"))
-    print("wrote", HERE / "outputs.safetensors")
+    from safetensors.torch import load_file, save_file
+
+    parser = argparse.ArgumentParser(description="record the golden outputs (all, or only some again)")
+    parser.add_argument("--only", default="", help="comma-separated prefixes of the entries to record again "
+                        "(e.g. demo,compare_ after a bundled model changed); the others keep their recording")
+    args = parser.parse_args()
+    fresh = outputs()
+    path = HERE / "outputs.safetensors"
+    if args.only:
+        prefixes = tuple(p for p in args.only.split(",") if p)
+        kept = load_file(str(path))
+        changed = sorted(k for k in fresh if k.startswith(prefixes))
+        if not changed:
+            raise SystemExit(f"--only {args.only}: no entry starts with these (entries: {', '.join(sorted(fresh))})")
+        fresh = {**kept, **{k: fresh[k] for k in changed}}
+        print("recorded again:", ", ".join(changed))
+    save_file(fresh, str(path))
+    print("wrote", path)
