@@ -184,6 +184,26 @@ def test_fused_and_lean_chunks_equal_autograd(mode, dtype):
             assert (a - b).abs().max() <= tol * max(1.0, b.abs().max().item()), key
 
 
+def test_fused_self_mixing_computes_the_rotations_once_per_pass(monkeypatch):
+    """Self-mixing passes one angle tensor for the context and the queries: the forward and
+    the backward each turn it into rotations once, not once for each role, also under saved-
+    tensor hooks that hand each saved tensor back as a new object (offloading, compression)."""
+    from polymixer.ops.plan import MixerSettings
+    from polymixer.ops.pom import chunked
+
+    calls = []
+    real = chunked.turns
+    monkeypatch.setattr(chunked, "turns", lambda angles: calls.append(angles.shape) or real(angles))
+    mixer = make_mixer("product", 2, "state", settings=MixerSettings(chunk_rows=10, compile="never"),
+                       implementation="fused").double()
+    x = torch.randn(B, N, 6, dtype=f64, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t.clone()):
+        y = mixer(x, positions=grid_positions(ROWS, COLS))
+    assert len(calls) == 1
+    y.sum().backward()
+    assert len(calls) == 2 and x.grad is not None
+
+
 def test_fused_cross_mixing_with_shared_context_positions():
     """Cross-mixing in the fused form: queries and context at different positions, the
     context's shared by the batch (a (N, A) tensor), chunks that cross batch rows."""

@@ -48,7 +48,10 @@ class FusedPolynomialMix(torch.autograd.Function):
                                      keep_states=plan.keep_states and grad, angles=angles,
                                      query_angles=query_angles)
         ctx.mode, ctx.ops, ctx.chunk_rows = mode, ops, plan.chunk_rows
-        ctx.save_for_backward(x, c, *weights, u, z, state, angles, query_angles)
+        # self-mixing passes one angle tensor for both: save it once, so that the backward computes
+        # its rotations once even under saved-tensor hooks (which hand back a new object per entry)
+        ctx.same_angles = query_angles is angles
+        ctx.save_for_backward(x, c, *weights, u, z, state, angles, None if ctx.same_angles else query_angles)
         return y
 
     @staticmethod
@@ -56,6 +59,8 @@ class FusedPolynomialMix(torch.autograd.Function):
     def backward(ctx, dy):
         x, c, *rest = ctx.saved_tensors
         weights, (u, z, state, angles, query_angles) = MixerWeights(*rest[:7]), rest[7:]
+        if ctx.same_angles:
+            query_angles = angles
         grads = mix_backward(ctx.mode, dy.contiguous(), x, c, weights, ctx.ops, ctx.chunk_rows,
                              state, u, z, angles, query_angles)
         return grads + (None, None, None, None, None, None)
