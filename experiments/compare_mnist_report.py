@@ -89,8 +89,9 @@ for ev in sorted(runs.glob("*_seed*_eval.json")):
     config = json.loads((runs / name / "ema_model" / "config.json").read_text())
     train_config = json.loads((runs / name / "train_config.json").read_text())
     general, pom_only = extra_options(config)
-    seconds = state["seconds_this_session"]  # a resumed run would undercount: these ran in one go
-    rows.append({"mixer": mixer + variant(config), "seed": int(seed), "steps": state["step"],
+    # all sessions of a resumed run (older checkpoints have only the last session's seconds)
+    seconds = state.get("train_seconds", state["seconds_this_session"])
+    rows.append({"mixer": mixer + variant(config), "name": mixer, "seed": int(seed), "steps": state["step"],
                  "init_from": train_config.get("init_from"), "frame_local_every": local_every(config),
                  "extra": shlex.join(general), "pom_extra": shlex.join(pom_only),
                  "seconds_per_step": seconds / state["step"], "parameters": parameter_count(runs / name / "ema_model"),
@@ -99,7 +100,10 @@ for ev in sorted(runs.glob("*_seed*_eval.json")):
                  "samples_per_second": result.get("samples_per_second"),
                  "frechet_distance_real": result["frechet_distance_real"], "num_samples": result["num_samples"],
                  "eval_steps": result["steps"], "cfg": result["cfg_scale"], "pom_heads": config.get("pom_heads"),
-                 "mode": result.get("mode"), "per_frame": result.get("per_frame")})
+                 "mode": result.get("mode"), "per_frame": result.get("per_frame"),
+                 "stroke_frechet_distance": result.get("stroke_frechet_distance"),
+                 "texture_frechet_distance": result.get("texture_frechet_distance"),
+                 "precision": result.get("precision"), "recall": result.get("recall")})
 if not rows:
     raise SystemExit(f"no *_eval.json in {runs}")
 steps = sorted({r["steps"] for r in rows})
@@ -160,22 +164,32 @@ if args.video:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
 else:
-    recipe = " and ".join(f"`bash experiments/compare_mnist.sh {s} {steps[-1]}`" for s in seeds)
+    names = sorted({r["name"] for r in rows})
+    env = "" if names == ["attention", "pom"] else f'NAMES="{" ".join(names)}" '
+    if runs != Path("runs/compare"):
+        env += f"RUNS={runs} "
+    recipe = " and ".join(f"`{env}bash experiments/compare_mnist.sh {s} {steps[-1]}`" for s in seeds)
     lines = [
         "# PoM-DiT vs attention-DiT on MNIST 32x32, same budget (CPU)",
         "",
-        f"- recipe: {recipe}, at the same time (DiT-M/4, 6 blocks, width 128, batch 64, lr 1e-3, "
-        "300 warm-up steps, EMA 0.999, flow matching with logit-normal times; the four runs trained at the same "
+        f"- recipe: {recipe} (DiT-M/4, 6 blocks, width 128, batch 64, lr 1e-3, "
+        "300 warm-up steps, EMA 0.999, flow matching with logit-normal times; two or more runs trained at the same "
         f"time, one thread each), then `polymixer eval --num-samples {n} --steps 20 --seed 0` (Euler, cfg 2) on "
         "the EMA model",
+        "- stroke FD: Fréchet distance of per-image stroke statistics (fragments, stray pixels, pinholes, edge, ink) "
+        "against real digits', the metric that sees speckle; texture FD, precision and recall in the classifier's "
+        "conv features (docs/training.md#evaluation); blank where the evaluation predates them",
         f"- table: `{command}`, {today}",
         "- Fréchet distance on the bundled digit classifier's features against the 5,000 real digits (lower is "
         "better; `real` = N real digits scored the same way); accuracy = samples classified as their digit",
-        "- s/step and samples/s: wall time on the shared 2-core CPU with four runs (or evals) at once, so they "
-        "compare the mixers only within this table",
+        "- s/step and samples/s: wall time on the shared 2-core CPU with other runs (or evals) at once, summed "
+        "over the sessions of a resumed run, so they compare the mixers only roughly",
+        *([f"- rows marked ({', '.join(marks)}): copied from the table named in the mark, same recipe "
+           "(but the options in their label) and evaluation"] if included else []),
         "",
-        "| mixer | seed | parameters | steps | s/step | Fréchet distance (real) | conditional accuracy | samples/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| mixer | seed | parameters | steps | s/step | Fréchet distance (real) | conditional accuracy | stroke FD | "
+        "texture FD | precision / recall | samples/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 rows += included
 rows.sort(key=lambda r: (not r["mixer"].startswith("pom"), r["mixer"], r["seed"]))
@@ -183,9 +197,15 @@ labels = list(dict.fromkeys(r["mixer"] for r in rows))
 for r in rows:
     p = f"{r['parameters'] / 1e6:.2f}M" if r["parameters"] else ""
     sps = f"{r['samples_per_second']:.2f}" if r["samples_per_second"] else ""
+    quality = ""
+    if not args.video:
+        def cell(key, fmt):
+            return format(r[key], fmt) if r.get(key) is not None else ""
+        pr = f"{r['precision']:.3f} / {r['recall']:.3f}" if r.get("precision") is not None else ""
+        quality = f"{cell('stroke_frechet_distance', '.2f')} | {cell('texture_frechet_distance', '.1f')} | {pr} | "
     lines.append(f"| {r['mixer']} | {r['seed']} | {p} | {r['steps']} | {r['seconds_per_step']:.2f} | "
                  f"{r['frechet_distance']:.1f} ({r['frechet_distance_real']:.1f}) | "
-                 f"{r['conditional_accuracy']:.3f} | {sps} |")
+                 f"{r['conditional_accuracy']:.3f} | {quality}{sps} |")
 lines.append("")
 for mixer in labels:
     sel = [r for r in rows if r["mixer"] == mixer]
@@ -194,8 +214,13 @@ for mixer in labels:
         acc = [r["conditional_accuracy"] for r in sel]
         fd_spread = f" ± {statistics.stdev(fd):.1f}" if len(fd) > 1 else ""
         acc_spread = f" ± {statistics.stdev(acc):.3f}" if len(acc) > 1 else ""
+        stroke = [r["stroke_frechet_distance"] for r in sel if r.get("stroke_frechet_distance") is not None]
+        stroke_text = ""
+        if stroke and not args.video:
+            spread = f" ± {statistics.stdev(stroke):.2f}" if len(stroke) > 1 else ""
+            stroke_text = f", stroke FD {statistics.mean(stroke):.2f}{spread}"
         lines.append(f"- {mixer}: Fréchet distance {statistics.mean(fd):.1f}{fd_spread}, conditional accuracy "
-                     f"{statistics.mean(acc):.3f}{acc_spread} over {len(sel)} seed(s)")
+                     f"{statistics.mean(acc):.3f}{acc_spread}{stroke_text} over {len(sel)} seed(s)")
 if args.video:
     frames = max(len(r["per_frame"]["frechet_distance"]) for r in rows if r["per_frame"])
     lines += ["", "Per frame (Fréchet distance / conditional accuracy):", "",
