@@ -275,12 +275,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         start, step = result["start_step"], result["step"]
         steps = f"steps {start} to {step} ({step - start} steps)" if start else f"{step} steps"
-        if step == start:  # a resume of a finished run: nothing trained, no loss to report
-            print(f"nothing to train: {config.out} is already at step {step} of {config.steps}; EMA model in "
-                  f"{Path(config.out) / 'ema_model'}", flush=True)
-        else:
-            print(f"trained {steps} in {result['seconds']:.0f} s; final loss {result['loss']:.4f}; EMA model in "
-                  f"{Path(config.out) / 'ema_model'}", flush=True)
+        # a resume of a finished run trains nothing and has no loss to report
+        done = (f"nothing to train: {config.out} is already at step {step} of {config.steps}" if step == start
+                else f"trained {steps} in {result['seconds']:.0f} s; final loss {result['loss']:.4f}")
+        print(f"{done}; EMA model in {Path(config.out) / 'ema_model'}", flush=True)
     return 0
 
 
