@@ -6,7 +6,7 @@ import torch
 from polymixer import PolynomialMixer
 from polymixer.ops import MixerSettings, product_features, power_features, power_activation
 from polymixer.ops.pom.chunk_ops import clear_compile_cache, compile_failures
-from polymixer.ops.plan import CPU_COMPILE_MIN_ROWS, compile_decision
+from polymixer.ops.plan import CPU_COMPILE_AFTER_CALLS, CPU_COMPILE_MIN_ROWS, compile_decision
 
 VARIANTS = [("product", 1), ("power", 1), ("power", 4), ("product", 3)]
 
@@ -505,6 +505,37 @@ def test_auto_compiles_on_cpu_only_for_long_inputs():
     mixer = PolynomialMixer(8, settings=settings)
     assert not mixer.execution_plan(torch.randn(1, 99, 8)).compiled
     assert mixer.execution_plan(torch.randn(2, 50, 8)).compiled
+
+
+def test_auto_compiles_calls_without_gradients_only_after_a_warm_up():
+    settings = MixerSettings.from_env({"POLYMIXER_COMPILE_MIN_ROWS": "100", "POLYMIXER_COMPILE_AFTER_CALLS": "3"})
+    assert settings.compile_after_calls == 3
+    assert MixerSettings.from_env({}).compile_after_calls == CPU_COMPILE_AFTER_CALLS
+    with pytest.raises(ValueError, match="POLYMIXER_COMPILE_AFTER_CALLS"):
+        MixerSettings.from_env({"POLYMIXER_COMPILE_AFTER_CALLS": "few"})
+    with pytest.raises(ValueError, match="compile_after_calls"):
+        MixerSettings(compile_after_calls=-1)
+    assert not compile_decision(settings, "cpu", 100, inference_calls=2)[0]
+    assert compile_decision(settings, "cpu", 100, inference_calls=3)[0]
+    assert not compile_decision(settings, "cpu", 99, inference_calls=3)[0]  # still too short
+    assert compile_decision(settings, "cuda", 1, inference_calls=0)[0]  # no warm-up on CUDA
+    mixer = PolynomialMixer(8, settings=settings)
+    big, small = torch.randn(2, 50, 8), torch.randn(1, 5, 8)
+    assert mixer.execution_plan(big).compiled  # with gradients: at once (training)
+    with torch.no_grad():
+        for calls in range(3):
+            plan = mixer.execution_plan(big)  # asking does not count as a call
+            assert not plan.compiled and f"call {calls + 1} without gradients" in plan.reason
+            mixer(small)  # a short call counts all the same (and runs eagerly: 5 rows)
+        assert mixer.inference_calls == 3
+        assert mixer.execution_plan(big).compiled
+    with torch.inference_mode():
+        assert mixer.execution_plan(big).compiled
+    fresh = PolynomialMixer(8, settings=settings)
+    with torch.inference_mode():
+        assert not fresh.execution_plan(big).compiled  # inference mode counts as without gradients
+    y = fresh(small)  # with gradients: not counted
+    assert y.requires_grad and fresh.inference_calls == 0
 
 
 # ----------------------------------------------------------------------------- execution plan

@@ -122,6 +122,7 @@ class PolynomialMixer(nn.Module):
             raise TypeError(f"settings: expected a MixerSettings, got {type(settings).__name__}")
         self.settings = settings if settings is not None else MixerSettings.from_env()
         self.compile_record = SHARED_COMPILE_RECORD
+        self.inference_calls = 0  # forward calls without gradients so far (MixerSettings.compile_after_calls)
         check_positive_int("dim", dim)
         check_positive_int("degree", degree, 1, 8)
         check_positive_int("expand", expand)
@@ -296,7 +297,8 @@ class PolynomialMixer(nn.Module):
         return choose_path(self.settings, self.implementation, self.spec, self.state_width, x, context, mode,
                            streaming, autograd_only=(("rotary_query='gate'",) if self.rotary_axes
                                                      and self.rotary_query == "gate" else ()) + memory,
-                           torch_aggregation_only=memory, compile_failures=failed)
+                           torch_aggregation_only=memory, compile_failures=failed,
+                           inference_calls=None if torch.is_grad_enabled() else self.inference_calls)
 
     def _all_angles(self, x, context, positions, context_positions):
         """(context angles, query angles) of a call (None, None without rotary positions)."""
@@ -355,6 +357,8 @@ class PolynomialMixer(nn.Module):
         )
         angles, query_angles = self._all_angles(x, context, positions, context_positions)
         plan = self._plan(x, context, mode, prefix is not None)
+        if not torch.is_grad_enabled():
+            self.inference_calls += 1
         return pom.mix(x, None if context is x else context, self.weights(), self.spec, mode, plan, prefix,
                        angles, query_angles, self.frame_memory, self.decay_weights(), self.compile_record)
 

@@ -9,8 +9,9 @@ Triton), and why. :meth:`polymixer.PolynomialMixer.execution_plan` returns the p
 call; its forward runs exactly that plan.
 
 Settings are explicit: the environment variables ``POLYMIXER_COMPILE``,
-``POLYMIXER_COMPILE_MIN_ROWS`` and ``POLYMIXER_TRITON`` are only the defaults, read when
-the settings are made (:meth:`MixerSettings.from_env`, once per mixer), never during a call.
+``POLYMIXER_COMPILE_MIN_ROWS``, ``POLYMIXER_COMPILE_AFTER_CALLS`` and ``POLYMIXER_TRITON``
+are only the defaults, read when the settings are made (:meth:`MixerSettings.from_env`,
+once per mixer), never during a call.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ if TYPE_CHECKING:
 
 
 __all__ = [
-    "CPU_COMPILE_MIN_ROWS", "MixerSettings", "ExecutionPlan", "choose_path", "compile_decision",
+    "CPU_COMPILE_MIN_ROWS", "CPU_COMPILE_AFTER_CALLS", "MixerSettings", "ExecutionPlan", "choose_path", "compile_decision",
     "aggregation_backend", "default_chunk_rows", "autocast_dtype", "compiling",
 ]
 
 #: ``compile="auto"`` compiles on CPU from this many token rows per call (B * N).
 CPU_COMPILE_MIN_ROWS = 8192
+#: ``compile="auto"`` on CPU runs a mixer's first this many calls without gradients eagerly.
+CPU_COMPILE_AFTER_CALLS = 50
 COMPILE_CHOICES = ("auto", "always", "never")
 TRITON_CHOICES = ("auto", "on", "off")
 FORMS = ("fused", "lean", "autograd")
@@ -48,6 +51,11 @@ class MixerSettings:
         rows (a one-time compile of 10-20 s is soon paid back there); ``"always"``;
         ``"never"``.
     compile_min_rows: the CPU threshold of ``"auto"`` (rows = batch x tokens).
+    compile_after_calls: ``"auto"`` on CPU, calls without gradients (sampling,
+        evaluation): a mixer's first ``compile_after_calls`` such calls run eagerly, the
+        later ones compiled. The compile costs 10-20 s and saves about 0.25 s per step of
+        the demo's model, so a sample of 20 or 30 steps is faster without it and a long
+        evaluation with it. Calls with gradients (training) do not wait.
     triton: the Triton aggregation kernels in the plain autograd form: ``"auto"`` on CUDA
         when Triton is installed; ``"on"`` wherever they can run (CUDA, or CPU under
         ``TRITON_INTERPRET=1``, slowly); ``"off"``.
@@ -58,6 +66,7 @@ class MixerSettings:
 
     compile: str = "auto"
     compile_min_rows: int = CPU_COMPILE_MIN_ROWS
+    compile_after_calls: int = CPU_COMPILE_AFTER_CALLS
     triton: str = "auto"
     chunk_rows: int | None = None
 
@@ -66,7 +75,7 @@ class MixerSettings:
             raise ValueError(f"compile: expected one of {COMPILE_CHOICES}, got {self.compile!r}")
         if self.triton not in TRITON_CHOICES:
             raise ValueError(f"triton: expected one of {TRITON_CHOICES}, got {self.triton!r}")
-        for name in ("compile_min_rows", "chunk_rows"):
+        for name in ("compile_min_rows", "compile_after_calls", "chunk_rows"):
             value = getattr(self, name)
             if value is None and name == "chunk_rows":
                 continue
@@ -77,7 +86,8 @@ class MixerSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "MixerSettings":
         """Settings with the defaults from ``POLYMIXER_COMPILE`` (auto|always|never),
-        ``POLYMIXER_COMPILE_MIN_ROWS`` (an int) and ``POLYMIXER_TRITON`` (auto|on|off);
+        ``POLYMIXER_COMPILE_MIN_ROWS`` and ``POLYMIXER_COMPILE_AFTER_CALLS`` (ints) and
+        ``POLYMIXER_TRITON`` (auto|on|off);
         ``overrides`` (keyword arguments of the fields) win over them."""
         env = os.environ if environ is None else environ
         values = {}
@@ -86,12 +96,13 @@ class MixerSettings:
             if compile_.lower() not in COMPILE_CHOICES:
                 raise ValueError(f"POLYMIXER_COMPILE: expected auto, always or never, got {compile_!r}")
             values["compile"] = compile_.lower()
-        rows = env.get("POLYMIXER_COMPILE_MIN_ROWS")
-        if rows is not None:
-            try:
-                values["compile_min_rows"] = int(rows)
-            except ValueError:
-                raise ValueError(f"POLYMIXER_COMPILE_MIN_ROWS: expected an integer, got {rows!r}") from None
+        for name in ("compile_min_rows", "compile_after_calls"):
+            value = env.get(f"POLYMIXER_{name.upper()}")
+            if value is not None:
+                try:
+                    values[name] = int(value)
+                except ValueError:
+                    raise ValueError(f"POLYMIXER_{name.upper()}: expected an integer, got {value!r}") from None
         triton = env.get("POLYMIXER_TRITON")
         if triton is not None:
             if triton.lower() not in TRITON_CHOICES:
@@ -183,15 +194,24 @@ def default_chunk_rows(width: int, device_type: str, threads: int | None = None)
     return max(256 * threads, min(8192 * threads, threads * (4 << 20) // (4 * max(width, 1))))
 
 
-def compile_decision(settings: MixerSettings, device_type: str, rows: int) -> tuple[bool, str]:
-    """Whether the chunks' element-wise work is compiled for a call of ``rows`` token rows."""
+def compile_decision(settings: MixerSettings, device_type: str, rows: int,
+                     inference_calls: int | None = None) -> tuple[bool, str]:
+    """Whether the chunks' element-wise work is compiled for a call of ``rows`` token rows;
+    inference_calls: for a call without gradients, how many such calls the mixer has run
+    before (None: a call with gradients)."""
     if settings.compile != "auto":
         return settings.compile == "always", f"compile={settings.compile!r}"
     if device_type == "cuda":
         return True, "compile='auto': compiled on CUDA"
-    use = rows >= settings.compile_min_rows
-    return use, (f"compile='auto': {'compiled' if use else 'eager'} on {device_type} for {rows} token rows "
-                 f"(compiled from {settings.compile_min_rows})")
+    if rows < settings.compile_min_rows:
+        return False, (f"compile='auto': eager on {device_type} for {rows} token rows "
+                       f"(compiled from {settings.compile_min_rows})")
+    if inference_calls is not None and inference_calls < settings.compile_after_calls:
+        return False, (f"compile='auto': eager on {device_type} for the call {inference_calls + 1} without "
+                       f"gradients (compiled from the call {settings.compile_after_calls + 1}: a short sample "
+                       f"does not pay a compile back)")
+    return True, (f"compile='auto': compiled on {device_type} for {rows} token rows "
+                  f"(compiled from {settings.compile_min_rows})")
 
 
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -233,7 +253,7 @@ _COMPILING_PLANS = {impl: _compiling_plan(impl) for impl in FORMS}
 def choose_path(settings: MixerSettings, implementation: str, spec: MixerSpec, width: int, x: torch.Tensor,
                 context: torch.Tensor, mode, streaming: bool = False, autograd_only: tuple[str, ...] = (),
                 torch_aggregation_only: tuple[str, ...] = (),
-                compile_failures: tuple[str, ...] = ()) -> ExecutionPlan:
+                compile_failures: tuple[str, ...] = (), inference_calls: int | None = None) -> ExecutionPlan:
     """The :class:`ExecutionPlan` of a mixer call.
 
     settings, implementation (``"fused"``, ``"lean"``, ``"autograd"``), spec and width
@@ -245,7 +265,9 @@ def choose_path(settings: MixerSettings, implementation: str, spec: MixerSpec, w
     torch_aggregation_only: those options that PyTorch's aggregation alone computes (not the
     Triton kernels: e.g. a frame memory other than the mean);
     compile_failures: the chunk functions whose compile failed before for this configuration
-    (``mixer.compile_record``, see :mod:`polymixer.ops.pom.chunk_ops`), run eagerly. The plan
+    (``mixer.compile_record``, see :mod:`polymixer.ops.pom.chunk_ops`), run eagerly;
+    inference_calls: for a call without gradients, the mixer's such calls before it (None
+    for a call with gradients; see ``MixerSettings.compile_after_calls``). The plan
     is a function of these arguments alone. The implementation is a request: the plain
     autograd form runs with a streaming state, with any ``autograd_only`` option, inside
     torch.compile (which cannot trace the hand-written backward, and fuses the autograd form
@@ -283,7 +305,7 @@ def choose_path(settings: MixerSettings, implementation: str, spec: MixerSpec, w
         backend, why_backend = aggregation_backend(settings.triton, x, mode, streaming, dtype)
         return ExecutionPlan("autograd", aggregation_backend=backend, reason=f"{why}; aggregation: {why_backend}")
     rows = x.shape[0] * max(num_context, x.shape[1])
-    compiled, why_compile = compile_decision(settings, device_type, rows)
+    compiled, why_compile = compile_decision(settings, device_type, rows, inference_calls)
     eager = tuple(compile_failures) if compiled else ()
     if eager:
         why_compile += f"; eager for {', '.join(eager)} after a failed compile"
