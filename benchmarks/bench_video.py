@@ -46,16 +46,24 @@ from polymixer.models.mixers import legacy_frame_local_pattern
 from polymixer.pipeline import SamplingConfig
 from polymixer.video import iter_video_frames
 
+MODEL_OPTIONS = ("steps", "batch", "image_size", "patch_size", "width", "depth", "heads", "threads", "frame_local_every",
+                 "window", "mlp_conv", "pom_rotary", "pom_frame_memory", "frame_embedding", "noise_levels")
 RIVALS = ("pom-sequential", "pom-joint", "attention-joint", "attention-kv-cache", "attention-rolling")
 
 
 def make_model(mixer: str, args, dtype=torch.float32, window: int = 0) -> VideoDiT:
-    """The benchmark's video DiT with ``mixer``; ``window``: attention's rolling window in frames (0: all)."""
+    """The benchmark's video DiT with ``mixer``; ``window``: attention's rolling window in frames (0: all).
+    The PoM-only options (rotary positions, frame memory) apply to the PoM model; the MLP conv,
+    the frame embedding and the noise levels to both."""
     torch.manual_seed(0)
+    pom = mixer == "pom"
     config = VideoDiTConfig(image_size=args.image_size, in_channels=1, patch_size=args.patch_size, width=args.width,
-                            depth=args.depth, heads=args.heads, mlp_ratio=3.0 if mixer == "pom" else 4.0,
+                            depth=args.depth, heads=args.heads, mlp_ratio=3.0 if pom else 4.0,
                             mixer=legacy_frame_local_pattern(mixer, getattr(args, "frame_local_every", 0)),
-                            pom_heads=1, frames=8, n_classes=10, attention_window=window)
+                            pom_heads=1, frames=8, n_classes=10, attention_window=window,
+                            mlp_conv=args.mlp_conv, pom_rotary=args.pom_rotary if pom else 0,
+                            pom_frame_memory=args.pom_frame_memory if pom else "mean",
+                            frame_embedding=args.frame_embedding, noise_levels=args.noise_levels)
     model = VideoDiT(config)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # non-zero adaLN so every block really works
@@ -75,7 +83,10 @@ def generate(rival: str, model: VideoDiT, frames: int, steps: int, batch: int):
 
 def check_equivalences(args) -> None:
     """KV-cached attention == joint attention (full and rolling window), PoM sequential == PoM joint (float64)."""
-    small = argparse.Namespace(**{**vars(args), "depth": 2})
+    # With one noise level per frame, frame-by-frame generation is another sampler than joint
+    # generation (each new frame reads the finished ones at their own level), so the check runs
+    # the same architecture with one noise level per clip, where the two must agree.
+    small = argparse.Namespace(**{**vars(args), "depth": 2, "noise_levels": "clip"})
     for mixer, rival, window, frames in (("attention", "attention-kv-cache", 0, 3),
                                          ("attention", "attention-rolling", 2, 5), ("pom", "pom-sequential", 0, 3)):
         model = make_model(mixer, small, torch.float64, window)
@@ -124,6 +135,12 @@ def main(argv=None) -> None:
     p.add_argument("--depth", type=int, default=6)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--frame-local-every", type=int, default=0, help="spatial blocks 0, k, 2k, ... (0: none)")
+    p.add_argument("--mlp-conv", type=int, default=0, help="depthwise conv side in every MLP, both mixers (0: none)")
+    p.add_argument("--pom-rotary", type=int, default=0, help="PoM's rotary positions: 0 or 3 (frame, row, column)")
+    p.add_argument("--pom-frame-memory", default="mean", help="PoM's cross-frame state: mean, decay, gated-decay, "
+                   "window:W")
+    p.add_argument("--frame-embedding", default="sincos", choices=("sincos", "none"))
+    p.add_argument("--noise-levels", default="clip", choices=("clip", "frame"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--window", type=int, default=4, help="attention-rolling: frames kept in the rolling cache")
     p.add_argument("--max-joint-frames", type=int, default=128, help="skip joint rivals above this many frames")
@@ -138,6 +155,8 @@ def main(argv=None) -> None:
         return child(args)
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
+        for k, v in saved.get("options", {}).items():  # the model of that run
+            setattr(args, k, v)
         rows = saved["rows"]
         rivals = [r for r in RIVALS if any(row["rival"] == r for row in rows)]
         frames = sorted({row["frames"] for row in rows})
@@ -157,8 +176,7 @@ def main(argv=None) -> None:
                 continue
             cmd = [sys.executable, __file__, "--child", "--rival", r, "--frames-one", str(n)] + [
                 f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                if k in ("steps", "batch", "image_size", "patch_size", "width", "depth", "heads", "threads",
-                         "frame_local_every", "window")]
+                if k in MODEL_OPTIONS]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if out.returncode != 0:
                 print(out.stderr[-2000:], file=sys.stderr)
@@ -168,6 +186,22 @@ def main(argv=None) -> None:
             print(f"{r:>20} {n:>4} frames: {row['seconds'] / n * 1000:8.1f} ms/frame, "
                   f"peak +{row['peak_mb']:7.1f} MB", flush=True)
     report(args, rows, rivals, frame_counts, " ".join(["python", "benchmarks/" + Path(sys.argv[0]).name] + sys.argv[1:]))
+
+
+def options_line(args) -> str:
+    """The model options other than the defaults, in words (empty for the plain models)."""
+    words = []
+    if getattr(args, "mlp_conv", 0):
+        words.append(f"a {args.mlp_conv}x{args.mlp_conv} depthwise conv in every MLP (both mixers)")
+    if getattr(args, "pom_rotary", 0):
+        words.append(f"PoM with rotary positions over {args.pom_rotary} axes (attention without)")
+    if getattr(args, "pom_frame_memory", "mean") != "mean":
+        words.append(f"PoM's frame memory {args.pom_frame_memory}")
+    if getattr(args, "frame_embedding", "sincos") != "sincos":
+        words.append(f"frame embedding {args.frame_embedding}")
+    if getattr(args, "noise_levels", "clip") != "clip":
+        words.append(f"one noise level per {args.noise_levels}")
+    return ("; " + ", ".join(words)) if words else ""
 
 
 def report(args, rows, rivals, frame_counts, command) -> None:
@@ -182,12 +216,15 @@ def report(args, rows, rivals, frame_counts, command) -> None:
         f"- date: {datetime.date.today().isoformat()}; machine: {machine()}, {args.threads} thread(s)",
         f"- model: video DiT depth {args.depth}, width {args.width}, {args.heads} heads, patch {args.patch_size} on "
         f"{args.image_size}x{args.image_size} frames ({tokens} tokens per frame), batch {args.batch}, "
-        f"{args.steps} Euler steps per frame, no guidance, float32, random weights",
+        f"{args.steps} Euler steps per frame, no guidance, float32, random weights"
+        + options_line(args),
         "- ms/frame = the whole generation's time / frames; for the frame-by-frame rivals also the mean of the "
         "first 8 and of the last 8 frames of the same generation; peak = resident memory added by the generation "
         "(fresh process per cell, finished frames not kept)",
         "- checked first: attention-kv-cache == attention-joint, attention-rolling == attention-joint under the "
-        "same window mask, and pom-sequential == pom-joint (float64)"
+        "same window mask, and pom-sequential == pom-joint (float64"
+        + (", the same models with one noise level per clip" if getattr(args, "noise_levels", "clip") != "clip" else "")
+        + ")"
         + (f"; attention-rolling keeps the last {args.window} frames" if "attention-rolling" in rivals else ""),
         "",
         "| frames | " + " | ".join(f"{r} ms/frame{'' if r.endswith('joint') else ' (first 8 / last 8)'} | {r} peak MB"
@@ -223,7 +260,9 @@ def report(args, rows, rivals, frame_counts, command) -> None:
                 lines.append(f"At {largest} frames, {r} / pom-sequential: time {o['seconds'] / base['seconds']:.1f}x, "
                              f"peak memory {o['peak_mb'] / max(base['peak_mb'], 1e-9):.1f}x")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}, indent=1) + "\n")
+    options = {k: getattr(args, k) for k in MODEL_OPTIONS}
+    out.with_suffix(".json").write_text(json.dumps({"command": command, "options": options, "rows": rows}, indent=1)
+                                        + "\n")
     print("\n".join(lines))
     plt = pyplot()
     if plt is None:
