@@ -34,12 +34,25 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    """``"32,40,48"`` -> ``(32, 40, 48)``."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints, e.g. 32,40,48, got {text!r}") from None
+    return values
+
+
 # (help, choices) of every TrainConfig field; the model overrides default to the preset's value
 _TRAIN_HELP: dict[str, tuple[str, tuple | None]] = {
     "data": ("mnist, digits, moving-digits, moving-digits-2, or a folder with one subfolder per class "
              "(images, or clips: GIF, MP4, .npy)", None),
     "image_size": ("side the images or frames are brought to [a folder's own (smallest side, at most 64, a "
                    "multiple of the patch), 32 for the bundled data]", None),
+    "image_sizes": ("comma-separated sides, e.g. 32,40,48: each step draws one and trains its whole batch at "
+                    "that side; --image-size (the model's own side, default the first) must be one of them. "
+                    "Bundled moving digits and mnist (sides >= 28) keep their digit size as the canvas grows; "
+                    "pixels only", None),
     "channels": ("1 or 3: channels of the images or clips of a folder [grey files: 1, colour: 3]", None),
     "frames": ("frames of a training clip (video data)", None),
     "clip_stride": ("a folder of clips: cut each clip into every window of --frames frames starting every this "
@@ -135,6 +148,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
             g.add_argument(flag, dest=f.name, type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         elif f.name == "betas":
             g.add_argument(flag, type=float, nargs=2, default=None, metavar=("B1", "B2"), help=text + default)
+        elif f.name == "image_sizes":
+            g.add_argument(flag, type=_int_list, default=None, metavar="S1,S2,...", help=text + default)
         elif base is bool:  # a switch: --flag alone means true
             g.add_argument(flag, type=_bool, nargs="?", const=True, default=None, metavar="true|false",
                            help=text + default)

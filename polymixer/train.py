@@ -36,7 +36,8 @@ from torch import nn
 
 from .checkpoint import (STEP_RE, latest_checkpoint, load_checkpoint, newest_intact_checkpoint, prune_checkpoints,
                          save_checkpoint, set_aside_later_checkpoints)
-from .data import TrainingData, batch_indices, is_video_data, load_dataset
+from .data import VIDEO_DATA, TrainingData, batch_indices, is_video_data, load_dataset
+from .data.moving_digits import default_digit_size
 from .diffusion import DDPM, FlowMatching, make_objective
 from .io import CheckpointError, write_json
 from .models import build_model, config_from_dict, config_to_dict
@@ -48,7 +49,7 @@ from .conditioning import ClassLabels
 from .pipeline import SamplingConfig
 
 __all__ = ["TrainConfig", "train", "prepare", "build", "restore", "fit", "train_step", "Run", "TrainingInterrupted",
-           "warmup_steps_for"]
+           "warmup_steps_for", "image_size_at"]
 
 # Model fields a run takes from its data, or as their own options: not overrides.
 _NOT_OVERRIDES = ("in_channels", "n_classes", "mixer", "image_size", "frames")
@@ -84,6 +85,12 @@ class TrainConfig(ModelOverrides):
     training clips (video data); ``channels`` 1 or 3 for folders; ``vae`` a local diffusers
     AutoencoderKL folder to train on its latents (images).
 
+    ``image_sizes``: train on several canvas sides, each step drawing one of them (the whole
+    batch at that side, see :func:`image_size_at`); ``image_size`` stays the model's own side
+    (its config, its previews) and must be one of them (default: the first). The bundled
+    moving digits keep the digit size of the model's own side on every canvas, mnist keeps
+    its 28x28 digit at sides >= 28; sklearn digits and folders are resized. Pixels only.
+
     ``init_from``: a model folder (``save_pretrained``/``export``) whose weights start a
     fresh run (every tensor must match this run's model, e.g. a video DiT from the image
     DiT of the same size: their parameters are the same; PoM gates with fewer heads are
@@ -100,6 +107,7 @@ class TrainConfig(ModelOverrides):
     # data (image_size, channels: None = what a folder's files are; 32 and 1 for the bundled data)
     data: str = "mnist"
     image_size: int | None = None
+    image_sizes: tuple[int, ...] | None = None
     channels: int | None = None
     frames: int = 8
     min_frames: int | None = None
@@ -167,6 +175,18 @@ class TrainConfig(ModelOverrides):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "image_size" else 0)):
                 raise ValueError(f"{name}: expected a {'positive' if name == 'image_size' else 'non-negative'} int "
                                  f"or None (from the data / the run length), got {v!r}")
+        if self.image_sizes is not None:
+            sizes = self.image_sizes
+            if (not isinstance(sizes, (list, tuple)) or not sizes
+                    or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes)):
+                raise ValueError(f"image_sizes: expected a non-empty list of positive ints (canvas sides, e.g. "
+                                 f"[32, 40, 48]) or None (always image_size), got {sizes!r}")
+            if len(set(sizes)) != len(sizes):
+                raise ValueError(f"image_sizes: expected each side once, got {list(sizes)}")
+            self.image_sizes = tuple(sizes)
+            if self.image_size is not None and self.image_size not in self.image_sizes:
+                raise ValueError(f"image_sizes: the model's own image_size {self.image_size} must be one of "
+                                 f"{list(self.image_sizes)} (or leave image_size unset: the first entry)")
         if self.min_frames is not None and (isinstance(self.min_frames, bool) or not isinstance(self.min_frames, int)
                                             or not 1 <= self.min_frames <= self.frames):
             raise ValueError(f"min_frames: expected an int in [1, frames={self.frames}] or None (always {self.frames} "
@@ -203,6 +223,7 @@ class TrainConfig(ModelOverrides):
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
+        d["image_sizes"] = None if self.image_sizes is None else list(self.image_sizes)
         return d
 
     def make_objective(self) -> FlowMatching | DDPM:
@@ -254,6 +275,8 @@ def _validate_model_options(config: TrainConfig) -> None:
         raise ValueError(f"image_size: expected a positive int, got {size!r}")
     if config.vae is not None:  # latents: their size is known after encoding
         size = overrides.get("patch_size", dit_config(config.preset).patch_size)
+    if config.image_sizes is not None and config.vae is not None:
+        raise ValueError("image_sizes: varied sizes are for pixels; latent training (vae) takes one image_size")
     shape = (1, size, size)
     if is_video_data(config.data):
         if config.vae is not None:
@@ -272,6 +295,15 @@ def _validate_model_options(config: TrainConfig) -> None:
                          "and the flow objective")
     if config.min_frames is not None and config.min_frames % tp != 0:
         raise ValueError(f"min_frames: {config.min_frames} is not a multiple of the temporal patch {tp}")
+    for side in config.image_sizes or ():
+        if side % model_config.patch_size != 0:
+            raise ValueError(f"image_sizes: {side} is not divisible by patch_size={model_config.patch_size}")
+    if config.image_sizes is not None and config.data in VIDEO_DATA:
+        digit = default_digit_size(size)  # the digits keep their size on every canvas
+        small = [side for side in config.image_sizes if side <= digit]
+        if small:
+            raise ValueError(f"image_sizes: {small} leave no room to move for the {digit}x{digit} digits of "
+                             f"image_size {size}; expected sides > {digit}")
 
 
 # Sides of a folder's images or frames when --image-size is not given: the data's own, at most
@@ -288,7 +320,8 @@ def resolve_defaults(config: TrainConfig, saved: dict | None = None) -> tuple[Tr
 
     ``image_size`` / ``channels`` (None): a folder's own, from its files (the smallest side, at
     most :data:`MAX_AUTO_IMAGE_SIZE` and a multiple of the patch size; grey files give 1
-    channel); 32 and 1 for the bundled data. ``warmup_steps`` (None): :func:`warmup_steps_for`.
+    channel); 32 and 1 for the bundled data; the first of ``image_sizes`` when those are given.
+    ``warmup_steps`` (None): :func:`warmup_steps_for`.
     ``saved``: the train config of the checkpoint being resumed, whose values are kept for
     the options still None (so a longer ``--steps`` does not move the warm-up)."""
     changes: dict = {}
@@ -297,6 +330,8 @@ def resolve_defaults(config: TrainConfig, saved: dict | None = None) -> tuple[Tr
     for name in ("image_size", "channels", "warmup_steps"):
         if getattr(config, name) is None and saved and saved.get(name) is not None:
             changes[name] = saved[name]
+    if config.image_size is None and "image_size" not in changes and config.image_sizes:
+        changes["image_size"] = config.image_sizes[0]  # the model's own side: the first of the drawn sides
     if config.warmup_steps is None and "warmup_steps" not in changes:
         changes["warmup_steps"] = warmup_steps_for(config)
         if changes["warmup_steps"] < DEFAULT_WARMUP_STEPS:
@@ -421,6 +456,7 @@ class Run:
     sampling: SamplingConfig
     resume_path: Path | None = None
     checkpoint: dict | None = None
+    datasets: dict[int, TrainingData] | None = None  # image_sizes: one dataset per side (``data`` is image_size's)
     model: nn.Module | None = None
     ema: nn.Module | None = None
     optimizer: torch.optim.Optimizer | None = None
@@ -485,6 +521,23 @@ def _load_data(config: TrainConfig, progress: bool) -> TrainingData:
                         skip_bad_files=config.skip_bad_files, progress=progress)
 
 
+def _datasets_by_side(config: TrainConfig, data: TrainingData, progress: bool) -> dict[int, TrainingData] | None:
+    """One dataset per side of ``config.image_sizes`` (None without them), made by the same
+    loader as ``data`` (the model's own side, reused); the bundled moving digits keep the
+    digit size they have at ``image_size``, so only the canvas changes."""
+    if config.image_sizes is None:
+        return None
+    out = {}
+    for side in config.image_sizes:
+        if side == config.image_size:
+            out[side] = data
+        elif config.data in VIDEO_DATA:
+            out[side] = data.on_canvas(side)
+        else:
+            out[side] = _load_data(dataclasses.replace(config, image_size=side), progress)
+    return out
+
+
 def prepare(config: TrainConfig, resume: bool | str = False) -> Run:
     """Every check before heavy work, then the process group, the data and the configs.
 
@@ -508,6 +561,7 @@ def prepare(config: TrainConfig, resume: bool | str = False) -> Run:
 
     dist_info, device = setup_distributed(config.device)
     data = _load_data(config, progress=config.progress and dist_info.main)
+    datasets = _datasets_by_side(config, data, progress=config.progress and dist_info.main)
     latent = None
     if config.vae is not None:
         from .data.latent import encode_dataset
@@ -519,7 +573,7 @@ def prepare(config: TrainConfig, resume: bool | str = False) -> Run:
         _check_same_architecture(ckpt["state"].get("model_config"), model_config, resume_path)
         _start_line_of_work(ckpt_dir, ckpt["step"], dist_info)  # after every check: nothing moves for a failed start
     return Run(config, dist_info, device, data, model_config, config.sampling_config(data, latent),
-               resume_path, ckpt)
+               resume_path, ckpt, datasets)
 
 
 def build(run: Run) -> None:
@@ -606,6 +660,17 @@ def clip_window(config: TrainConfig, step: int, frames: int, temporal_patch: int
     return start, length
 
 
+def image_size_at(config: TrainConfig, step: int) -> int:
+    """The side of step ``step``'s batch: ``image_size`` without ``image_sizes``; else one of
+    them drawn uniformly from ``(seed, step)`` (a stream of its own, not :func:`clip_window`'s):
+    the same on every process and after a resume."""
+    if config.image_sizes is None:
+        return config.image_size
+    # offset by 2**31 + 1 steps (generator seeds keep 32 bits): clip_window's stream of a far later step
+    g = torch.Generator().manual_seed(config.seed * 1_000_003 + step + 2_147_483_649)
+    return config.image_sizes[int(torch.randint(len(config.image_sizes), (1,), generator=g))]
+
+
 def train_step(run: Run) -> tuple[float, float | None, float]:
     """One optimisation step at ``run.step``: its batch, label dropout, the loss, AdamW, the
     EMA. Returns (loss, gradient norm or None, learning rate) and advances ``run.step``."""
@@ -613,8 +678,9 @@ def train_step(run: Run) -> tuple[float, float | None, float]:
     lr = lr_at(config, run.step)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    idx = batch_indices(len(run.data), config.batch_size, run.step, config.seed, run.dist.rank, run.dist.world_size)
-    x0, y = run.data.batch(idx)
+    data = run.data if run.datasets is None else run.datasets[image_size_at(config, run.step)]
+    idx = batch_indices(len(data), config.batch_size, run.step, config.seed, run.dist.rank, run.dist.world_size)
+    x0, y = data.batch(idx)
     x0, y = x0.to(device, non_blocking=True), y.to(device, non_blocking=True)
     if run.model.kind == "video" and config.min_frames is not None:  # a window of varied length
         start, length = clip_window(config, run.step, x0.shape[1], run.model.config.temporal_patch)
@@ -823,9 +889,11 @@ def _announce(run: Run) -> None:
     write_json(run.out / "train_config.json", config.to_dict())
     grid = mc.image_size // mc.patch_size
     per = f"{grid}x{grid}" if run.model.kind != "video" else f"{mc.frames // mc.temporal_patch} x {grid}x{grid}"
+    sides = ("" if run.datasets is None else
+             f", a side drawn per step from {', '.join(str(s) for s in config.image_sizes)}")
     print(f"model: {config.preset} mixer={config.mixer}, {run.model.num_parameters() / 1e6:.2f}M parameters "
           f"({mc.depth} blocks, width {mc.width}, patch {mc.patch_size}): {run.model.num_tokens()} tokens per "
-          f"sample ({per}); data: {run.data.name} {len(run.data)} samples {tuple(run.data.sample_shape)}; "
+          f"sample ({per}); data: {run.data.name} {len(run.data)} samples {tuple(run.data.sample_shape)}{sides}; "
           f"{config.steps} steps of {config.batch_size}, lr {config.lr:g} after {config.warmup_steps} warm-up "
           f"steps; processes: {run.dist.world_size}; device: {run.device}", flush=True)
 

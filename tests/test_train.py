@@ -326,3 +326,108 @@ def test_sample_takes_the_name_of_a_bundled_checkpoint(tmp_path, capsys):
     assert (tmp_path / "g.png").is_file()
     assert cli_main(["sample", "--checkpoint", "no_such_model", "--out", str(tmp_path / "h.png")]) == 2
     assert "nor is it one of the bundled checkpoints" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ varied canvas sizes (image_sizes)
+def test_image_size_draw_is_deterministic_by_seed_and_step_and_covers_every_size(tmp_path):
+    from polymixer.train import clip_window, image_size_at
+
+    config = tiny_config(tmp_path / "r", image_sizes=(8, 12, 16))
+    draws = [image_size_at(config, step) for step in range(60)]
+    assert draws == [image_size_at(tiny_config(tmp_path / "s", image_sizes=(8, 12, 16)), s) for s in range(60)]
+    assert set(draws) == {8, 12, 16}
+    assert draws != [image_size_at(tiny_config(tmp_path / "r", image_sizes=(8, 12, 16), seed=1), s)
+                     for s in range(60)]
+    assert image_size_at(tiny_config(tmp_path / "r"), 5) == 8  # without image_sizes: always image_size
+    # its own stream: not clip_window's draw of the same step
+    video = TrainConfig(data="moving-digits", frames=3, min_frames=1, image_sizes=(8, 12, 16))
+    assert [clip_window(video, s, 3)[1] for s in range(60)] != [(8, 12, 16).index(image_size_at(video, s)) + 1
+                                                                for s in range(60)]
+
+
+def test_image_sizes_batches_have_the_drawn_side(tmp_path, capsys):
+    from polymixer.train import build, image_size_at, prepare, restore, train_step
+
+    config = tiny_config(tmp_path / "r", image_sizes=(8, 16), image_size=None, steps=6)
+    run = prepare(config)
+    assert run.config.image_size == 8 and run.model_config.image_size == 8  # the first entry
+    assert run.data is run.datasets[8] and run.datasets[16].sample_shape == (1, 16, 16)
+    build(run)
+    restore(run)
+    sides = []
+    run.model.register_forward_pre_hook(lambda module, args: sides.append(args[0].shape[-2:]))
+    for _ in range(6):
+        train_step(run)
+    expected = [image_size_at(run.config, s) for s in range(6)]
+    assert set(expected) == {8, 16}
+    assert [tuple(s) for s in sides] == [(e, e) for e in expected]
+    # the startup line names the sides
+    from polymixer.train import _announce
+
+    _announce(run)
+    assert "a side drawn per step from 8, 16" in capsys.readouterr().out
+
+
+def test_image_sizes_resume_is_bit_identical(tmp_path):
+    kw = dict(image_sizes=(8, 12), checkpoint_every=3)
+    from polymixer.train import image_size_at
+
+    assert {image_size_at(tiny_config(tmp_path, **kw), s) for s in range(6)} == {8, 12}
+    straight = train(tiny_config(tmp_path / "a", steps=6, **kw))
+    train(tiny_config(tmp_path / "b", steps=3, **kw))
+    resumed = train(tiny_config(tmp_path / "b", steps=6, **kw), resume=True)
+    assert resumed["step"] == 6
+    assert_same_state(straight["model"].state_dict(), resumed["model"].state_dict())
+    assert_same_state(straight["ema"].state_dict(), resumed["ema"].state_dict())
+
+
+def test_image_sizes_bad_input(tmp_path):
+    for bad in ([], (8, 0), (8, True), "8,16", (8, 8.0), 8):
+        with pytest.raises(ValueError, match="image_sizes: expected a non-empty list of positive ints"):
+            tiny_config(tmp_path / "r", image_sizes=bad)
+    with pytest.raises(ValueError, match="image_sizes: expected each side once"):
+        tiny_config(tmp_path / "r", image_sizes=(8, 16, 8))
+    with pytest.raises(ValueError, match="image_sizes: the model's own image_size 8 must be one of"):
+        tiny_config(tmp_path / "r", image_sizes=(12, 16))
+    # before any data is read (the folder does not exist)
+    with pytest.raises(ValueError, match="image_sizes: 9 is not divisible by patch_size=2"):
+        train(tiny_config(tmp_path / "r", image_sizes=(8, 9), data=str(tmp_path / "no_such_folder")))
+    with pytest.raises(ValueError, match=r"image_sizes: .*latent training \(vae\)"):
+        train(tiny_config(tmp_path / "r", image_sizes=(8, 16), vae=str(tmp_path / "vae")))
+    with pytest.raises(ValueError, match=r"image_sizes: \[8\] leave no room to move for the 8x8 digits"):
+        train(tiny_config(tmp_path / "r", data="moving-digits", frames=2, image_size=16, image_sizes=(16, 8)))
+    assert not (tmp_path / "r").exists()
+
+
+def test_image_sizes_moving_digits_keep_their_digit_size(tmp_path):
+    from polymixer.train import prepare
+
+    run = prepare(tiny_config(tmp_path / "r", data="moving-digits", frames=2, image_size=16, image_sizes=(16, 24)))
+    assert run.datasets[16] is run.data and run.data.digit_size == 8
+    assert run.datasets[24].digit_size == 8 and run.datasets[24].sample_shape == (2, 1, 24, 24)
+    small, large = run.datasets[16].batch(torch.arange(3))[0], run.datasets[24].batch(torch.arange(3))[0]
+    assert large.shape == (3, 2, 1, 24, 24)
+    # the same digits, whole and at the same size, on the larger canvas: the same ink per frame
+    assert torch.allclose((small + 1).sum(dim=(2, 3, 4)), (large + 1).sum(dim=(2, 3, 4)))
+    assert run.datasets[16].batch(torch.arange(3))[1].tolist() == run.datasets[24].batch(torch.arange(3))[1].tolist()
+
+
+def test_image_sizes_config_round_trips_and_old_configs_load(tmp_path):
+    config = tiny_config(tmp_path / "r", image_sizes=[8, 16])
+    assert config.image_sizes == (8, 16)
+    d = json.loads(json.dumps(config.to_dict()))
+    assert d["image_sizes"] == [8, 16]
+    assert TrainConfig.from_dict(d) == config
+    d.pop("image_sizes")  # a config saved before the option existed
+    assert TrainConfig.from_dict(d).image_sizes is None
+    assert TrainConfig.from_dict(tiny_config(tmp_path / "r").to_dict()).image_sizes is None
+
+
+def test_cli_parses_image_sizes(capsys):
+    from polymixer.cli import build_parser
+
+    assert build_parser().parse_args(["train", "--image-sizes", "32,48"]).image_sizes == (32, 48)
+    assert build_parser().parse_args(["train"]).image_sizes is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--image-sizes", "32,x"])
+    assert "expected comma-separated ints" in capsys.readouterr().err

@@ -11,6 +11,8 @@ one digit per clip, ``10 * first + second`` (100 classes, names like ``"37"``) f
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -77,6 +79,17 @@ class MovingDigits:
 
     def __len__(self) -> int:
         return self.num_clips
+
+    def on_canvas(self, image_size: int) -> "MovingDigits":
+        """The same dataset (digits, digit size, frames, seed) on a canvas of ``image_size``,
+        sharing the resized digits (nothing is loaded again)."""
+        _check_int("image_size", image_size)
+        if self.digit_size >= image_size:
+            raise ValueError(f"image_size: {image_size} leaves no room to move for the {self.digit_size}x"
+                             f"{self.digit_size} digits")
+        other = copy.copy(self)
+        other.image_size = image_size
+        return other
 
     @property
     def sample_shape(self) -> tuple[int, int, int, int]:
