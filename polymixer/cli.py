@@ -351,6 +351,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _made_for_long_clips(cfg, mode: str) -> bool:
+    """Whether a video model generates past its training length by design: one noise level
+    per frame (trained on its own finished frames as context), no absolute frame index (time
+    only through the mixers' relative positions and states), generated frame by frame."""
+    return cfg.noise_levels == "frame" and cfg.frame_embedding == "none" and mode == "sequential"
+
+
 def _warn_past_training_length(frames: int, trained: int, flag: str = "--frames") -> None:
     """One line on stderr when more frames are asked for than the model was trained on."""
     if frames > trained:
@@ -420,9 +427,10 @@ def _cmd_sample_video(args: argparse.Namespace) -> int:
     cfg = model.config
     frames = args.frames or cfg.frames
     model.check_frames(frames)
-    _warn_past_training_length(frames, cfg.frames)
     if args.mode is None:
         args.mode = model.default_sampling_mode()
+    if not _made_for_long_clips(cfg, args.mode):
+        _warn_past_training_length(frames, cfg.frames)
     if args.mode == "sequential" and not model.can_stream():
         raise ValueError("--mode: a mixer of this model cannot stream, so it cannot generate frame by frame "
                          "(use --mode joint)")
@@ -512,7 +520,7 @@ def _demo_video(checkpoint: Path, args: argparse.Namespace) -> None:
     model, pipeline = load_for_sampling(checkpoint, kind="video")
     cfg = model.config
     mode = model.default_sampling_mode()
-    long_clips = cfg.noise_levels == "frame" and cfg.frame_embedding == "none" and mode == "sequential"
+    long_clips = _made_for_long_clips(cfg, mode)
     frames = args.frames or (DEMO_LONG_FRAMES if long_clips else cfg.frames)
     if not long_clips:
         _warn_past_training_length(frames, cfg.frames)
@@ -540,6 +548,7 @@ def _demo_continuation(model, pipeline, frames: int, args: argparse.Namespace) -
     a model trained on the bundled moving digits (the real clips come from the same source)."""
     import torch
 
+    from ._optional import MissingDependencyError
     from .data import VIDEO_DATA, moving_digits
     from .media import save_clip
     from .video import sample_video
@@ -548,7 +557,11 @@ def _demo_continuation(model, pipeline, frames: int, args: argparse.Namespace) -
     digits = VIDEO_DATA.get(pipeline.dataset)
     if digits is None or cfg.n_classes != 10 or cfg.in_channels != 1 or frames <= DEMO_CONTEXT_FRAMES:
         return
-    real = moving_digits(cfg.image_size, DEMO_CONTEXT_FRAMES, digits, seed=1000 + args.seed, num_clips=400)
+    try:
+        real = moving_digits(cfg.image_size, DEMO_CONTEXT_FRAMES, digits, seed=1000 + args.seed, num_clips=400)
+    except MissingDependencyError as exc:  # a plain install: the GIF is written, the real clips are not here
+        print(f"continuation skipped: the real clips it starts from are MNIST digits; {exc}")
+        return
     x, labels = real.batch(torch.arange(400))
     first = [int((labels == c).nonzero()[0]) for c in range(10)]  # one clip per digit, 0 to 9
     lo, hi = pipeline.data_range

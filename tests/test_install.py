@@ -104,9 +104,12 @@ def test_plain_install_has_no_extras(plain_env):
 def test_demo_and_sample_from_the_installed_package(plain_env):
     work = plain_env["work"]
     result = _cli(plain_env, "demo", "--per-class", "1", "--steps", "2", "--threads", "1", "--out", "grid.png",
-                  "--frames", "2", "--video-out", "clips.gif")
+                  "--frames", "5", "--video-out", "clips.gif")
     assert (work / "grid.png").read_bytes()[:8] == PNG
     assert (work / "clips.gif").read_bytes()[:6] == b"GIF89a" and (work / "clips.png").read_bytes()[:8] == PNG
+    # the continuation starts from real MNIST clips, which only the [train] extra brings: one line, no failure
+    assert "continuation skipped" in result.stdout and "pip install 'polymixer[train]'" in result.stdout
+    assert not (work / "clips_continuation.gif").exists()
     # the bundled checkpoint is the installed copy, not the checkout's
     found = _run([plain_env["python"], "-c", "import polymixer; print(polymixer.bundled_checkpoint('demo'))"],
                  cwd=work, env=plain_env["env"]).stdout.strip()

@@ -159,13 +159,42 @@ def test_every_demo_option_has_help():
 
 # ------------------------------------------------------------------ items 8, 18: video sampling
 def test_more_frames_than_trained_warns(tmp_path, capsys):
-    assert cli_main(["sample-video", "--checkpoint", "video_demo", "--frames", "9", "--steps", "1", "--num-clips",
-                     "1", "--threads", "1", "--out", str(tmp_path / "c.npy")]) == 0
+    import torch
+
+    from polymixer.models import VideoDiT, VideoDiTConfig
+    from polymixer.pipeline import SamplingConfig
+
+    # one noise level per clip and an absolute frame index: not made for clips past its 3 frames
+    torch.manual_seed(0)
+    model = VideoDiT(VideoDiTConfig(image_size=8, in_channels=1, patch_size=4, width=32, depth=1, heads=2,
+                                    frames=3, n_classes=2, noise_levels="clip"))
+    folder = model.save_pretrained(tmp_path / "model")
+    SamplingConfig(class_names=["a", "b"]).save(folder)
+    common = ["sample-video", "--checkpoint", str(folder), "--steps", "1", "--num-clips", "1", "--threads", "1"]
+    assert cli_main(common + ["--frames", "4", "--out", str(tmp_path / "c.npy")]) == 0
     err = capsys.readouterr().err
-    assert "warning: --frames 9 is more than the 8 frames this model was trained on" in err
-    assert cli_main(["sample-video", "--checkpoint", "video_demo", "--frames", "8", "--steps", "1", "--num-clips",
-                     "1", "--threads", "1", "--out", str(tmp_path / "d.npy")]) == 0
+    assert "warning: --frames 4 is more than the 3 frames this model was trained on" in err
+    assert cli_main(common + ["--frames", "3", "--out", str(tmp_path / "d.npy")]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_model_made_for_long_clips_does_not_warn(tmp_path, capsys):
+    # the bundled video demo: one noise level per frame, no absolute frame index, frame by frame
+    from polymixer import bundled_checkpoint
+    from polymixer.sample import load_for_sampling
+
+    model, _ = load_for_sampling(bundled_checkpoint("video_demo"), kind="video")
+    cfg = model.config
+    assert (cfg.noise_levels, cfg.frame_embedding) == ("frame", "none")
+    frames = cfg.frames + 2
+    assert cli_main(["sample-video", "--checkpoint", "video_demo", "--frames", str(frames), "--steps", "1",
+                     "--num-clips", "1", "--threads", "1", "--out", str(tmp_path / "c.npy")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert np.load(tmp_path / "c.npy").shape[1] == frames
+    # asked to denoise all the frames together it is past what it was trained for: warned
+    assert cli_main(["sample-video", "--checkpoint", "video_demo", "--frames", str(frames), "--steps", "1",
+                     "--num-clips", "1", "--threads", "1", "--mode", "joint", "--out", str(tmp_path / "d.npy")]) == 0
+    assert f"warning: --frames {frames} is more than the {cfg.frames} frames" in capsys.readouterr().err
 
 
 def test_context_without_classes_asks_for_them(tmp_path, capsys):
