@@ -5,7 +5,8 @@ The two models are the PoM and the attention version of the same size preset (th
 has the paper's smaller MLP, parameters within 15%); the number of tokens N is
 (image side / patch size)^2, made larger by sampling larger inputs of the same network
 (positions are sin-cos, so any size works). Times are medians of interleaved repeats
-(PoM, attention, PoM, ...); peak memory is the resident memory added by the measured call
+(PoM, attention, PoM, ...), in elapsed seconds or, with ``--clock cpu`` on a machine shared with
+other jobs, in CPU seconds of the process (the work done); peak memory is the resident memory added by the measured call
 in a fresh process per (mixer, N, measurement). Output (table, JSON, plot) in
 ``benchmarks/results/`` with the command, date and machine.
 
@@ -161,6 +162,9 @@ def main(argv=None) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="float32, or autocast to bfloat16/float16 (what a GPU run should use)")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="wall: elapsed seconds (the default); cpu: CPU seconds of this process, all its threads "
+                        "(CPU only): the work done, much less sensitive to other jobs on a shared machine")
     p.add_argument("--variants", default=None, help="more models: NAME=PATTERN|FIELD=VALUE|...;... (see above)")
     p.add_argument("--out", default=None, help="path prefix (default benchmarks/results/dit_scaling_<device>)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -168,6 +172,8 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.patch = int(args.preset.split("/")[1])
+    if args.clock == "cpu" and args.device != "cpu":
+        p.error("--clock cpu: CPU seconds measure CPU work; on --device cuda use the wall clock")
     if args.child:
         return child(args)
     torch.set_num_threads(args.threads)
@@ -177,6 +183,7 @@ def main(argv=None) -> None:
     models = {m: build(m, args) for m in rivals}
     params = {m: models[m].num_parameters() for m in rivals}
     print(f"parameters: PoM {params['pom'] / 1e6:.2f}M, attention {params['attention'] / 1e6:.2f}M", flush=True)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     rows = []
     for n in tokens:
         for what in whats:
@@ -189,10 +196,10 @@ def main(argv=None) -> None:
                     if sum(times[m]) > args.max_seconds:
                         continue
                     _sync(args.device)
-                    t0 = time.perf_counter()
+                    t0 = clock()
                     calls[m]()
                     _sync(args.device)
-                    times[m].append(time.perf_counter() - t0)
+                    times[m].append(clock() - t0)
             for m in rivals:
                 row = {"mixer": m, "tokens": n, "what": what, "seconds": statistics.median(times[m]),
                        "runs": len(times[m])}
@@ -227,8 +234,10 @@ def report(args, rows, whats, tokens, params) -> None:
         f"- forward = one no-grad forward; train_step = flow-matching loss, backward, AdamW step; sampling = "
         f"{args.sampling_steps} Euler steps" + (f" with guidance {args.cfg} (doubled batch)" if args.cfg != 1 else
                                                " without guidance"),
-        "- time = median of interleaved repeats; peak = memory added by one call in a fresh process "
-        "(resident memory on CPU, allocated memory on CUDA); ratio = attention / PoM (> 1: PoM is cheaper)",
+        ("- time = median of interleaved repeats" + (" of CPU seconds (all threads of the process, --clock cpu: "
+         "the work done, not the latency; robust to other jobs on the machine)" if args.clock == "cpu" else "")
+         + "; peak = memory added by one call in a fresh process "
+         "(resident memory on CPU, allocated memory on CUDA); ratio = attention / PoM (> 1: PoM is cheaper)"),
         "",
         "| tokens | what | PoM s | attention s | time ratio | PoM peak MB | attention peak MB | memory ratio |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",

@@ -51,6 +51,19 @@ def test_dit_scaling_mixed_precision_and_crossover(tmp_path):
     assert {(r["mixer"], r["tokens"]) for r in rows} == {(m, n) for m in ("pom", "attention") for n in (4, 16)}
 
 
+def test_dit_scaling_cpu_clock(tmp_path):
+    """--clock cpu times CPU seconds (the work done, for a shared machine) and says so; refused on CUDA."""
+    bench = load("bench_dit_scaling")
+    out = tmp_path / "scaling"
+    bench.main(["--preset", "DiT-T/2", "--tokens", "4", "--repeats", "2", "--what", "forward,train_step",
+                "--no-memory", "--threads", "1", "--clock", "cpu", "--out", str(out)])
+    assert "median of interleaved repeats of CPU seconds" in out.with_suffix(".md").read_text()
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert len(rows) == 4 and all(r["seconds"] > 0 for r in rows)
+    with pytest.raises(SystemExit):
+        bench.main(["--clock", "cpu", "--device", "cuda", "--tokens", "4"])
+
+
 def test_bench_video_rolling_cache_rival(tmp_path):
     """The rolling-cache rival is checked against joint attention under its window mask, then
     measured beside PoM (toy sizes; the numbers themselves belong to the benchmark)."""
