@@ -64,14 +64,16 @@ def test_dit_scaling_cpu_clock(tmp_path):
         bench.main(["--clock", "cpu", "--device", "cuda", "--tokens", "4"])
 
 
-def test_bench_video_rolling_cache_rival(tmp_path):
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_bench_video_rolling_cache_rival(tmp_path, clock):
     """The rolling-cache rival is checked against joint attention under its window mask, then
     measured beside PoM (toy sizes; the numbers themselves belong to the benchmark)."""
     bench_video = load("bench_video")
     out = tmp_path / "video"
     bench_video.main(["--frames", "4", "--steps", "1", "--image-size", "8", "--patch-size", "4", "--width", "16",
                       "--depth", "1", "--heads", "2", "--window", "2", "--rivals", "pom-sequential,attention-rolling",
-                      "--out", str(out)])
+                      "--clock", clock, "--out", str(out)])
+    assert ("CPU seconds of the generating process" in out.with_suffix(".md").read_text()) == (clock == "cpu")
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert sorted((r["rival"], r["frames"]) for r in rows) == [("attention-rolling", 4), ("pom-sequential", 4)]
     assert all(len(r["frame_seconds"]) == r["frames"] for r in rows)
