@@ -64,6 +64,20 @@ def test_dit_scaling_cpu_clock(tmp_path):
         bench.main(["--clock", "cpu", "--device", "cuda", "--tokens", "4"])
 
 
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="reads Linux's /proc/self/status")
+def test_stream_memory_records_every_frame_asked(tmp_path):
+    bench = load("bench_stream_memory")
+    out = tmp_path / "stream"
+    bench.main(["--frames", "6", "--every", "3", "--batch", "1", "--out", str(out)])
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert [p["frame"] for p in saved["points"]] == [1, 3, 6]
+    assert all(p["peak_mb"] >= p["rss_mb"] - 1e-9 for p in saved["points"])  # the peak is never below the resident
+    text = out.with_suffix(".md").read_text()
+    assert "| 6 |" in text and "Peak over the second half" in text
+    with pytest.raises(SystemExit):
+        bench.main(["--frames", "3", "--out", str(out)])
+
+
 @pytest.mark.parametrize("clock", ["wall", "cpu"])
 def test_bench_video_rolling_cache_rival(tmp_path, clock):
     """The rolling-cache rival is checked against joint attention under its window mask, then
