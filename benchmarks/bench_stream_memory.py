@@ -34,7 +34,8 @@ from polymixer.video import iter_video_frames
 
 def measure(args) -> dict:
     torch.set_num_threads(args.threads)
-    path = bundled_checkpoint(args.checkpoint) if "/" not in args.checkpoint else Path(args.checkpoint)
+    folder = Path(args.checkpoint).is_dir()  # a folder, else the name of a bundled checkpoint
+    path = Path(args.checkpoint) if folder else bundled_checkpoint(args.checkpoint)
     model, pipeline = load_for_sampling(path, kind="video")
     labels = torch.arange(args.batch) % model.config.n_classes
 
@@ -54,7 +55,7 @@ def measure(args) -> dict:
                                "peak_mb": (status_kb("VmHWM") - base) / 1024})
                 print(f"frame {i:>6}: rss {points[-1]['rss_mb']:+7.2f} MB, peak {points[-1]['peak_mb']:+7.2f} MB",
                       flush=True)
-    name = f"the bundled {args.checkpoint}" if "/" not in args.checkpoint else str(path)
+    name = str(path) if folder else f"the bundled {args.checkpoint}"
     return {"checkpoint": name, "points": points, "seconds": time.perf_counter() - t0}
 
 
