@@ -18,6 +18,10 @@
 #   pom_window      an exact sliding window of the last 4 frames (window:4)
 #   attention_roll  attention with a rolling KV cache of the last 4 frames (--attention-window 4)
 #   attention       attention with the full KV cache (its cost grows with the clip)
+#   pom_mean_local, pom_gated_local   pom_mean and pom_gated with every other block mixing
+#                   inside its own frame only (--mixer 'frame-local pom, pom'): in a block that
+#                   reads earlier frames through the mean, frame f's own tokens weigh 1/(f+1)
+#                   of what it reads; a frame-local block reads its own frame at full weight
 # then `polymixer eval` of each EMA model on clips of EVAL_FRAMES frames (default 64), frame by
 # frame (per-frame Fréchet distance and accuracy with the real clips' floor, identity, motion,
 # clip Fréchet distance by 8-frame window).
@@ -45,6 +49,8 @@ declare -A options=(
   [pom_window]="--mixer pom --pom-rotary 3 --pom-frame-memory window:4"
   [attention_roll]="--mixer attention --attention-window 4"
   [attention]="--mixer attention"
+  [pom_mean_local]="--mixer 'frame-local pom, pom' --pom-rotary 3"
+  [pom_gated_local]="--mixer 'frame-local pom, pom' --pom-rotary 3 --pom-frame-memory gated-decay"
 )
 read -r -a names <<< "${NAMES:-pom_mean pom_decay pom_gated pom_window attention_roll attention}"
 for name in "${names[@]}"; do
