@@ -8,6 +8,9 @@
 #   pom_same         PoM + conv + rotary, still 32x32 only (the control: the same extra steps)
 #   pom_sizes        the same with --image-sizes 32,48 (a side drawn per step, the digit stays 16x16)
 #   attention_same, attention_sizes   attention + conv, the same two arms
+#   pom_local_same   pom_same with a 5x5 neighbourhood softmax beside PoM in every block
+#                    (--mixer 'pom + local-attention', started with its output at zero): does a
+#                    mixer that only sees a fixed neighbourhood carry to larger canvases?
 # then `polymixer eval` of each EMA model at 32, 48 and 64 (EVAL_SIZES), SAMPLES samples each.
 #   bash experiments/compare_canvas.sh [SEED] [STEPS]
 #   NAMES="pom_same pom_sizes" bash experiments/compare_canvas.sh 0 1000
@@ -30,6 +33,7 @@ declare -A options=(
   [pom_sizes]="--mixer pom --mlp-conv 3 --pom-rotary 3 --image-sizes $sizes"
   [attention_same]="--mixer attention --mlp-conv 3"
   [attention_sizes]="--mixer attention --mlp-conv 3 --image-sizes $sizes"
+  [pom_local_same]="--mixer 'pom + local-attention' --mlp-conv 3 --pom-rotary 3"
 )
 read -r -a names <<< "${NAMES:-pom_same pom_sizes}"
 for name in "${names[@]}"; do

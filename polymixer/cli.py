@@ -71,7 +71,8 @@ _TRAIN_HELP: dict[str, tuple[str, tuple | None]] = {
               "'pom + local-attention' (softmax over each token's 5x5 neighbours in its frame) or "
               "'pom + frame-local attention'", None),
     "init_from": ("a model folder whose weights start a fresh run (e.g. a video DiT from the image DiT); "
-                  "PoM gates with fewer heads are widened exactly", None),
+                  "PoM gates with fewer heads are widened exactly; a hybrid mixer such as 'pom + local-attention' "
+                  "starts from a model with its first mixer alone (the others' output at zero)", None),
     "patch_size": ("patch side, one token per patch", None),
     "width": ("token width D", None),
     "depth": ("number of blocks", None),

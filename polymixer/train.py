@@ -43,7 +43,7 @@ from .io import CheckpointError, write_json
 from .models import build_model, config_from_dict, config_to_dict
 from .models.blocks import TransformerConfig
 from .models.video_dit import VideoDiTConfig
-from .models.io import add_frame_memory, add_mlp_convs, load_state_checked, widen_gates
+from .models.io import add_frame_memory, add_mixer_members, add_mlp_convs, load_state_checked, widen_gates
 from .models.presets import config_for_data, dit_config
 from .conditioning import ClassLabels
 from .pipeline import SamplingConfig
@@ -95,7 +95,10 @@ class TrainConfig(ModelOverrides):
     fresh run (every tensor must match this run's model, e.g. a video DiT from the image
     DiT of the same size: their parameters are the same; PoM gates with fewer heads are
     widened exactly, see :func:`~polymixer.models.io.widen_gates`; MLP convolutions and
-    frame-memory decays the source lacks start at their initial values); ignored when resuming.
+    frame-memory decays the source lacks start at their initial values; a hybrid block,
+    e.g. ``"pom + local-attention"``, starts from a source with the first of its mixers
+    alone, the others with their output at zero, see
+    :func:`~polymixer.models.io.add_mixer_members`); ignored when resuming.
 
     Model: images train a DiT, clips a video DiT (block-causal over frames). ``preset``
     (e.g. ``"DiT-C/4"``) and ``mixer`` ("pom" / "attention"); every field of the model
@@ -587,6 +590,10 @@ def build(run: Run) -> None:
 
         weights = Path(config.init_from) / "model.safetensors"
         state = {k: v.float() if v.is_floating_point() else v for k, v in load_tensors(weights).items()}
+        state, members = add_mixer_members(run.model, state)
+        if members and run.dist.main:
+            print(f"init_from: {len(members)} tensors of the mixers added beside the source's start with their "
+                  f"output at zero (same function at step 0)", flush=True)
         state, widened = widen_gates(run.model, state)
         if widened and run.dist.main:
             print(f"init_from: widened {len(widened)} PoM gate tensors to this model's gate width "

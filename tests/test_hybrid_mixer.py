@@ -235,3 +235,56 @@ def test_neighbourhood_attention_trains_in_an_image_dit_and_takes_larger_images(
         opt.step()
     assert local.position_bias.grad is not None and local.position_bias.grad.abs().sum() > 0
     assert model(torch.randn(1, 1, 24, 24), torch.rand(1), torch.tensor([1])).shape == (1, 1, 24, 24)
+
+
+@pytest.mark.parametrize("hybrid", ["pom + local-attention", "pom + conv", "attention + pom", "pom + attention"])
+def test_init_from_a_single_mixer_starts_a_hybrid_with_the_same_function(hybrid):
+    """``--init-from`` a model with one mixer per block into a hybrid: the source's tensors
+    become the matching member's, the new members' output starts at zero, and the new
+    members still learn (their gradients are not all zero)."""
+    from polymixer.models.io import add_mixer_members, load_state_checked
+
+    torch.manual_seed(0)
+    first = hybrid.split(" + ")[0]
+    kw = dict(image_size=16, in_channels=1, n_classes=3, mlp_conv=3, mlp_ratio=3.0, pom_rotary=2 if first == "pom" else 0)
+    source = random_weights(build_model(dit_config("DiT-T/4", first, **kw)), torch.float32)
+    target = build_model(dit_config("DiT-T/4", hybrid, **{**kw, "pom_rotary": 2}))
+    with pytest.raises(Exception, match="missing"):
+        load_state_checked(target, source.state_dict(), "source")
+    state, added = add_mixer_members(target, source.state_dict())
+    match = hybrid.split(" + ").index(first)
+    assert added and all(f".mixer.mixers.{match}." not in name for name in added)
+    load_state_checked(target, state, "source")
+    x = torch.randn(2, 1, 16, 16)
+    t, y = torch.tensor([0.2, 0.7]), torch.tensor([0, 2])
+    torch.testing.assert_close(target(x, t, y), source(x, t, y), rtol=1e-5, atol=1e-5)
+    target(x, t, y).square().mean().backward()
+    new = dict(target.named_parameters())
+    assert all(new[name].grad is not None for name in added if name in new)
+    assert any(new[name].grad.abs().sum() > 0 for name in added if name in new)  # the zeroed projection learns
+    assert add_mixer_members(target, target.state_dict())[1] == []  # a hybrid's own weights pass through
+
+
+def test_init_from_a_mixer_no_member_matches_is_left_to_the_check():
+    from polymixer.models.io import add_mixer_members, load_state_checked
+
+    kw = dict(image_size=16, in_channels=1, n_classes=3)
+    source = build_model(dit_config("DiT-T/4", "attention", **kw))
+    target = build_model(dit_config("DiT-T/4", "pom + conv", **kw))
+    state, added = add_mixer_members(target, source.state_dict())
+    assert added == [] and state.keys() == source.state_dict().keys()
+    with pytest.raises(Exception, match="another architecture"):
+        load_state_checked(target, state, "source")
+
+
+def test_training_a_hybrid_from_a_single_mixer_model_from_the_cli(tmp_path):
+    from polymixer.cli import main
+    from polymixer.models import save_pretrained
+
+    source = build_model(dit_config("DiT-T/4", "pom", image_size=8, in_channels=1, n_classes=10))
+    save_pretrained(source, tmp_path / "source")
+    code = main(["train", "--data", "digits", "--image-size", "8", "--preset", "DiT-T/4",
+                 "--mixer", "pom + local-attention", "--init-from", str(tmp_path / "source"), "--steps", "2",
+                 "--batch-size", "4", "--progress", "false", "--num-threads", "1", "--out", str(tmp_path / "run")])
+    assert code in (0, None)
+    assert (tmp_path / "run" / "ema_model" / "model.safetensors").is_file()

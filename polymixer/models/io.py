@@ -17,7 +17,8 @@ from .registry import build_model, config_from_dict, config_to_dict
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
-__all__ = ["save_pretrained", "load_pretrained", "load_state_checked", "widen_gates", "add_frame_memory", "add_mlp_convs"]
+__all__ = ["save_pretrained", "load_pretrained", "load_state_checked", "widen_gates", "add_frame_memory", "add_mlp_convs",
+           "add_mixer_members"]
 
 
 def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -102,6 +103,52 @@ def add_frame_memory(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[
     from ..nn.mixer import PolynomialMixer
 
     return _add_from_model(model, state, PolynomialMixer, ("decay_logit", "decay_weight"))
+
+
+def add_mixer_members(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state`` of a model with one token mixer per block, made to start ``model`` whose
+    blocks sum that mixer and others (a hybrid such as ``"pom + local-attention"``, a
+    :class:`~polymixer.models.mixers.MixerSum`) with the same function at step 0.
+
+    In each hybrid block whose tensors ``state`` holds as one mixer's (``<block>.mixer.<name>``,
+    none under ``<block>.mixer.mixers.``), those tensors become the first member's whose names
+    include all of them (e.g. PoM's ``feature_proj``, ``gate_proj``, ``out_proj``). Every other
+    member starts from ``model``'s own tensors with its output projection (``out_proj``) at
+    zero, or, for a member without one (the depthwise ``conv``), all its tensors at zero: the
+    sum then equals the source mixer, and training grows the new members from there.
+    Returns the new state and the names of the new members' tensors; a block whose source
+    mixer matches no member is passed through (:func:`load_state_checked` reports it).
+    """
+    from .mixers import MixerSum
+
+    out, added = dict(state), []
+    own = model.state_dict()
+    for prefix, module in model.named_modules():
+        if not isinstance(module, MixerSum):
+            continue
+        head = f"{prefix}."
+        source = {k[len(head):]: k for k in state if k.startswith(head)}
+        if not source or any(leaf.startswith("mixers.") for leaf in source):
+            continue
+        members = [{k[len(f"{head}mixers.{i}."):] for k in own if k.startswith(f"{head}mixers.{i}.")}
+                   for i in range(len(module.mixers))]
+        match = next((i for i, names in enumerate(members) if set(source) <= names), None)
+        if match is None:
+            continue
+        for leaf, key in source.items():
+            out[f"{head}mixers.{match}.{leaf}"] = out.pop(key)
+        for i, names in enumerate(members):
+            if i == match:
+                continue
+            zero_all = not any(n.startswith("out_proj.") for n in names)
+            for leaf in sorted(names):
+                name = f"{head}mixers.{i}.{leaf}"
+                tensor = own[name].detach().clone()
+                if zero_all or leaf.startswith("out_proj."):
+                    tensor.zero_()
+                out[name] = tensor
+                added.append(name)
+    return out, added
 
 
 def save_pretrained(model: nn.Module, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
