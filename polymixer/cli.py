@@ -116,7 +116,8 @@ _TRAIN_HELP: dict[str, tuple[str, tuple | None]] = {
     "log_every": ("steps between log lines", None),
     "sample_every": ("steps between preview samples (0 = never)", None),
     "sample_steps": ("sampling steps of the previews", None),
-    "sample_cfg": ("guidance scale of the previews (>= 0, 1 = off)", None),
+    "sample_cfg": ("guidance scale of the previews (>= 0, 1 = off); also the exported model's default for "
+                   "sampling (its pipeline.json 'guidance')", None),
     "checkpoint_every": ("steps between checkpoints; the last step always makes one (0 = that one only)", None),
     "keep_last": ("checkpoints kept", None),
     "device": ("auto (CUDA when there is one), cpu, cuda or cuda:N", None),
@@ -180,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--classes", default="all", help="'all', '0-9', '1,3,7', or class names as the model stores "
                    "them, e.g. 'cat,dog' (default all)")
     s.add_argument("--per-class", type=int, default=8, help="images per class, one row per class (default 8)")
-    s.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (1 = off, default 2)")
+    s.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = off; default: the model's own, "
+                   "its pipeline.json 'guidance', 2 unless set)")
     s.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
     s.add_argument("--sampler", default=None, help="euler or heun (flow), ddim (ddpm); default euler / ddim")
     s.add_argument("--seed", type=int, default=0)
@@ -211,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(0 = clean; default: the level it was trained with, 0 for models saved before that was "
                         "recorded; e.g. 0.05 against drift on long clips)")
     v.add_argument("--steps", type=int, default=30, help="sampling steps per frame (default 30)")
-    v.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (1 = off, default 2)")
+    v.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = off; default: the model's own, "
+                   "its pipeline.json 'guidance', 2 unless set)")
     v.add_argument("--sampler", default=None, help="euler or heun (flow), ddim (ddpm); default euler / ddim")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--out", default="clip.gif", help="output file: .gif, .mp4 or .npy (raw float32 frames)")
@@ -225,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="destination folder")
     e.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="storage type of the weights (float16 halves the size)")
+    e.add_argument("--guidance", type=float, default=None,
+                   help="the guidance scale sampling uses when --cfg is not given (pipeline.json 'guidance'; "
+                        "default: kept from the source, i.e. the run's --sample-cfg)")
 
     sub.add_parser("presets", help="print every size preset with its parameter counts for PoM and attention")
 
@@ -236,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="images (or clips for a video model), the classes in turn (default 1000)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
-    ev.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (default 2)")
+    ev.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = off; default: the model's own, "
+                   "its pipeline.json 'guidance', 2 unless set)")
     ev.add_argument("--sampler", default=None, help="euler or heun (flow), ddim (ddpm); default euler / ddim")
     ev.add_argument("--mode", default=None, choices=["sequential", "joint"],
                     help="video models: sequential (default for PoM) or joint (default for attention)")
@@ -260,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--per-class", type=int, default=8, help="images per digit, one row per digit (default 8)")
     d.add_argument("--steps", type=int, default=20, help="Euler steps (default 20: 99%% of the samples are "
                    "classified as their digit by a logistic regression on real MNIST, the same as 30)")
-    d.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (1 = off, default 2)")
+    d.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = off; default: the model's own, "
+                   "its pipeline.json 'guidance', 2 unless set)")
     d.add_argument("--sampler", default=None, help="euler or heun (default euler)")
     d.add_argument("--seed", type=int, default=0, help="seed of the noise: same seed, same images (default 0)")
     _add_threads(d)
@@ -298,10 +306,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_cfg(value: float, flag: str = "--cfg") -> None:
+def _check_cfg(value: float | None, flag: str = "--cfg") -> None:
     import math
 
-    if not (math.isfinite(value) and value >= 0):
+    if value is not None and not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{flag}: expected a guidance scale >= 0 (1 = off, 0 = unconditional), got {value}")
 
 
@@ -333,6 +341,7 @@ def _run_sampling(checkpoint, classes, per_class, cfg, steps, sampler, seed, out
     class_list = parse_classes(classes, model.config.n_classes, pipeline.class_names)
     if image_size is not None:
         model.check_image_size(image_size, image_size)
+    cfg = pipeline.guidance_for(cfg)
     t0 = time.time()
     samples, labels = generate(model, pipeline, class_list, per_class=per_class, steps=steps, cfg_scale=cfg,
                                sampler=sampler, seed=seed, image_size=image_size, device=device, progress=True)
@@ -425,6 +434,7 @@ def _cmd_sample_video(args: argparse.Namespace) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     model, pipeline = load_for_sampling(args.checkpoint, device=args.device, kind="video")
+    args.cfg = pipeline.guidance_for(args.cfg)
     cfg = model.config
     frames = args.frames or cfg.frames
     model.check_frames(frames)
@@ -583,12 +593,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     from .sample import load_for_sampling
 
+    _check_cfg(args.guidance, "--guidance")
     model, pipeline = load_for_sampling(args.checkpoint)
+    if args.guidance is not None:
+        pipeline = pipeline.replace(guidance=float(args.guidance))
     out = model.save_pretrained(args.out, dtype=getattr(torch, args.dtype))
     pipeline.save(out)
     size = sum(p.stat().st_size for p in Path(out).iterdir())
     print(f"exported {model.num_parameters() / 1e6:.2f}M parameters ({args.dtype}) to {Path(out).resolve()} "
-          f"({size / 1e6:.1f} MB)")
+          f"({size / 1e6:.1f} MB); sampling guidance {pipeline.guidance:g} unless --cfg says otherwise")
     return 0
 
 

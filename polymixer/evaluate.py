@@ -162,7 +162,7 @@ def evaluate_checkpoint(
     num_samples: int = 1000,
     seed: int = 0,
     steps: int = 30,
-    cfg_scale: float = 2.0,
+    cfg_scale: float | None = None,
     sampler: str | None = None,
     mode: str | None = None,
     frames: int | None = None,
@@ -177,7 +177,8 @@ def evaluate_checkpoint(
     Args:
         checkpoint: a model folder (``save_pretrained``) or a training checkpoint folder.
         num_samples: images (image models) or clips (video models), >= 2, classes in turn.
-        seed, steps, cfg_scale, sampler: as for ``polymixer sample``; the same seed gives the
+        seed, steps, cfg_scale, sampler: as for ``polymixer sample`` (``cfg_scale`` None: the
+            model's own guidance, ``pipeline.json``'s, 2 unless set); the same seed gives the
             same samples, whatever ``batch_size`` (video: the clips ``polymixer sample`` makes
             with this seed and these labels in one batch).
         mode: video only, ``"sequential"`` (default for PoM) or ``"joint"`` (default for attention).
@@ -214,14 +215,15 @@ def evaluate_checkpoint(
     _positive_int("image_size", image_size, allow_none=True)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed: expected an int, got {seed!r}")
-    if not isinstance(cfg_scale, (int, float)) or isinstance(cfg_scale, bool) or not math.isfinite(cfg_scale) \
-            or cfg_scale < 0:
+    if cfg_scale is not None and (not isinstance(cfg_scale, (int, float)) or isinstance(cfg_scale, bool)
+                                  or not math.isfinite(cfg_scale) or cfg_scale < 0):
         raise ValueError(f"cfg_scale: expected a guidance scale >= 0 (1 = off), got {cfg_scale!r}")
     if mode is not None and mode not in ("sequential", "joint"):
         raise ValueError(f"mode: expected 'sequential' or 'joint', got {mode!r}")
     from .sample import generate, load_for_sampling
 
     model, pipeline = load_for_sampling(checkpoint, device=device)
+    cfg_scale = pipeline.guidance_for(cfg_scale)
     cfg = model.config
     if cfg.in_channels != 1 or pipeline.latent:
         raise ValueError(f"checkpoint: the digit classifier judges 1-channel pixel images; this model makes "

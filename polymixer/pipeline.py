@@ -7,6 +7,7 @@ export and evaluation read it back. One definition, one set of defaults.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,10 @@ class SamplingConfig:
         history_noise: the noise level at which frame-by-frame sampling reads the finished
             frames, by default (per-frame-noise video models: the training run's
             ``history_noise``, so that sampling shows the model what training did; 0 = clean).
+        guidance: the classifier-free guidance scale sampling uses when none is given
+            (``cfg_scale=None``, the CLI without ``--cfg``): the training run's preview scale
+            (``sample_cfg``, 2 by default), or what ``polymixer export --guidance`` set
+            after measuring (1 = off).
     """
 
     objective: str = "flow"
@@ -44,6 +49,7 @@ class SamplingConfig:
     dataset: str | None = None
     frames_per_second: float = 8.0
     history_noise: float = 0.0
+    guidance: float = 2.0
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -61,6 +67,16 @@ class SamplingConfig:
                 and 0 <= self.history_noise < 1):
             raise ValueError(f"history_noise: expected a noise level in [0, 1), got {self.history_noise!r}")
         self.history_noise = float(self.history_noise)
+        self.guidance = self.guidance_for(self.guidance)
+
+    def guidance_for(self, cfg_scale: float | None) -> float:
+        """``cfg_scale``, or this pipeline's ``guidance`` when it is None; ValueError unless a
+        finite scale >= 0."""
+        value = self.guidance if cfg_scale is None else cfg_scale
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+            name = "guidance" if cfg_scale is None else "cfg_scale"
+            raise ValueError(f"{name}: expected a guidance scale >= 0 (1 = off), got {value!r}")
+        return float(value)
 
     @property
     def samplers(self) -> tuple[str, ...]:

@@ -106,7 +106,7 @@ def generate(
     *,
     per_class: int = 1,
     steps: int = 30,
-    cfg_scale: float = 2.0,
+    cfg_scale: float | None = None,
     sampler: str | None = None,
     seed: int = 0,
     image_size: int | None = None,
@@ -116,15 +116,12 @@ def generate(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Samples ``(len(classes) * per_class, C, H, W)`` in the data range, class-major order,
     and their labels. The noise comes from a generator seeded with ``seed``: same seed,
-    same images (on the same machine and library versions)."""
+    same images (on the same machine and library versions). ``cfg_scale``: the guidance
+    scale (1 = off); None: the pipeline's ``guidance`` (2 unless the model says otherwise)."""
     cfg = model.config
     if getattr(model, "kind", "image") != "image":
         raise ValueError(f"model: generate() makes images; this is a {model.kind} model (see polymixer.video)")
-    import math
-
-    if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not (math.isfinite(cfg_scale)
-                                                                                      and cfg_scale >= 0):
-        raise ValueError(f"cfg_scale: expected a guidance scale >= 0 (1 = off), got {cfg_scale!r}")
+    cfg_scale = pipeline.guidance_for(cfg_scale)
     labels = torch.tensor([c for c in classes for _ in range(per_class)], dtype=torch.int64)
     cond = model.condition(labels)
     size = image_size or cfg.image_size

@@ -248,6 +248,7 @@ class TrainConfig(ModelOverrides):
             class_names=data.class_names or [str(i) for i in range(data.n_classes)],
             dataset=self.data if self.data in ("mnist", "digits") else Path(self.data).name,
             history_noise=self.history_noise,
+            guidance=self.sample_cfg,
         )
 
 

@@ -113,7 +113,7 @@ def iter_video_frames(
     frames: int,
     mode: str = "sequential",
     steps: int = 30,
-    cfg_scale: float = 2.0,
+    cfg_scale: float | None = None,
     sampler: str | None = None,
     seed: int = 0,
     frame_size: int | None = None,
@@ -131,7 +131,8 @@ def iter_video_frames(
     give each clip the noise it gets when all ``N`` are made at once, whatever the batching.
     ``history_noise``: per-frame-noise models read each finished frame noised to this level
     (0 = clean; its noise drawn from ``seed + 1``); None (default): ``pipeline.history_noise``,
-    the level the model was trained with.
+    the level the model was trained with. ``cfg_scale``: the guidance scale (1 = off); None
+    (default): ``pipeline.guidance``.
     See the module docstring for the modes."""
     check_video_model(model)
     cfg = model.config
@@ -145,6 +146,7 @@ def iter_video_frames(
     model.check_frame_size(size, size)
     cond = model.condition(labels)  # labels (B,) or ClassLabels: the conditioning object
     sampler = pipeline.check_sampler(sampler)
+    cfg_scale = pipeline.guidance_for(cfg_scale)
     objective = pipeline.make_objective()
     shape = (cfg.in_channels, size, size)
     B = cond.batch_size

@@ -309,6 +309,40 @@ def test_export_float16_folder_samples_like_the_checkpoint(tmp_path):
         assert torch.equal(loaded[k], v.half().float()), k  # exactly the float16 rounding
 
 
+def test_a_model_carries_its_guidance_and_sampling_uses_it_without_cfg(tmp_path, capsys):
+    """pipeline.json 'guidance': the run's --sample-cfg, changed by export --guidance; sample,
+    eval and the library use it when no scale is given; older pipelines load with 2."""
+    from polymixer.pipeline import SamplingConfig
+    from polymixer.sample import generate, load_for_sampling
+
+    out = tmp_path / "run"
+    train(tiny_config(out, steps=2, checkpoint_every=2, sample_cfg=3.0))
+    assert json.loads((out / "ema_model" / "pipeline.json").read_text())["guidance"] == 3.0
+    assert cli_main(["export", "--checkpoint", str(out / "ema_model"), "--out", str(tmp_path / "g1"),
+                     "--guidance", "1.5"]) == 0
+    assert "sampling guidance 1.5" in capsys.readouterr().out
+    model, pipeline = load_for_sampling(tmp_path / "g1")
+    assert pipeline.guidance == 1.5
+    kw = dict(per_class=1, steps=3, seed=4)
+    default, _ = generate(model, pipeline, [0, 5], **kw)
+    torch.testing.assert_close(default, generate(model, pipeline, [0, 5], cfg_scale=1.5, **kw)[0], rtol=0, atol=0)
+    assert not torch.equal(default, generate(model, pipeline, [0, 5], cfg_scale=2.0, **kw)[0])
+    common = ["sample", "--checkpoint", str(tmp_path / "g1"), "--per-class", "1", "--steps", "3", "--seed", "4",
+              "--out", str(tmp_path / "s.png")]
+    assert cli_main(common + ["--save-array", str(tmp_path / "a.npz")]) == 0
+    assert "cfg 1.5" in capsys.readouterr().out
+    assert cli_main(common + ["--save-array", str(tmp_path / "b.npz"), "--cfg", "1.5"]) == 0
+    assert np.array_equal(np.load(tmp_path / "a.npz")["samples"], np.load(tmp_path / "b.npz")["samples"])
+    # a pipeline.json written before the field existed samples with 2, as before
+    old = {k: v for k, v in pipeline.to_dict().items() if k != "guidance"}
+    assert SamplingConfig.from_dict(old).guidance == 2.0
+    for bad in (-1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="guidance"):
+            SamplingConfig(guidance=bad)
+    assert cli_main(["export", "--checkpoint", str(out / "ema_model"), "--out", str(tmp_path / "g2"),
+                     "--guidance", "-1"]) == 2
+
+
 def test_resume_accepts_an_older_config_and_another_pom_implementation(tmp_path):
     train(tiny_config(tmp_path / "r", steps=2, checkpoint_every=2))
     ckpt = tmp_path / "r" / "checkpoints" / "step_00000002"
