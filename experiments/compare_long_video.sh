@@ -28,7 +28,9 @@
 #   bash experiments/compare_long_video.sh [SEED] [STEPS]
 #   NAMES="pom_mean attention_roll" bash experiments/compare_long_video.sh 0 1500
 # RESUME=1 resumes an interrupted set; RUNS (default runs/compare_long_video); SAMPLES (100);
-# EVAL_FRAMES (64); FRAMES/MIN_FRAMES (12/4); INIT_ROOT (checkpoints/compare/frames).
+# EVAL_FRAMES (64); FRAMES/MIN_FRAMES (12/4); INIT_ROOT (checkpoints/compare/frames); CFG (the
+# evaluation's guidance scale; default: each model's own, 2; with CFG set the results are named
+# NAME_cfgG_seedS_evalF.json, a row of their own in the report).
 # Table and plot: python experiments/compare_long_video_report.py --runs RUNS --frames EVAL_FRAMES
 # Two runs at a time, one thread each (a 2-core machine).
 set -euo pipefail
@@ -41,6 +43,8 @@ eval_frames=${EVAL_FRAMES:-64}
 frames=${FRAMES:-12}
 min_frames=${MIN_FRAMES:-4}
 init_root=${INIT_ROOT:-checkpoints/compare/frames}
+cfg=${CFG:+--cfg $CFG}
+tag=${CFG:+_cfg$CFG}
 mkdir -p "$runs"
 declare -A options=(
   [pom_mean]="--mixer pom --pom-rotary 3"
@@ -71,8 +75,8 @@ train() {
 evaluate() {
   local name=$1
   polymixer eval --checkpoint "$runs/${name}_seed${seed}/ema_model" --frames "$eval_frames" \
-    --num-samples "$samples" --steps 20 --batch-size 50 --seed 0 --threads 1 \
-    --out "$runs/${name}_seed${seed}_eval${eval_frames}.json" > "$runs/${name}_seed${seed}_eval${eval_frames}.log" 2>&1
+    --num-samples "$samples" --steps 20 --batch-size 50 --seed 0 --threads 1 $cfg \
+    --out "$runs/${name}${tag}_seed${seed}_eval${eval_frames}.json" > "$runs/${name}${tag}_seed${seed}_eval${eval_frames}.log" 2>&1
 }
 running=0
 for name in "${names[@]}"; do
