@@ -94,12 +94,17 @@ def report(models: dict[str, list[dict]], frames: int, command: str) -> list[str
     first = next(iter(models.values()))[0]
     n = len(first["per_frame"]["frechet_distance"])
     band_list = bands(n)
+    scales = {name: sorted({r["cfg_scale"] for r in runs}) for name, runs in models.items()}
+    if len({tuple(v) for v in scales.values()}) == 1:
+        guidance = f"cfg {first['cfg_scale']}"
+    else:  # a guidance sweep: say each model's scale
+        guidance = "cfg " + ", ".join(f"{'/'.join(f'{c:g}' for c in v)} for {name}" for name, v in scales.items())
     lines = [
         f"# Long clips generated frame by frame: per frame position, {n} frames (CPU)",
         "",
         f"- table: `{command}`, {datetime.date.today().isoformat()}",
         f"- evaluation: `polymixer eval --frames {frames}` of each EMA model ({first['num_samples']} clips, "
-        f"{first['steps']} {first['sampler']} steps, cfg {first['cfg_scale']}, seed {first['seed']}); real = as many "
+        f"{first['steps']} {first['sampler']} steps, {guidance}, seed {first['seed']}); real = as many "
         "real clips scored the same way, frame position by position (the floor)",
         "- Fréchet distance on the bundled digit classifier's features of each frame against 5,000 real frames; "
         "accuracy = frames classified as the clip's digit",

@@ -47,3 +47,15 @@ def test_checks_and_bands(tmp_path):
     assert "| pom_mean | 2 | 11.0 ± 1.4 (1.0) | 21.0 ± 1.4 (1.0) | 41.0 ± 1.4 (1.0) |" in text
     saved = json.loads((tmp_path / "out.json").read_text())
     assert [s["seed"] for s in saved["pom_mean"]] == [0, 1]
+
+
+def test_a_guidance_sweep_names_each_models_scale(tmp_path):
+    report = load()
+    n = 8
+    for name, scale in (("pom_gated_cfg2", 2.0), ("pom_gated_cfg3", 3.0)):
+        r = fake_eval([10.0] * n, [0.9] * n, [0.9] * n)
+        r["cfg_scale"] = scale
+        (tmp_path / f"{name}_seed0_eval8.json").write_text(json.dumps(r))
+    report.main(["--runs", str(tmp_path), "--frames", "8", "--out", str(tmp_path / "out")])
+    text = (tmp_path / "out.md").read_text()
+    assert "cfg 2 for pom_gated_cfg2, 3 for pom_gated_cfg3" in text
