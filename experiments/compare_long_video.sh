@@ -22,8 +22,8 @@
 #                   inside its own frame only (--mixer 'frame-local pom, pom'): in a block that
 #                   reads earlier frames through the mean, frame f's own tokens weigh 1/(f+1)
 #                   of what it reads; a frame-local block reads its own frame at full weight
-# then `polymixer eval` of each EMA model on clips of EVAL_FRAMES frames (default 64), frame by
-# frame (per-frame Fréchet distance and accuracy with the real clips' floor, identity, motion,
+# then `polymixer eval` of each EMA model on clips of EVAL_FRAMES frames (default 64), generated frame by
+# frame (--mode sequential for every rival: attention with the full cache too, whose default is joint) (per-frame Fréchet distance and accuracy with the real clips' floor, identity, motion,
 # clip Fréchet distance by 8-frame window).
 #   bash experiments/compare_long_video.sh [SEED] [STEPS]
 #   NAMES="pom_mean attention_roll" bash experiments/compare_long_video.sh 0 1500
@@ -75,7 +75,7 @@ train() {
 evaluate() {
   local name=$1
   polymixer eval --checkpoint "$runs/${name}_seed${seed}/ema_model" --frames "$eval_frames" \
-    --num-samples "$samples" --steps 20 --batch-size 50 --seed 0 --threads 1 $cfg \
+    --num-samples "$samples" --steps 20 --batch-size 50 --seed 0 --threads 1 --mode sequential $cfg \
     --out "$runs/${name}${tag}_seed${seed}_eval${eval_frames}.json" > "$runs/${name}${tag}_seed${seed}_eval${eval_frames}.log" 2>&1
 }
 running=0
