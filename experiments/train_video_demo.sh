@@ -11,9 +11,10 @@
 # of a 2-core CPU), then is evaluated on 64-frame clips (benchmarks/results/eval_video_demo.md).
 #   bash experiments/train_video_demo.sh            # RUNS=runs/compare_long_video by default
 #   RESUME=1 bash experiments/train_video_demo.sh   # after an interruption
-# The bundled folder is its EMA model in float16 (5.0 MB):
+# The bundled folder is its EMA model in float16 (5.0 MB), sampling with guidance 3 by default
+# (the best scale of the sweep in benchmarks/results/guidance_long_video_cpu.md):
 #   polymixer export --checkpoint runs/compare_long_video/pom_gated_seed0/ema_model \
-#     --out polymixer/bundled/video_demo --dtype float16
+#     --out polymixer/bundled/video_demo --dtype float16 --guidance 3
 # The former demo (plain PoM, one noise level per clip, 8-frame clips) is experiments/train_video_demo.sh
 # at commit d8427eb.
 set -euo pipefail
