@@ -65,6 +65,8 @@ def checks(result: dict) -> dict:
     early = mean(fd[max(0, min(8, n) - SMOOTH):min(8, n)])
     out = {"late_over_early_fd": mean(fd[-SMOOTH:]) / early,
            "identity_whole_clip": result["identity"]["whole_clip"]}
+    if "identity_real" in result:
+        out["identity_whole_clip_real"] = result["identity_real"]["whole_clip"]
     if acc is not None:
         ratios = [a / max(r, 1e-9) for a, r in zip(acc, real_acc)]
         out["worst_accuracy_ratio"] = min(ratios)
@@ -134,6 +136,7 @@ def report(models: dict[str, list[dict]], frames: int, command: str) -> list[str
     keys = [("worst_accuracy_ratio", "lowest accuracy / real's (goal >= 0.9)", ".3f"),
             ("late_over_early_fd", f"FD last {SMOOTH} / frames 5-8 (goal <= 1.25)", ".2f"),
             ("identity_whole_clip", "same digit in every frame", ".3f"),
+            ("identity_whole_clip_real", "real", ".3f"),
             ("speed", "speed px/frame", ".2f"), ("speed_real", "real", ".2f"),
             ("wall_reversals", "reversals at a wall", ".2f"), ("wall_reversals_real", "real", ".2f"),
             ("speed_wasserstein", "speed distance", ".2f"),

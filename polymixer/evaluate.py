@@ -36,7 +36,8 @@ Video models also get measures over time (:mod:`polymixer.metrics.temporal`; iss
 ``identity`` (the share of clips whose frame f is classified as their first frame, by
 position, and ``whole_clip``), and, for one digit per clip, ``per_frame_real`` (the Fréchet
 distance and accuracy of as many real clips of the same length, by position: the floor of
-each frame position) and ``motion`` (speed, its steadiness, standing still, direction
+each frame position), ``identity_real`` (the same identity measure of those real clips: the
+classifier's own errors make it fall below 1 over long clips) and ``motion`` (speed, its steadiness, standing still, direction
 reversals and the share of them at a wall, generated against real clips, and the distance
 between the speed distributions). Long clips: ``frames=64`` (``--frames 64``).
 
@@ -203,7 +204,7 @@ def evaluate_checkpoint(
     its ``..._real`` floor, and ``stroke_statistics`` (``{name: {"generated", "real"}}``, the
     mean of each statistic); and, for video models, ``per_frame`` (lists of the metrics by frame
     position; the top-level values are their averages; ``stroke_statistics`` pools all frames)
-    and the measures over time of the module docstring (``identity``, ``per_frame_real``,
+    and the measures over time of the module docstring (``identity``, ``per_frame_real``, ``identity_real``,
     ``motion``, ``clip_frechet_distance`` with ``clip_frechet_distance_real`` and ``clip_windows``).
     """
     _positive_int("num_samples", num_samples)
@@ -370,7 +371,8 @@ def _over_time(model, pipeline, clips: torch.Tensor, frames_measured: list, meas
                seed: int) -> dict:
     """A video evaluation's measures over time (:mod:`polymixer.metrics.temporal`), for clips
     ``(B, F, 1, H, W)`` in [-1, 1] of one moving digit: ``per_frame_real`` (the Fréchet distance
-    and accuracy of as many real clips, frame position by position: the floor), ``identity``
+    and accuracy of as many real clips, frame position by position: the floor, and their
+    ``identity_real``), ``identity``
     (the share of clips whose frame f is classified as their first frame, by position, and
     ``whole_clip``), ``motion`` (speed, steadiness, standing still, reversals and how many
     happen at a wall, generated against real; 3 frames or more) and, for 32x32 clips of 8
@@ -395,6 +397,8 @@ def _over_time(model, pipeline, clips: torch.Tensor, frames_measured: list, meas
     real_measured = [measure(recenter_digits(real_clips[:, f]), real_labels) for f in range(n_frames)]
     out["per_frame_real"] = {"frechet_distance": [m["frechet_distance"] for m in real_measured],
                              "conditional_accuracy": [m["conditional_accuracy"] for m in real_measured]}
+    out["identity_real"] = identity_consistency(
+        torch.stack([torch.as_tensor(m["predictions"]) for m in real_measured], dim=1))
     out["per_frame_real_clips"] = (f"{num_samples} real clips of {n_frames} frames (seed "
                                    f"{REFERENCE_SEED + 1 + int(seed)}), scored like the generated ones")
     if n_frames >= 3:
@@ -460,8 +464,12 @@ def summary_lines(result: dict) -> list[str]:
              + ", ".join(f"{name} {v['generated']:.3g} ({v['real']:.3g})" for name, v in stats.items())]
     if "identity" in result:
         same = result["identity"]["per_frame"]
-        lines.append(f"identity: {result['identity']['whole_clip']:.3f} of the clips keep their first frame's digit "
-                     f"in every frame (last frame: {same[-1]:.3f})")
+        line = (f"identity: {result['identity']['whole_clip']:.3f} of the clips keep their first frame's digit "
+                f"in every frame (last frame: {same[-1]:.3f})")
+        if "identity_real" in result:
+            line += (f"; real clips: {result['identity_real']['whole_clip']:.3f} "
+                     f"(last frame: {result['identity_real']['per_frame'][-1]:.3f})")
+        lines.append(line)
     if "per_frame_real" in result:
         fd, floor = result["per_frame"]["frechet_distance"], result["per_frame_real"]["frechet_distance"]
         acc, acc_real = result["per_frame"]["conditional_accuracy"], result["per_frame_real"]["conditional_accuracy"]

@@ -280,13 +280,16 @@ def test_eval_video_model_per_frame(tmp_path, monkeypatch):
     # over time: identity by position, the real clips' floor by position, motion against real clips
     assert result["identity"]["per_frame"][0] == 1.0 and len(result["identity"]["per_frame"]) == 3
     assert 0 <= result["identity"]["whole_clip"] <= 1
+    real_identity = result["identity_real"]  # the same measure of the real clips (the floor)
+    assert real_identity["per_frame"][0] == 1.0 and len(real_identity["per_frame"]) == 3
+    assert real_identity["whole_clip"] <= min(real_identity["per_frame"])
     assert len(result["per_frame_real"]["frechet_distance"]) == 3
     assert all(0 <= a <= 1 for a in result["per_frame_real"]["conditional_accuracy"])
     motion = result["motion"]
     assert 0 <= motion["still_fraction"]["generated"] <= 1 and motion["mean_speed"]["real"] > 0  # (8x8: slow)
     assert motion["speed_wasserstein"] >= 0
     lines = summary_lines(result)
-    assert any(line.startswith("identity:") for line in lines), lines
+    assert any(line.startswith("identity:") and "real clips:" in line for line in lines), lines
     assert any(line.startswith("last frame (3)") for line in lines), lines
     assert any(line.startswith("motion, generated (real clips)") for line in lines), lines
     json.dumps(result)
