@@ -67,6 +67,7 @@ from ._optional import require
 from .metrics import (feature_statistics, frechet_distance, load_digit_classifier, per_class_accuracy,
                       recenter_digits, to_classifier_input)
 from .metrics.stroke import STROKE_STATISTICS, precision_recall, stroke_statistics
+from .pipeline import check_guidance
 
 __all__ = ["evaluate_checkpoint", "summary_lines", "REFERENCE_SEED", "REFERENCE_FRAMES", "REFERENCE_WINDOWS",
            "PRECISION_RECALL_K"]
@@ -216,9 +217,8 @@ def evaluate_checkpoint(
     _positive_int("image_size", image_size, allow_none=True)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed: expected an int, got {seed!r}")
-    if cfg_scale is not None and (not isinstance(cfg_scale, (int, float)) or isinstance(cfg_scale, bool)
-                                  or not math.isfinite(cfg_scale) or cfg_scale < 0):
-        raise ValueError(f"cfg_scale: expected a guidance scale >= 0 (1 = off), got {cfg_scale!r}")
+    if cfg_scale is not None:
+        check_guidance("cfg_scale", cfg_scale)
     if mode is not None and mode not in ("sequential", "joint"):
         raise ValueError(f"mode: expected 'sequential' or 'joint', got {mode!r}")
     from .sample import generate, load_for_sampling

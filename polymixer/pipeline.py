@@ -14,9 +14,17 @@ from pathlib import Path
 from .diffusion import OBJECTIVES, SAMPLERS, make_objective
 from .io import CheckpointError, read_json, write_json
 
-__all__ = ["SamplingConfig", "PIPELINE_NAME"]
+__all__ = ["SamplingConfig", "PIPELINE_NAME", "check_guidance"]
 
 PIPELINE_NAME = "pipeline.json"
+
+
+def check_guidance(name: str, value) -> float:
+    """``value`` as a float when it is a classifier-free guidance scale (a finite number >= 0;
+    1 is off); ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name}: expected a guidance scale >= 0 (1 = off), got {value!r}")
+    return float(value)
 
 
 @dataclass
@@ -72,11 +80,9 @@ class SamplingConfig:
     def guidance_for(self, cfg_scale: float | None) -> float:
         """``cfg_scale``, or this pipeline's ``guidance`` when it is None; ValueError unless a
         finite scale >= 0."""
-        value = self.guidance if cfg_scale is None else cfg_scale
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
-            name = "guidance" if cfg_scale is None else "cfg_scale"
-            raise ValueError(f"{name}: expected a guidance scale >= 0 (1 = off), got {value!r}")
-        return float(value)
+        if cfg_scale is None:
+            return check_guidance("guidance", self.guidance)
+        return check_guidance("cfg_scale", cfg_scale)
 
     @property
     def samplers(self) -> tuple[str, ...]:

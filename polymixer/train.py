@@ -46,7 +46,7 @@ from .models.video_dit import VideoDiTConfig
 from .models.io import add_frame_memory, add_mixer_members, add_mlp_convs, load_state_checked, widen_gates
 from .models.presets import config_for_data, dit_config
 from .conditioning import ClassLabels
-from .pipeline import SamplingConfig
+from .pipeline import SamplingConfig, check_guidance
 
 __all__ = ["TrainConfig", "train", "prepare", "build", "restore", "fit", "train_step", "Run", "TrainingInterrupted",
            "warmup_steps_for", "image_size_at"]
@@ -203,9 +203,7 @@ class TrainConfig(ModelOverrides):
             raise ValueError(f"history_noise: expected a noise level in [0, 1), got {self.history_noise!r}")
         if self.channels is not None and self.channels not in (1, 3):
             raise ValueError(f"channels: expected 1, 3 or None (from the data), got {self.channels!r}")
-        if not (isinstance(self.sample_cfg, (int, float)) and not isinstance(self.sample_cfg, bool)
-                and math.isfinite(self.sample_cfg) and self.sample_cfg >= 0):
-            raise ValueError(f"sample_cfg: expected a guidance scale >= 0 (1 = off), got {self.sample_cfg!r}")
+        check_guidance("sample_cfg", self.sample_cfg)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":

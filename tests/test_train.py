@@ -14,6 +14,7 @@ import torch
 
 from polymixer.checkpoint import list_checkpoints, load_checkpoint
 from polymixer.cli import main as cli_main
+from polymixer.evaluate import evaluate_checkpoint
 from polymixer.io import CheckpointError, load_tensors
 from polymixer.train import TrainConfig, train
 
@@ -339,6 +340,12 @@ def test_a_model_carries_its_guidance_and_sampling_uses_it_without_cfg(tmp_path,
     for bad in (-1.0, float("nan"), True):
         with pytest.raises(ValueError, match="guidance"):
             SamplingConfig(guidance=bad)
+        with pytest.raises(ValueError, match="sample_cfg: expected a guidance scale"):
+            tiny_config(tmp_path / "bad", sample_cfg=bad)
+        with pytest.raises(ValueError, match="cfg_scale: expected a guidance scale"):
+            pipeline.guidance_for(bad)
+        with pytest.raises(ValueError, match="cfg_scale: expected a guidance scale"):  # before loading anything
+            evaluate_checkpoint(tmp_path / "missing", num_samples=2, cfg_scale=bad)
     assert cli_main(["export", "--checkpoint", str(out / "ema_model"), "--out", str(tmp_path / "g2"),
                      "--guidance", "-1"]) == 2
 
