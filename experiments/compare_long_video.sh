@@ -22,6 +22,10 @@
 #                   inside its own frame only (--mixer 'frame-local pom, pom'): in a block that
 #                   reads earlier frames through the mean, frame f's own tokens weigh 1/(f+1)
 #                   of what it reads; a frame-local block reads its own frame at full weight
+#   pom_gated_spacetime   pom_gated plus, in every block, a softmax over the 5x5 tokens around
+#                   each token in its frame and in the frame before (--mixer 'pom +
+#                   spacetime-local'): a summary of all earlier frames cannot hold a digit's
+#                   exact shape, one frame back at the same place can (constant state: one frame)
 # then `polymixer eval` of each EMA model on clips of EVAL_FRAMES frames (default 64), generated frame by
 # frame (--mode sequential for every rival: attention with the full cache too, whose default is joint) (per-frame Fréchet distance and accuracy with the real clips' floor, identity, motion,
 # clip Fréchet distance by 8-frame window).
@@ -55,6 +59,7 @@ declare -A options=(
   [attention]="--mixer attention"
   [pom_mean_local]="--mixer 'frame-local pom, pom' --pom-rotary 3"
   [pom_gated_local]="--mixer 'frame-local pom, pom' --pom-rotary 3 --pom-frame-memory gated-decay"
+  [pom_gated_spacetime]="--mixer 'pom + spacetime-local' --pom-rotary 3 --pom-frame-memory gated-decay"
 )
 read -r -a names <<< "${NAMES:-pom_mean pom_decay pom_gated pom_window attention_roll attention}"
 for name in "${names[@]}"; do

@@ -237,7 +237,8 @@ def test_neighbourhood_attention_trains_in_an_image_dit_and_takes_larger_images(
     assert model(torch.randn(1, 1, 24, 24), torch.rand(1), torch.tensor([1])).shape == (1, 1, 24, 24)
 
 
-@pytest.mark.parametrize("hybrid", ["pom + local-attention", "pom + conv", "attention + pom", "pom + attention"])
+@pytest.mark.parametrize("hybrid", ["pom + local-attention", "pom + conv", "attention + pom", "pom + attention",
+                                    "pom + spacetime-local"])
 def test_init_from_a_single_mixer_starts_a_hybrid_with_the_same_function(hybrid):
     """``--init-from`` a model with one mixer per block into a hybrid: the source's tensors
     become the matching member's, the new members' output starts at zero, and the new
@@ -260,7 +261,8 @@ def test_init_from_a_single_mixer_starts_a_hybrid_with_the_same_function(hybrid)
     torch.testing.assert_close(target(x, t, y), source(x, t, y), rtol=1e-5, atol=1e-5)
     target(x, t, y).square().mean().backward()
     new = dict(target.named_parameters())
-    assert all(new[name].grad is not None for name in added if name in new)
+    # (an image is one frame: the bias of the frame before is the one tensor it never reads)
+    assert all(new[name].grad is not None for name in added if name in new and not name.endswith("previous_bias"))
     assert any(new[name].grad.abs().sum() > 0 for name in added if name in new)  # the zeroed projection learns
     assert add_mixer_members(target, target.state_dict())[1] == []  # a hybrid's own weights pass through
 
@@ -288,3 +290,119 @@ def test_training_a_hybrid_from_a_single_mixer_model_from_the_cli(tmp_path):
                  "--batch-size", "4", "--progress", "false", "--num-threads", "1", "--out", str(tmp_path / "run")])
     assert code in (0, None)
     assert (tmp_path / "run" / "ema_model" / "model.safetensors").is_file()
+
+
+# ----------------------------------------------------------------------------- the frame and the frame before it
+def _dense_spacetime(mixer, x, rows, cols):
+    """The definition with an explicit loop: each token's one softmax over the tokens within
+    kernel // 2 rows and columns of its place in its own frame (bias position_bias) and in
+    the frame before (bias previous_bias); the first frame reads its own only."""
+    B, N, D = x.shape
+    H, d, k = mixer.heads, mixer.head_dim, mixer.kernel
+    q, key, v = mixer.qkv(x).view(B, N, 3, H, d).unbind(2)
+    out = torch.zeros(B, N, H, d, dtype=x.dtype)
+    T = rows * cols
+    for i in range(N):
+        f, r, c = i // T, (i % T) // cols, i % cols
+        js, biases = [], []
+        for back, table in ((0, mixer.position_bias), (1, mixer.previous_bias)):
+            if f - back < 0:
+                continue
+            for dr in range(-(k // 2), k // 2 + 1):
+                for dc in range(-(k // 2), k // 2 + 1):
+                    if 0 <= r + dr < rows and 0 <= c + dc < cols:
+                        js.append((f - back) * T + (r + dr) * cols + c + dc)
+                        biases.append(table[:, (dr + k // 2) * k + dc + k // 2])
+        scores = torch.einsum("bhd,bjhd->bhj", q[:, i], key[:, js]) / d ** 0.5 + torch.stack(biases, -1)
+        out[:, i] = torch.einsum("bhj,bjhd->bhd", scores.softmax(-1), v[:, js])
+    return mixer.out_proj(out.reshape(B, N, D))
+
+
+@pytest.mark.parametrize("rows, cols, kernel", [(3, 5, 3), (4, 4, 5), (1, 1, 3), (7, 10, 5)])
+@pytest.mark.parametrize("tiled", [False, True], ids=["one-call", "tiled"])
+def test_spacetime_attention_matches_its_definition_and_streams(rows, cols, kernel, tiled):
+    from polymixer.models.mixers import PreviousFrame, SpacetimeNeighbourhoodAttention
+
+    torch.manual_seed(0)
+    options = {"tile": 3, "dense_up_to": 0} if tiled else {}
+    mixer = SpacetimeNeighbourhoodAttention(12, heads=3, kernel=kernel, **options).double()
+    with torch.no_grad():
+        mixer.position_bias.normal_()
+        mixer.previous_bias.normal_()
+    T = rows * cols
+    x = torch.randn(2, 3 * T, 12, dtype=torch.float64, requires_grad=True)  # 3 frames
+    y = mixer(x, grid=(rows, cols), block_size=T)
+    want = _dense_spacetime(mixer, x, rows, cols)
+    torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+    gy = torch.randn_like(y)
+    params = [x, mixer.position_bias, mixer.previous_bias, mixer.qkv.weight]
+    for a, b in zip(torch.autograd.grad(y, params, gy), torch.autograd.grad(want, params, gy)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert mixer.previous_bias.grad is None
+    # streaming, one frame and then two at a time, equals the call on all three
+    state = mixer.init_state(2)
+    assert isinstance(state, PreviousFrame) and state.nbytes() == 0 and state.state_dict() == {}
+    y0, s1 = mixer.step(x[:, :T], state, grid=(rows, cols))
+    y12, s3 = mixer.step(x[:, T:], s1, grid=(rows, cols))
+    torch.testing.assert_close(torch.cat([y0, y12], 1), y, rtol=1e-12, atol=1e-12)
+    assert s1.nbytes() == s3.nbytes() > 0 and state.keys is None  # constant size; the given state is unchanged
+    with pytest.raises(ValueError, match="block_size"):
+        mixer(x, grid=(rows, cols), block_size=2 * T)
+    with pytest.raises(ValueError, match="only block_size"):
+        mixer(x, grid=(rows, cols), causal=True)
+    with pytest.raises(TypeError, match="PreviousFrame"):
+        mixer.step(x[:, :T], None, grid=(rows, cols))
+
+
+def test_spacetime_attention_reads_the_neighbourhood_one_frame_back_only():
+    from polymixer.models.mixers import SpacetimeNeighbourhoodAttention
+
+    torch.manual_seed(1)
+    mixer = SpacetimeNeighbourhoodAttention(8, heads=2, kernel=3).double()
+    x = torch.randn(1, 4 * 49, 8, dtype=torch.float64)  # four 7x7 frames
+    base = mixer(x, grid=(7, 7))
+    x2 = x.clone()
+    x2[0, 49 + 3 * 7 + 3] += 1  # the centre token of frame 1
+    changed = ((mixer(x2, grid=(7, 7)) - base).abs().amax(-1).view(4, 7, 7) > 0)
+    want = torch.zeros(4, 7, 7, dtype=torch.bool)
+    want[1:3, 2:5, 2:5] = True  # its 3x3 neighbourhood in frame 1 and in frame 2; not frame 0 nor frame 3
+    assert torch.equal(changed, want)
+
+
+def _randomise_previous_bias(model):
+    """Non-zero biases for the frame before (zero at start would hide an offset mix-up)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("previous_bias"):
+                p.normal_()
+
+
+@pytest.mark.parametrize("mixer", ["pom + spacetime-local", "spacetime-local, pom"])
+def test_spacetime_attention_beside_pom_streams_exactly_and_samples_sequentially_as_jointly(mixer):
+    model = _video(mixer, "frame")
+    assert model.can_stream() and model.has_constant_state() and model.default_sampling_mode() == "sequential"
+    _randomise_previous_bias(model)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 4, 1, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.rand(2, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([3, 7])
+    joint = model(x, t, y)
+    state = model.init_state(2, dtype=torch.float64)
+    outs = []
+    for f in range(4):
+        out, state = model.step(x[:, f:f + 1], t[:, f:f + 1], y, state, frame_offset=f)
+        outs.append(out)
+    assert (torch.cat(outs, 1) - joint).abs().max() < 1e-12
+    x2 = x.clone()
+    x2[:, 1, :, 0, 0] += 1
+    changed = (model(x2, t, y) - joint).abs().amax(dim=(2, 3, 4))
+    assert (changed[:, :1] == 0).all() and (changed[:, 1:] > 1e-6).all()
+    # one time per clip: frame by frame, a sampler's trajectory equals joint denoising
+    model = _video(mixer, "clip")
+    _randomise_previous_bias(model)
+    for sampler, cfg in (("euler", 2.0), ("heun", 1.5), ("ddim", 3.0)):
+        kw = dict(frames=4, steps=3, cfg_scale=cfg, sampler=sampler, seed=3)
+        pipeline = SamplingConfig(objective="ddpm") if sampler == "ddim" else SamplingConfig()
+        joint_samples = sample_video(model, pipeline, torch.tensor([1, 5]), mode="joint", **kw)
+        seq = sample_video(model, pipeline, torch.tensor([1, 5]), mode="sequential", **kw)
+        assert (seq - joint_samples).abs().max() < 1e-10, sampler

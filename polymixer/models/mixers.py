@@ -41,7 +41,7 @@ from ..nn.protocol import can_stream
 
 __all__ = ["register_mixer", "registered_mixers", "build_mixer", "LayerMixer", "parse_mixer_pattern",
            "mixer_names", "legacy_frame_local_pattern", "FRAME_LOCAL", "MixerSum", "StateTuple", "frame_local_call",
-           "GridConv", "NeighbourhoodAttention", "NoState"]
+           "GridConv", "NeighbourhoodAttention", "NoState", "SpacetimeNeighbourhoodAttention", "PreviousFrame"]
 
 FRAME_LOCAL = "frame-local"
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
@@ -392,38 +392,57 @@ class NeighbourhoodAttention(nn.Module):
     def extra_repr(self) -> str:
         return f"width={self.width}, heads={self.heads}, kernel={self.kernel}, qk_norm={self.qk_norm}"
 
-    def _bias(self, q_rc: torch.Tensor, k_rc: torch.Tensor) -> torch.Tensor:
-        """``(H, Q, K)``: the learned bias of each query-key offset, ``-inf`` beyond the
-        neighbourhood; ``q_rc: (Q, 2)``, ``k_rc: (K, 2)`` integer (row, column) coordinates."""
+    def _bias(self, q_rc: torch.Tensor, k_rc: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """``(H, Q, K)``: the learned bias of each query-key offset (from ``table``, by default
+        ``position_bias``), ``-inf`` beyond the neighbourhood; ``q_rc: (Q, 2)``, ``k_rc: (K, 2)``
+        integer (row, column) coordinates."""
         r = self.kernel // 2
         offset = k_rc[None, :, :] - q_rc[:, None, :]  # (Q, K, 2)
         near = (offset.abs() <= r).all(-1)
         index = ((offset[..., 0] + r) * self.kernel + offset[..., 1] + r).clamp(0, self.kernel ** 2 - 1)
-        bias = self.position_bias[:, index]  # (H, Q, K)
+        bias = (self.position_bias if table is None else table)[:, index]  # (H, Q, K)
         return bias.masked_fill(~near, float("-inf"))
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None, **mode) -> torch.Tensor:
+    def _frames(self, x: torch.Tensor, grid: tuple[int, int] | None) -> tuple[int, int, int]:
+        """``(rows, columns, tokens per frame)`` of ``grid``, checked against ``x: (B, N, D)``."""
         if grid is None:
-            raise ValueError("grid: NeighbourhoodAttention needs the token grid (rows, columns) of a frame")
+            raise ValueError(f"grid: {type(self).__name__} needs the token grid (rows, columns) of a frame")
         rows, cols = grid
-        B, N, D = x.shape
         T = rows * cols
-        if N % T != 0:
-            raise ValueError(f"grid: {rows}x{cols} grids do not tile the {N} tokens")
-        G, H, d = B * N // T, self.heads, self.head_dim
-        q, k, v = self.qkv(x).view(G, T, 3, H, d).permute(2, 0, 3, 1, 4)  # each (G, H, T, d)
+        if x.shape[1] % T != 0:
+            raise ValueError(f"grid: {rows}x{cols} grids do not tile the {x.shape[1]} tokens")
+        return rows, cols, T
+
+    def _project(self, x: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The queries, keys and values ``(G, H, T, d)`` of the ``G`` frames of ``x: (B, N, D)``."""
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).view(B * N // T, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        if T <= self.dense_up_to:
-            rc = _grid_coordinates(rows, cols, x.device)
-            out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self._bias(rc, rc).to(q.dtype))
-        else:
-            out = self._tiled(q, k, v, rows, cols)
-        return self.out_proj(out.transpose(1, 2).reshape(B, N, D))
+        return q, k, v
 
-    def _tiled(self, q, k, v, rows: int, cols: int) -> torch.Tensor:
+    def _attend(self, q, k, v, rows: int, cols: int, previous: tuple | None = None) -> torch.Tensor:
+        """``(G, H, T, d)``: each query against the neighbourhood of its place among the keys
+        ``k`` (and values ``v``) of its frame and, when ``previous = (keys, values, table)``
+        is given, also among those keys of another frame, with the bias ``table``."""
+        if rows * cols <= self.dense_up_to:
+            rc = _grid_coordinates(rows, cols, q.device)
+            mask = self._bias(rc, rc)
+            if previous is not None:
+                k, v = torch.cat([k, previous[0]], dim=2), torch.cat([v, previous[1]], dim=2)
+                mask = torch.cat([mask, self._bias(rc, rc, previous[2])], dim=-1)
+            return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
+        return self._tiled(q, k, v, rows, cols, previous)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None, **mode) -> torch.Tensor:
+        rows, cols, T = self._frames(x, grid)
+        q, k, v = self._project(x, T)
+        return self.out_proj(self._attend(q, k, v, rows, cols).transpose(1, 2).reshape(x.shape))
+
+    def _tiled(self, q, k, v, rows: int, cols: int, previous: tuple | None = None) -> torch.Tensor:
         """The attention of ``(G, H, T, d)`` queries by ``tile x tile`` tiles, each against
-        its tile and a margin of ``kernel // 2`` (keys outside the frame masked)."""
+        its tile and a margin of ``kernel // 2`` (keys outside the frame masked), and the
+        same window of ``previous = (keys, values, table)`` when given (see :meth:`_attend`)."""
         G, H, T, d = q.shape
         t, r = self.tile, self.kernel // 2
         tr, tc = -(-rows // t), -(-cols // t)  # tiles per column and row
@@ -449,8 +468,13 @@ class NeighbourhoodAttention(nn.Module):
         q_inside = ((q_rc < torch.tensor([rows, cols], device=q.device))).all(-1)
         # a padding query reads its own (zero) key so that no row is empty; its output is cut off
         keep = inside[:, None, None, :] | ~q_inside[:, None, :, None]
-        mask = bias.masked_fill(~keep, float("-inf")).to(q.dtype)
-        out = nn.functional.scaled_dot_product_attention(qt, windows(k), windows(v), attn_mask=mask)
+        mask = bias.masked_fill(~keep, float("-inf"))
+        keys, values = windows(k), windows(v)
+        if previous is not None:
+            bias = self._bias(q_rc[0] - origin[0], k_rc[0] - origin[0], previous[2])[None]
+            mask = torch.cat([mask, bias.masked_fill(~keep, float("-inf"))], dim=-1)
+            keys, values = torch.cat([keys, windows(previous[0])], dim=3), torch.cat([values, windows(previous[1])], 3)
+        out = nn.functional.scaled_dot_product_attention(qt, keys, values, attn_mask=mask.to(q.dtype))
         out = out.view(G, tr, tc, H, t, t, d).permute(0, 3, 1, 4, 2, 5, 6).reshape(G, H, tr * t, tc * t, d)
         return out[:, :, :rows, :cols].reshape(G, H, T, d)
 
@@ -470,3 +494,102 @@ def _grid_coordinates(rows: int, cols: int, device=None) -> torch.Tensor:
 @register_mixer("local-attention")
 def _local_attention(config) -> nn.Module:
     return NeighbourhoodAttention(config.width, heads=config.heads, kernel=5, qk_norm=config.qk_norm)
+
+
+@dataclass
+class PreviousFrame:
+    """The streaming state of :class:`SpacetimeNeighbourhoodAttention`: the keys and values
+    ``(B, heads, T, head_dim)`` of the last frame seen (``None`` before the first), so its
+    size never grows with the frames."""
+
+    keys: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+
+    def _map(self, fn) -> "PreviousFrame":
+        return self if self.keys is None else PreviousFrame(fn(self.keys), fn(self.values))
+
+    def to(self, device=None, dtype=None) -> "PreviousFrame":
+        return self._map(lambda z: z.to(device=device, dtype=dtype))
+
+    def clone(self) -> "PreviousFrame":
+        return self._map(torch.clone)
+
+    def detach(self) -> "PreviousFrame":
+        return self._map(torch.Tensor.detach)
+
+    def state_dict(self) -> dict:
+        return {} if self.keys is None else {"keys": self.keys, "values": self.values}
+
+    def nbytes(self) -> int:
+        return 0 if self.keys is None else 2 * self.keys.numel() * self.keys.element_size()
+
+
+class SpacetimeNeighbourhoodAttention(NeighbourhoodAttention):
+    """Neighbourhood attention over a frame *and the frame before it*: token ``i`` at ``(r, c)``
+    of frame ``f`` reads, by one softmax, the ``kernel x kernel`` tokens around ``(r, c)`` in
+    frame ``f`` (bias ``position_bias``) and in frame ``f - 1`` (bias ``previous_bias``, both
+    learned per head and offset, zero at start); the first frame reads its own frame only.
+
+    What it adds beside PoM in a video model: a token can copy what was at (or near) its
+    place one frame ago, so a digit that moves a little each frame can keep its exact shape,
+    which a summary of all earlier frames cannot hold. Block-causal by construction: the call
+    takes consecutive frames of ``grid = (rows, columns)`` tokens (``block_size``, when given,
+    must be one frame) and never reads a later frame. It streams with a constant state, the
+    last frame's keys and values (:class:`PreviousFrame`): ``step`` takes whole frames and
+    equals the parallel call. Cost ``O(N * 2 kernel^2)`` (tiled like the parent for large
+    frames).
+    """
+
+    def __init__(self, width: int, heads: int = 4, kernel: int = 5, qk_norm: bool = False, **options):
+        super().__init__(width, heads, kernel, qk_norm, **options)
+        self.previous_bias = nn.Parameter(torch.zeros(heads, kernel * kernel))
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None, block_size: int | None = None,
+                **mode) -> torch.Tensor:
+        y, _ = self._run(x, grid, block_size, mode, PreviousFrame())
+        return y
+
+    def _run(self, x, grid, block_size, mode, state: PreviousFrame):
+        if mode:
+            raise ValueError(f"mode: {type(self).__name__} is block-causal over frames and takes only block_size, "
+                             f"got {sorted(mode)}")
+        rows, cols, T = self._frames(x, grid)
+        if block_size is not None and block_size != T:
+            raise ValueError(f"block_size: {type(self).__name__} takes blocks of one {rows}x{cols} frame "
+                             f"({T} tokens), got {block_size}")
+        B, N, D = x.shape
+        F, H, d = N // T, self.heads, self.head_dim
+        q, k, v = (z.view(B, F, H, T, d) for z in self._project(x, T))
+        outs = []
+        if state.keys is None:  # the first frame has no frame before it
+            outs.append(self._attend(q[:, 0], k[:, 0], v[:, 0], rows, cols)[:, None])
+            q_rest, first = q[:, 1:], 1
+            prev_k, prev_v = k[:, :-1], v[:, :-1]
+        else:
+            q_rest, first = q, 0
+            prev_k = torch.cat([state.keys[:, None].to(k.dtype), k[:, :-1]], dim=1)
+            prev_v = torch.cat([state.values[:, None].to(v.dtype), v[:, :-1]], dim=1)
+        if F > first:
+            G = B * (F - first)
+            flat = lambda z: z.reshape(G, H, T, d)  # noqa: E731
+            out = self._attend(flat(q_rest), flat(k[:, first:]), flat(v[:, first:]), rows, cols,
+                               (flat(prev_k), flat(prev_v), self.previous_bias))
+            outs.append(out.view(B, F - first, H, T, d))
+        out = torch.cat(outs, dim=1)  # (B, F, H, T, d)
+        y = self.out_proj(out.permute(0, 1, 3, 2, 4).reshape(B, N, D))
+        return y, PreviousFrame(k[:, -1], v[:, -1])
+
+    def init_state(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> PreviousFrame:
+        return PreviousFrame()
+
+    def step(self, x: torch.Tensor, state: PreviousFrame, grid: tuple[int, int] | None = None):
+        if not isinstance(state, PreviousFrame):
+            raise TypeError(f"state: expected the PreviousFrame of init_state, got {type(state).__name__}")
+        if state.keys is not None and state.keys.shape[0] != x.shape[0]:
+            raise ValueError(f"state: holds a batch of {state.keys.shape[0]}, x has {x.shape[0]}")
+        return self._run(x, grid, None, {}, state)
+
+
+@register_mixer("spacetime-local")
+def _spacetime_local(config) -> nn.Module:
+    return SpacetimeNeighbourhoodAttention(config.width, heads=config.heads, kernel=5, qk_norm=config.qk_norm)
