@@ -68,7 +68,8 @@ _TRAIN_HELP: dict[str, tuple[str, tuple | None]] = {
     "mixer": ("token mixer of every block: pom, attention, or a pattern per block repeated over the depth, "
               "e.g. 'frame-local pom, pom' (every other block mixes inside each frame only); '+' sums mixers "
               "in a block, e.g. 'pom + conv' (a 3x3 depthwise convolution beside PoM), "
-              "'pom + local-attention' (softmax over each token's 5x5 neighbours in its frame) or "
+              "'pom + local-attention' (softmax over each token's 5x5 neighbours in its frame), "
+              "'pom + spacetime-local' (the same over its frame and the frame before: video) or "
               "'pom + frame-local attention'", None),
     "init_from": ("a model folder whose weights start a fresh run (e.g. a video DiT from the image DiT); "
                   "PoM gates with fewer heads are widened exactly; a hybrid mixer such as 'pom + local-attention' "

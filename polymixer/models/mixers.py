@@ -15,6 +15,9 @@ entry may also be a *hybrid*, mixers joined by ``+`` whose outputs are summed
                                      token grid of each frame, identity at start (DiG-style)
     "pom + local-attention"          every block: PoM plus softmax attention of each token to the
                                      5x5 tokens around it in its own frame (neighbourhood attention)
+    "pom + spacetime-local"          every block: PoM plus one softmax over the 5x5 tokens around
+                                     each token in its frame and in the frame before (video;
+                                     constant state: the last frame's keys and values)
 
 A mixer is registered with a builder that makes it for a model config::
 
