@@ -67,6 +67,9 @@ def checks(result: dict) -> dict:
            "identity_whole_clip": result["identity"]["whole_clip"]}
     if "identity_real" in result:
         out["identity_whole_clip_real"] = result["identity_real"]["whole_clip"]
+    if "shape_change" in result:
+        out["shape_change"] = result["shape_change"]["generated"]
+        out["shape_change_real"] = result["shape_change"]["real"]
     if acc is not None:
         ratios = [a / max(r, 1e-9) for a, r in zip(acc, real_acc)]
         out["worst_accuracy_ratio"] = min(ratios)
@@ -137,6 +140,7 @@ def report(models: dict[str, list[dict]], frames: int, command: str) -> list[str
             ("late_over_early_fd", f"FD last {SMOOTH} / frames 5-8 (goal <= 1.25)", ".2f"),
             ("identity_whole_clip", "same digit in every frame", ".3f"),
             ("identity_whole_clip_real", "real", ".3f"),
+            ("shape_change", "shape change per frame", ".3f"), ("shape_change_real", "real", ".3f"),
             ("speed", "speed px/frame", ".2f"), ("speed_real", "real", ".2f"),
             ("wall_reversals", "reversals at a wall", ".2f"), ("wall_reversals_real", "real", ".2f"),
             ("speed_wasserstein", "speed distance", ".2f"),

@@ -36,8 +36,9 @@ Video models also get measures over time (:mod:`polymixer.metrics.temporal`; iss
 ``identity`` (the share of clips whose frame f is classified as their first frame, by
 position, and ``whole_clip``), and, for one digit per clip, ``per_frame_real`` (the Fréchet
 distance and accuracy of as many real clips of the same length, by position: the floor of
-each frame position), ``identity_real`` (the same identity measure of those real clips: the
-classifier's own errors make it fall below 1 over long clips) and ``motion`` (speed, its steadiness, standing still, direction
+each frame position), ``identity_real`` (the same identity measure of those real clips),
+``shape_change`` (how much of the digit's ink changes from one frame to the next beyond a
+whole-pixel move: 0 in real clips, where the digit only moves) and ``motion`` (speed, its steadiness, standing still, direction
 reversals and the share of them at a wall, generated against real clips, and the distance
 between the speed distributions). Long clips: ``frames=64`` (``--frames 64``).
 
@@ -374,12 +375,14 @@ def _over_time(model, pipeline, clips: torch.Tensor, frames_measured: list, meas
     and accuracy of as many real clips, frame position by position: the floor, and their
     ``identity_real``), ``identity``
     (the share of clips whose frame f is classified as their first frame, by position, and
-    ``whole_clip``), ``motion`` (speed, steadiness, standing still, reversals and how many
+    ``whole_clip``), ``shape_change`` (how much of the ink changes from one frame to the next
+    beyond a whole-pixel move, :func:`~polymixer.metrics.temporal.shape_change`: the mean,
+    the real clips' and the mean by frame position 2..F), ``motion`` (speed, steadiness, standing still, reversals and how many
     happen at a wall, generated against real; 3 frames or more) and, for 32x32 clips of 8
     frames or more, ``clip_frechet_distance`` and its floor ``clip_frechet_distance_real`` by
     8-frame window (:func:`_clip_frechet`)."""
     from .data import VIDEO_DATA, moving_digits
-    from .metrics.temporal import compare_motion, identity_consistency, motion_statistics
+    from .metrics.temporal import compare_motion, identity_consistency, motion_statistics, shape_change
 
     n_frames = clips.shape[1]
     out: dict = {}
@@ -401,6 +404,10 @@ def _over_time(model, pipeline, clips: torch.Tensor, frames_measured: list, meas
         torch.stack([torch.as_tensor(m["predictions"]) for m in real_measured], dim=1))
     out["per_frame_real_clips"] = (f"{num_samples} real clips of {n_frames} frames (seed "
                                    f"{REFERENCE_SEED + 1 + int(seed)}), scored like the generated ones")
+    if n_frames >= 2:
+        change, change_real = shape_change((clips + 1) / 2), shape_change((real_clips + 1) / 2)
+        out["shape_change"] = {"generated": float(np.nanmean(change)), "real": float(np.nanmean(change_real)),
+                               "per_frame": [float(v) for v in np.nanmean(change, axis=0)]}
     if n_frames >= 3:
         out["motion"] = compare_motion(motion_statistics((clips + 1) / 2), motion_statistics((real_clips + 1) / 2))
     out.update(_clip_frechet(clips, real_clips))
@@ -492,4 +499,8 @@ def summary_lines(result: dict) -> list[str]:
         lines.append(f"motion, generated (real clips): speed {both('mean_speed')} px/frame, still "
                      f"{both('still_fraction')}, reversals per frame {both('reversals_per_frame')}, at a wall "
                      f"{both('wall_reversal_fraction')}; speed distance {m['speed_wasserstein']:.3g} px/frame")
+    if "shape_change" in result:
+        s = result["shape_change"]
+        lines.append(f"shape change from one frame to the next beyond a whole-pixel move, generated (real clips): "
+                     f"{s['generated']:.3f} ({s['real']:.3f}) of the ink; last frame {s['per_frame'][-1]:.3f}")
     return lines

@@ -22,6 +22,7 @@ def fake_eval(fd, acc, real_acc):
             "per_frame_real": {"frechet_distance": [1.0] * n, "conditional_accuracy": real_acc},
             "identity": {"whole_clip": 0.75, "per_frame": [1.0] * n},
             "identity_real": {"whole_clip": 0.5, "per_frame": [1.0] * n},
+            "shape_change": {"generated": 0.3, "real": 0.0, "per_frame": [0.3] * (n - 1)},
             "motion": {"mean_speed": {"generated": 1.5, "real": 2.0},
                        "wall_reversal_fraction": {"generated": 0.5, "real": 0.9}, "speed_wasserstein": 0.4},
             "clip_frechet_distance": [3.0, 4.0], "clip_frechet_distance_real": [0.5, 0.6]}
@@ -37,7 +38,7 @@ def test_checks_and_bands(tmp_path):
     c = report.checks(result)
     assert c["late_over_early_fd"] == 4.0
     assert abs(c["worst_accuracy_ratio"] - 0.5) < 1e-12 and c["worst_accuracy_position"] == 13
-    assert c["identity_whole_clip"] == 0.75 and c["identity_whole_clip_real"] == 0.5 and c["clip_fd_last"] == 4.0 and c["speed_real"] == 2.0
+    assert c["identity_whole_clip"] == 0.75 and c["identity_whole_clip_real"] == 0.5 and c["shape_change"] == 0.3 and c["clip_fd_last"] == 4.0 and c["speed_real"] == 2.0
     assert report.bands(20) == [(0, 8), (8, 16), (16, 20)]
     for seed, shift in ((0, 0.0), (1, 2.0)):
         r = fake_eval([v + shift for v in fd], acc, [0.9] * n)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from polymixer.metrics.temporal import (compare_motion, digit_centroids, identity_consistency, motion_statistics,
-                                        wasserstein_1d)
+                                        shape_change, wasserstein_1d)
 
 
 def test_centroid_of_a_known_blob_and_of_an_empty_frame():
@@ -59,6 +59,40 @@ def test_identity_by_position():
     out = identity_consistency(pred)
     assert out["per_frame"] == pytest.approx([1.0, 2 / 3, 1 / 3, 2 / 3])
     assert out["whole_clip"] == pytest.approx(1 / 3)
+
+
+def test_shape_change_is_zero_for_a_moving_digit_and_high_for_a_redrawn_one():
+    from polymixer.data import moving_digits
+
+    clips, _ = moving_digits(32, 10, 1, seed=5, num_clips=6, digit_size=16).batch(torch.arange(6))
+    real = (clips + 1) / 2  # (6, 10, 1, 32, 32): one digit that only moves, bouncing off the walls
+    change = shape_change(real)
+    assert change.shape == (6, 9) and np.allclose(change, 0.0, atol=1e-6)
+    # the digit of clip 1 pasted at clip 0's places from frame 5 on: its shape changes once, there
+    swapped = real.clone()
+    swapped[0, 5:] = 0
+    for f in range(5, 10):
+        y, x = np.argwhere(real[0, f, 0].numpy() > 0).min(0)
+        y1, x1 = np.argwhere(real[1, f, 0].numpy() > 0).min(0)
+        h, w = np.argwhere(real[1, f, 0].numpy() > 0).max(0) - (y1, x1) + 1
+        h, w = min(h, 32 - y), min(w, 32 - x)
+        swapped[0, f, 0, y:y + h, x:x + w] = real[1, f, 0, y1:y1 + h, x1:x1 + w]
+    change = shape_change(swapped)
+    assert np.allclose(change[0, :4], 0.0, atol=1e-6) and np.allclose(change[0, 5:], 0.0, atol=1e-6) and change[0, 4] > 0.3
+    # a digit redrawn every frame (each frame another clip's digit): high everywhere
+    redrawn = torch.stack([real[f % 6, f] for f in range(10)])[None]
+    assert (shape_change(redrawn) > 0.3).all()
+    # whole-pixel moves beyond max_shift are not matched; empty frames give NaN
+    blob = torch.zeros(1, 3, 16, 16)
+    blob[0, 0, 2:5, 2:5] = 1
+    blob[0, 1, 2:5, 10:13] = 1  # 8 pixels to the right
+    np.testing.assert_allclose(shape_change(blob, max_shift=8), [[0.0, 2.0]])  # then the blob vanishes: 2
+    np.testing.assert_allclose(shape_change(blob, max_shift=6), [[4 / 3, 2.0]])  # 6 right: one column of 3 overlaps
+    np.testing.assert_allclose(shape_change(blob, max_shift=5), [[2.0, 2.0]])  # (moving it out costs its ink)
+    empty = torch.zeros(1, 2, 8, 8)
+    assert np.isnan(shape_change(empty)).all()
+    with pytest.raises(ValueError, match="F >= 2"):
+        shape_change(torch.zeros(1, 1, 8, 8))
 
 
 def test_wasserstein_1d():

@@ -283,6 +283,9 @@ def test_eval_video_model_per_frame(tmp_path, monkeypatch):
     real_identity = result["identity_real"]  # the same measure of the real clips (the floor)
     assert real_identity["per_frame"][0] == 1.0 and len(real_identity["per_frame"]) == 3
     assert real_identity["whole_clip"] <= min(real_identity["per_frame"])
+    change = result["shape_change"]  # real digits only move: no change; a random model's frames do change
+    assert change["real"] == pytest.approx(0.0, abs=1e-6) and change["generated"] > 0.05
+    assert len(change["per_frame"]) == 2
     assert len(result["per_frame_real"]["frechet_distance"]) == 3
     assert all(0 <= a <= 1 for a in result["per_frame_real"]["conditional_accuracy"])
     motion = result["motion"]
@@ -292,6 +295,7 @@ def test_eval_video_model_per_frame(tmp_path, monkeypatch):
     assert any(line.startswith("identity:") and "real clips:" in line for line in lines), lines
     assert any(line.startswith("last frame (3)") for line in lines), lines
     assert any(line.startswith("motion, generated (real clips)") for line in lines), lines
+    assert any(line.startswith("shape change") for line in lines), lines
     json.dumps(result)
     # the batch size changes nothing but the batching: the same clips, the same numbers
     again = evaluate_checkpoint(folder, num_samples=6, steps=1, batch_size=5, frames=3)

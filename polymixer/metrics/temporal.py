@@ -11,7 +11,11 @@ canvas walls. From a clip alone (no labels, no model) this module measures:
   reverses along an axis, and how many of those reversals happen near a wall (a real
   bounce) rather than in open space (:func:`motion_statistics`);
 * identity: how many frames a classifier gives the same digit as the clip's first frame
-  (:func:`identity_consistency`).
+  (:func:`identity_consistency`);
+* shape change: how much of the ink differs between consecutive frames once the second is
+  moved by the whole-pixel shift that matches them best (:func:`shape_change`): 0 for a
+  digit that only moves, as in real clips; a digit redrawn each frame scores high even when
+  the classifier keeps giving it the same class.
 
 Generated clips are compared with real clips measured the same way (:func:`compare_motion`:
 the difference of the statistics, and the 1-D Wasserstein distance between the speed
@@ -23,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["digit_centroids", "motion_statistics", "identity_consistency", "compare_motion",
+__all__ = ["digit_centroids", "motion_statistics", "identity_consistency", "shape_change", "compare_motion",
            "wasserstein_1d", "INK_THRESHOLD", "STILL_SPEED"]
 
 #: pixels above this value (in [0, 1]) are ink
@@ -111,6 +115,40 @@ def identity_consistency(predictions) -> dict:
         raise ValueError(f"predictions: expected (B, F), got shape {p.shape}")
     same = p == p[:, :1]
     return {"per_frame": same.mean(axis=0).tolist(), "whole_clip": float(same.all(axis=1).mean())}
+
+
+def shape_change(frames: torch.Tensor, max_shift: int = 6) -> np.ndarray:
+    """``(B, F - 1)``: for clips ``frames: (B, F[, 1], H, W)`` in [0, 1], how much frame f
+    differs from frame f - 1 moved by the whole-pixel shift (at most ``max_shift`` pixels per
+    axis, zeros moved in) that matches them best: ``min_shift sum |x_f - shift(x_{f-1})|``
+    (ink of frame f - 1 moved out of the canvas counts as changed) over the mean ink
+    (``sum x``) of the two frames. 0 when the digit only moves by whole pixels (real moving
+    digits); 2 for two shapes that cannot be made to overlap at all; NaN where both frames
+    are empty."""
+    x = torch.as_tensor(frames).detach().float().cpu()
+    if x.dim() == 5:
+        if x.shape[2] != 1:
+            raise ValueError(f"frames: expected one channel, got {x.shape[2]}")
+        x = x[:, :, 0]
+    if x.dim() != 4 or x.shape[1] < 2:
+        raise ValueError(f"frames: expected (B, F, H, W) or (B, F, 1, H, W) with F >= 2, got {tuple(x.shape)}")
+    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
+        raise ValueError(f"max_shift: expected an int >= 0, got {max_shift!r}")
+    B, F, H, W = x.shape
+    now, before = x[:, 1:], x[:, :-1]
+    r = max_shift
+    padded = torch.nn.functional.pad(before, (r, r, r, r))
+    before_ink = before.sum(dim=(2, 3))
+    best = torch.full((B, F - 1), float("inf"))
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            moved = padded[..., dy:dy + H, dx:dx + W]
+            # ink moved out of the canvas counts as changed: a digit cannot vanish at no cost
+            best = torch.minimum(best, (now - moved).abs().sum(dim=(2, 3)) + before_ink - moved.sum(dim=(2, 3)))
+    ink = (now.sum(dim=(2, 3)) + before.sum(dim=(2, 3))) / 2
+    out = (best.clamp_min(0) / ink.clamp_min(1e-12)).numpy().astype(np.float64)
+    out[(ink <= 1e-6).numpy()] = np.nan
+    return out
 
 
 def wasserstein_1d(a: np.ndarray, b: np.ndarray) -> float:
