@@ -47,7 +47,7 @@ from polymixer.pipeline import SamplingConfig
 from polymixer.video import iter_video_frames
 
 MODEL_OPTIONS = ("clock", "steps", "batch", "image_size", "patch_size", "width", "depth", "heads", "threads", "frame_local_every",
-                 "window", "mlp_conv", "pom_rotary", "pom_frame_memory", "frame_embedding", "noise_levels")
+                 "window", "mlp_conv", "pom_mixer", "pom_rotary", "pom_frame_memory", "frame_embedding", "noise_levels")
 RIVALS = ("pom-sequential", "pom-joint", "attention-joint", "attention-kv-cache", "attention-rolling")
 
 
@@ -57,9 +57,15 @@ def make_model(mixer: str, args, dtype=torch.float32, window: int = 0) -> VideoD
     the frame embedding and the noise levels to both."""
     torch.manual_seed(0)
     pom = mixer == "pom"
+    if pom and getattr(args, "pom_mixer", "pom") != "pom":
+        if getattr(args, "frame_local_every", 0):
+            raise SystemExit("--pom-mixer and --frame-local-every: give the whole pattern in --pom-mixer")
+        pattern = args.pom_mixer
+    else:
+        pattern = legacy_frame_local_pattern(mixer, getattr(args, "frame_local_every", 0))
     config = VideoDiTConfig(image_size=args.image_size, in_channels=1, patch_size=args.patch_size, width=args.width,
                             depth=args.depth, heads=args.heads, mlp_ratio=3.0 if pom else 4.0,
-                            mixer=legacy_frame_local_pattern(mixer, getattr(args, "frame_local_every", 0)),
+                            mixer=pattern,
                             pom_heads=1, frames=8, n_classes=10, attention_window=window,
                             mlp_conv=args.mlp_conv, pom_rotary=args.pom_rotary if pom else 0,
                             pom_frame_memory=args.pom_frame_memory if pom else "mean",
@@ -137,6 +143,8 @@ def main(argv=None) -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--frame-local-every", type=int, default=0, help="spatial blocks 0, k, 2k, ... (0: none)")
     p.add_argument("--mlp-conv", type=int, default=0, help="depthwise conv side in every MLP, both mixers (0: none)")
+    p.add_argument("--pom-mixer", default="pom", help="the PoM rivals' mixer pattern, e.g. 'pom + spacetime-local' "
+                   "(PoM plus a softmax over each token's 5x5 neighbours in its frame and the frame before)")
     p.add_argument("--pom-rotary", type=int, default=0, help="PoM's rotary positions: 0 or 3 (frame, row, column)")
     p.add_argument("--pom-frame-memory", default="mean", help="PoM's cross-frame state: mean, decay, gated-decay, "
                    "window:W")
@@ -197,6 +205,8 @@ def options_line(args) -> str:
     words = []
     if getattr(args, "mlp_conv", 0):
         words.append(f"a {args.mlp_conv}x{args.mlp_conv} depthwise conv in every MLP (both mixers)")
+    if getattr(args, "pom_mixer", "pom") != "pom":
+        words.append(f"the PoM rivals' mixer {args.pom_mixer!r}")
     if getattr(args, "pom_rotary", 0):
         words.append(f"PoM with rotary positions over {args.pom_rotary} axes (attention without)")
     if getattr(args, "pom_frame_memory", "mean") != "mean":

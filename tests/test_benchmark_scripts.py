@@ -93,3 +93,17 @@ def test_bench_video_rolling_cache_rival(tmp_path, clock):
     assert all(len(r["frame_seconds"]) == r["frames"] for r in rows)
     text = out.with_suffix(".md").read_text()
     assert "attention-rolling keeps the last 2 frames" in text and "attention-rolling / pom-sequential" in text
+
+
+def test_bench_video_pom_rivals_take_a_hybrid_mixer(tmp_path):
+    """--pom-mixer gives the PoM rivals another pattern (PoM beside the frame-and-previous-frame
+    softmax): the equivalence check (frame by frame == joint) runs on it too."""
+    bench_video = load("bench_video")
+    out = tmp_path / "video"
+    bench_video.main(["--frames", "3", "--steps", "1", "--image-size", "8", "--patch-size", "4", "--width", "16",
+                      "--depth", "1", "--heads", "2", "--rivals", "pom-sequential",
+                      "--pom-mixer", "pom + spacetime-local", "--out", str(out)])
+    assert "the PoM rivals' mixer 'pom + spacetime-local'" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit, match="whole pattern"):
+        bench_video.main(["--frames", "3", "--pom-mixer", "pom + conv", "--frame-local-every", "2",
+                          "--out", str(tmp_path / "bad")])
