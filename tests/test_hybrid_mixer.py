@@ -406,3 +406,24 @@ def test_spacetime_attention_beside_pom_streams_exactly_and_samples_sequentially
         joint_samples = sample_video(model, pipeline, torch.tensor([1, 5]), mode="joint", **kw)
         seq = sample_video(model, pipeline, torch.tensor([1, 5]), mode="sequential", **kw)
         assert (seq - joint_samples).abs().max() < 1e-10, sampler
+
+
+def test_a_hybrid_stream_state_resets_like_a_fresh_one():
+    """StateCache.reset_ reaches every member of a hybrid (PoM's sums, the frame before, the
+    stateless conv): a reset stream continues exactly like one started afresh."""
+    model = _video("pom + spacetime-local, pom + conv", "frame")
+    _randomise_previous_bias(model)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 1, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.rand(2, 3, generator=g, dtype=torch.float64)
+    y = torch.tensor([3, 7])
+    fresh, _ = model.step(x[:, 1:], t[:, 1:], y, model.init_state(2, dtype=torch.float64))
+    _, state = model.step(x[:, :1], t[:, :1], y, model.init_state(2, dtype=torch.float64))
+    stale, _ = model.step(x[:, 1:], t[:, 1:], y, state)
+    assert (stale - fresh).abs().max() > 1e-6  # the state did hold frame 0
+    state.reset_()
+    again, _ = model.step(x[:, 1:], t[:, 1:], y, state)
+    assert (again - fresh).abs().max() == 0
+    _, state = model.step(x[:, :1], t[:, :1], y, model.init_state(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="all its rows or none"):
+        state["0"].reset_(torch.tensor([True, False]))  # a block's StateTuple: PoM could, the frame before cannot

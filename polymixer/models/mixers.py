@@ -189,6 +189,13 @@ class StateTuple:
     def detach(self) -> "StateTuple":
         return self._map(lambda s: s.detach())
 
+    def reset_(self, rows: torch.Tensor | None = None) -> "StateTuple":
+        """Forget what was seen, in place, in every member's state (all rows, or ``rows``)."""
+        for s in self.states:
+            if s is not None:
+                s.reset_() if rows is None else s.reset_(rows)
+        return self
+
     def state_dict(self) -> dict:
         return {f"{i}.{k}": v for i, s in enumerate(self.states) if s is not None for k, v in s.state_dict().items()}
 
@@ -304,6 +311,9 @@ class NoState:
 
     def state_dict(self) -> dict:
         return {}
+
+    def reset_(self, rows: torch.Tensor | None = None) -> "NoState":
+        return self
 
     def nbytes(self) -> int:
         return 0
@@ -522,6 +532,15 @@ class PreviousFrame:
 
     def state_dict(self) -> dict:
         return {} if self.keys is None else {"keys": self.keys, "values": self.values}
+
+    def reset_(self, rows: torch.Tensor | None = None) -> "PreviousFrame":
+        """Forget the last frame, in place: all rows only (a stream whose rows restart at
+        different frames keeps one state per group of rows)."""
+        if rows is not None and not bool(torch.as_tensor(rows).bool().all()):
+            raise ValueError("rows: a PreviousFrame state forgets all its rows or none; keep one state per "
+                             "group of rows that restart together")
+        self.keys = self.values = None
+        return self
 
     def nbytes(self) -> int:
         return 0 if self.keys is None else 2 * self.keys.numel() * self.keys.element_size()
