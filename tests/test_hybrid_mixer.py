@@ -107,13 +107,9 @@ def test_grid_conv_is_identity_at_start_and_a_depthwise_conv_per_frame():
         conv(x, grid=(5, 5))
 
 
-@pytest.mark.parametrize("mixer", ["pom + conv", "pom + frame-local conv", "frame-local conv, pom",
-                                   "pom + local-attention", "local-attention, pom"])
-def test_grid_mixer_beside_pom_streams_exactly(mixer):
-    """A convolution or a neighbourhood softmax over each frame, beside PoM or in its own
-    blocks: frame by frame equals joint, and a frame never changes earlier frames."""
-    model = _video(mixer, "frame")
-    assert model.can_stream() and model.has_constant_state()
+def _assert_streams_frame_by_frame(model):
+    """A per-frame-noise video model: frame by frame equals joint (float64), and a change to
+    frame 1 leaves frame 0 alone and reaches every later frame."""
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, 4, 1, 8, 8, generator=g, dtype=torch.float64)
     t = torch.rand(2, 4, generator=g, dtype=torch.float64)
@@ -129,6 +125,17 @@ def test_grid_mixer_beside_pom_streams_exactly(mixer):
     x2[:, 1, :, 0, 0] += 1  # one pixel of frame 1: earlier frames unchanged
     changed = (model(x2, t, y) - joint).abs().amax(dim=(2, 3, 4))
     assert (changed[:, :1] == 0).all() and (changed[:, 1:] > 1e-6).all()
+
+
+
+@pytest.mark.parametrize("mixer", ["pom + conv", "pom + frame-local conv", "frame-local conv, pom",
+                                   "pom + local-attention", "local-attention, pom"])
+def test_grid_mixer_beside_pom_streams_exactly(mixer):
+    """A convolution or a neighbourhood softmax over each frame, beside PoM or in its own
+    blocks: frame by frame equals joint, and a frame never changes earlier frames."""
+    model = _video(mixer, "frame")
+    assert model.can_stream() and model.has_constant_state()
+    _assert_streams_frame_by_frame(model)
 
 
 def test_conv_beside_the_mixer_trains_in_an_image_dit():
@@ -382,21 +389,7 @@ def test_spacetime_attention_beside_pom_streams_exactly_and_samples_sequentially
     model = _video(mixer, "frame")
     assert model.can_stream() and model.has_constant_state() and model.default_sampling_mode() == "sequential"
     _randomise_previous_bias(model)
-    g = torch.Generator().manual_seed(2)
-    x = torch.randn(2, 4, 1, 8, 8, generator=g, dtype=torch.float64)
-    t = torch.rand(2, 4, generator=g, dtype=torch.float64)
-    y = torch.tensor([3, 7])
-    joint = model(x, t, y)
-    state = model.init_state(2, dtype=torch.float64)
-    outs = []
-    for f in range(4):
-        out, state = model.step(x[:, f:f + 1], t[:, f:f + 1], y, state, frame_offset=f)
-        outs.append(out)
-    assert (torch.cat(outs, 1) - joint).abs().max() < 1e-12
-    x2 = x.clone()
-    x2[:, 1, :, 0, 0] += 1
-    changed = (model(x2, t, y) - joint).abs().amax(dim=(2, 3, 4))
-    assert (changed[:, :1] == 0).all() and (changed[:, 1:] > 1e-6).all()
+    _assert_streams_frame_by_frame(model)
     # one time per clip: frame by frame, a sampler's trajectory equals joint denoising
     model = _video(mixer, "clip")
     _randomise_previous_bias(model)
