@@ -163,22 +163,7 @@ def test_conv_beside_the_mixer_trains_in_an_image_dit():
 def _dense_neighbourhood(mixer, x, rows, cols):
     """The definition with an explicit loop: each token's softmax over the in-frame tokens
     within kernel // 2 rows and columns, plus the bias of the offset."""
-    B, N, D = x.shape
-    H, d, k = mixer.heads, mixer.head_dim, mixer.kernel
-    q, key, v = mixer.qkv(x).view(B, N, 3, H, d).unbind(2)
-    out = torch.zeros(B, N, H, d, dtype=x.dtype)
-    T = rows * cols
-    for i in range(N):
-        f, r, c = i // T, (i % T) // cols, i % cols
-        js, biases = [], []
-        for dr in range(-(k // 2), k // 2 + 1):
-            for dc in range(-(k // 2), k // 2 + 1):
-                if 0 <= r + dr < rows and 0 <= c + dc < cols:
-                    js.append(f * T + (r + dr) * cols + c + dc)
-                    biases.append(mixer.position_bias[:, (dr + k // 2) * k + dc + k // 2])
-        scores = torch.einsum("bhd,bjhd->bhj", q[:, i], key[:, js]) / d ** 0.5 + torch.stack(biases, -1)
-        out[:, i] = torch.einsum("bhj,bjhd->bhd", scores.softmax(-1), v[:, js])
-    return mixer.out_proj(out.reshape(B, N, D))
+    return _dense_spacetime(mixer, x, rows, cols, previous=False)
 
 
 @pytest.mark.parametrize("rows, cols, kernel", [(3, 5, 3), (4, 4, 5), (2, 7, 5), (1, 1, 3), (7, 10, 5)])
@@ -300,10 +285,11 @@ def test_training_a_hybrid_from_a_single_mixer_model_from_the_cli(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the frame and the frame before it
-def _dense_spacetime(mixer, x, rows, cols):
+def _dense_spacetime(mixer, x, rows, cols, previous=True):
     """The definition with an explicit loop: each token's one softmax over the tokens within
     kernel // 2 rows and columns of its place in its own frame (bias position_bias) and in
-    the frame before (bias previous_bias); the first frame reads its own only."""
+    the frame before (bias previous_bias; ``previous=False``: its own frame only, plain
+    neighbourhood attention); the first frame reads its own only."""
     B, N, D = x.shape
     H, d, k = mixer.heads, mixer.head_dim, mixer.kernel
     q, key, v = mixer.qkv(x).view(B, N, 3, H, d).unbind(2)
@@ -312,8 +298,8 @@ def _dense_spacetime(mixer, x, rows, cols):
     for i in range(N):
         f, r, c = i // T, (i % T) // cols, i % cols
         js, biases = [], []
-        for back, table in ((0, mixer.position_bias), (1, mixer.previous_bias)):
-            if f - back < 0:
+        for back, table in ((0, mixer.position_bias), (1, getattr(mixer, "previous_bias", None))):
+            if f - back < 0 or (back and not previous):
                 continue
             for dr in range(-(k // 2), k // 2 + 1):
                 for dc in range(-(k // 2), k // 2 + 1):
