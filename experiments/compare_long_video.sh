@@ -26,6 +26,10 @@
 #                   each token in its frame and in the frame before (--mixer 'pom +
 #                   spacetime-local'): a summary of all earlier frames cannot hold a digit's
 #                   exact shape, one frame back at the same place can (constant state: one frame)
+#   pom_gated_context     pom_gated whose patch embedding also reads the 2 frames before each frame
+#                   at the same places (--context-frames 2, the inputs stacked onto the channels):
+#                   a digit that only moves can be copied by a local operation (constant state:
+#                   two frames' inputs)
 # then `polymixer eval` of each EMA model on clips of EVAL_FRAMES frames (default 64), generated frame by
 # frame (--mode sequential for every rival: attention with the full cache too, whose default is joint) (per-frame Fréchet distance and accuracy with the real clips' floor, identity, motion,
 # clip Fréchet distance by 8-frame window).
@@ -60,6 +64,7 @@ declare -A options=(
   [pom_mean_local]="--mixer 'frame-local pom, pom' --pom-rotary 3"
   [pom_gated_local]="--mixer 'frame-local pom, pom' --pom-rotary 3 --pom-frame-memory gated-decay"
   [pom_gated_spacetime]="--mixer 'pom + spacetime-local' --pom-rotary 3 --pom-frame-memory gated-decay"
+  [pom_gated_context]="--mixer pom --pom-rotary 3 --pom-frame-memory gated-decay --context-frames 2"
 )
 read -r -a names <<< "${NAMES:-pom_mean pom_decay pom_gated pom_window attention_roll attention}"
 for name in "${names[@]}"; do

@@ -98,6 +98,8 @@ _TRAIN_HELP: dict[str, tuple[str, tuple | None]] = {
     "noise_levels": ("one noise level per clip, or per frame (diffusion forcing) (video)", ("clip", "frame")),
     "frame_embedding": ("absolute sin-cos position of the frame index, or none (time only through the mixers, "
                         "e.g. --pom-rotary 3) (video)", ("sincos", "none")),
+    "context_frames": ("video: stack the inputs of the K frames before each frame onto its channels, a direct "
+                       "local view of them (0 = none; streaming keeps the last K)", None),
     "objective": ("training objective", ("flow", "ddpm")),
     "time_sampling": ("training noise levels (flow)", ("logit_normal", "uniform")),
     "shift": ("time shift of the noise levels (> 1: noisier)", None),

@@ -43,7 +43,7 @@ from .io import CheckpointError, write_json
 from .models import build_model, config_from_dict, config_to_dict
 from .models.blocks import TransformerConfig
 from .models.video_dit import VideoDiTConfig
-from .models.io import add_frame_memory, add_mixer_members, add_mlp_convs, load_state_checked, widen_gates
+from .models.io import add_context_inputs, add_frame_memory, add_mixer_members, add_mlp_convs, load_state_checked, widen_gates
 from .models.presets import config_for_data, dit_config
 from .conditioning import ClassLabels
 from .pipeline import SamplingConfig, check_guidance
@@ -605,6 +605,10 @@ def build(run: Run) -> None:
         if convs and run.dist.main:
             print(f"init_from: {len(convs)} MLP convolution tensors start at the identity (the source model has "
                   f"none; same function at step 0)", flush=True)
+        state, inputs = add_context_inputs(run.model, state)
+        if inputs and run.dist.main:
+            print(f"init_from: the patch embedding reads {run.model.config.context_frames} earlier frame(s) too, "
+                  f"their weights at zero (the source model reads none; same function at step 0)", flush=True)
         load_state_checked(run.model, state, str(weights))
     run.ema = build_model(run.model_config).to(run.device)
     run.ema.load_state_dict(run.model.state_dict())

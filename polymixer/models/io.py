@@ -17,7 +17,7 @@ from .registry import build_model, config_from_dict, config_to_dict
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
-__all__ = ["save_pretrained", "load_pretrained", "load_state_checked", "widen_gates", "add_frame_memory", "add_mlp_convs",
+__all__ = ["save_pretrained", "load_pretrained", "load_state_checked", "widen_gates", "add_frame_memory", "add_mlp_convs", "add_context_inputs",
            "add_mixer_members"]
 
 
@@ -92,6 +92,25 @@ def add_mlp_convs(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dic
     from .blocks import MLP
 
     return _add_from_model(model, state, MLP, ("conv.weight", "conv.bias"))
+
+
+def add_context_inputs(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state`` of a video model without ``context_frames`` made to start ``model``, which
+    has them: the patch embedding's weights for the stacked earlier frames start at zero, so
+    the function is the same at step 0 (the frame's own channels come first). Returns the
+    new state and the names widened; every other tensor is passed through."""
+    K = getattr(getattr(model, "config", None), "context_frames", 0)
+    name = "patch_embed.weight"
+    if not K or name not in state:
+        return state, []
+    target = model.state_dict()[name]
+    source = state[name]
+    if (source.shape[1] * (1 + K) != target.shape[1] or source.shape[0] != target.shape[0]
+            or tuple(source.shape[2:]) != tuple(target.shape[2:])):
+        return state, []
+    out = dict(state)
+    out[name] = torch.cat([source, source.new_zeros(source.shape[0], source.shape[1] * K, *source.shape[2:])], dim=1)
+    return out, [name]
 
 
 def add_frame_memory(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:

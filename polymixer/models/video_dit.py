@@ -68,6 +68,55 @@ NOISE_LEVELS = ("clip", "frame")
 FRAME_EMBEDDINGS = ("sincos", "none")
 
 
+INPUTS = "inputs"  # the StateCache key of the last inputs (context_frames)
+
+
+def _state_order(key: str) -> tuple:
+    return (1, 0) if key == INPUTS else (0, int(key)) if key.isdigit() else (2, key)
+
+
+@dataclass
+class RecentFrames:
+    """The streaming state of a model with ``context_frames = K``: the inputs ``(B, k, C, H, W)``
+    of its last k <= K frames, oldest first (``None`` before the first), so its size never
+    grows with the frames. A value: :meth:`push` returns a new state."""
+
+    frames: torch.Tensor | None = None
+
+    def push(self, x: torch.Tensor, keep: int) -> "RecentFrames":
+        """This state followed by the frames ``x: (B, F, C, H, W)``, keeping the last ``keep``."""
+        full = x if self.frames is None else torch.cat([self.frames.to(x.dtype), x], dim=1)
+        return RecentFrames(full[:, -keep:])
+
+    def _map(self, fn) -> "RecentFrames":
+        return self if self.frames is None else RecentFrames(fn(self.frames))
+
+    def to(self, device=None, dtype=None) -> "RecentFrames":
+        return self._map(lambda z: z.to(device=device, dtype=dtype))
+
+    def clone(self) -> "RecentFrames":
+        return self._map(torch.clone)
+
+    def detach(self) -> "RecentFrames":
+        return self._map(torch.Tensor.detach)
+
+    def state_dict(self) -> dict:
+        return {} if self.frames is None else {"frames": self.frames}
+
+    def reset_(self, rows: torch.Tensor | None = None) -> "RecentFrames":
+        """Forget the frames, in place: of every row, or of the rows where ``rows`` (a
+        ``(B,)`` mask) is true (zeros, which is what a clip's first frame reads)."""
+        if rows is None or self.frames is None:
+            self.frames = None
+        else:
+            rows = torch.as_tensor(rows, device=self.frames.device).bool()
+            self.frames = self.frames.masked_fill(rows[:, None, None, None, None], 0)
+        return self
+
+    def nbytes(self) -> int:
+        return 0 if self.frames is None else self.frames.numel() * self.frames.element_size()
+
+
 @dataclass
 class VideoDiTConfig(TransformerConfig):
     """Hyper-parameters of a :class:`VideoDiT` (serialised as ``config.json``).
@@ -83,6 +132,13 @@ class VideoDiTConfig(TransformerConfig):
             added to every token of the frame) or ``"none"`` (no absolute time position: the
             model knows time only through its mixers, e.g. relative rotary positions with
             ``pom_rotary=3``, which is what lets it run past the training length).
+        context_frames: K >= 0 earlier frames whose inputs are stacked onto each frame's
+            channels before the patch embedding (0 = none, the default): frame f's patches
+            see its own pixels and, at the same places, those of frames f-1 .. f-K as the
+            model was given them (zeros before the clip's first frame). A direct, local view
+            of the frames before, in which a digit that only moves can be copied; it keeps
+            the model block-causal, and streaming keeps the last K inputs (constant size).
+            Needs ``temporal_patch == 1``.
         The mixer pattern (``mixer``) may make blocks frame-local: ``"frame-local pom, pom"``
         alternates spatial blocks (inside each frame, no state) and block-causal ones.
         Configs saved with ``frame_local_every=k`` load as the pattern with blocks 0, k,
@@ -95,6 +151,7 @@ class VideoDiTConfig(TransformerConfig):
     temporal_patch: int = 1
     noise_levels: str = "clip"
     frame_embedding: str = "sincos"
+    context_frames: int = 0
 
     INT_FIELDS = TransformerConfig.INT_FIELDS + ("image_size", "frames", "temporal_patch")
 
@@ -110,6 +167,10 @@ class VideoDiTConfig(TransformerConfig):
             raise ValueError(f"frame_embedding: expected one of {FRAME_EMBEDDINGS}, got {self.frame_embedding!r}")
         if self.noise_levels == "frame" and self.temporal_patch != 1:
             raise ValueError("noise_levels: 'frame' needs temporal_patch=1 (one time per token grid)")
+        if isinstance(self.context_frames, bool) or not isinstance(self.context_frames, int) or self.context_frames < 0:
+            raise ValueError(f"context_frames: expected an int >= 0, got {self.context_frames!r}")
+        if self.context_frames and self.temporal_patch != 1:
+            raise ValueError("context_frames: needs temporal_patch=1 (the frames before are stacked per frame)")
 
     def to_dict(self) -> dict:
         return config_to_dict(self)
@@ -149,7 +210,7 @@ class VideoDiT(nn.Module):
             raise TypeError(f"config: expected a VideoDiTConfig, got {type(config).__name__}")
         self.config = config
         D, p, tp = config.width, config.patch_size, config.temporal_patch
-        self.patch_embed = nn.Conv2d(tp * config.in_channels, D, kernel_size=p, stride=p)
+        self.patch_embed = nn.Conv2d((1 + config.context_frames) * tp * config.in_channels, D, kernel_size=p, stride=p)
         self.time_embed = TimestepEmbedding(D)
         self.class_embed = nn.Embedding(config.n_classes + 1, D)
         grid = config.image_size // p
@@ -206,9 +267,11 @@ class VideoDiT(nn.Module):
         if not isinstance(state, StateCache):
             raise TypeError(f"state: expected the StateCache of init_state, got {type(state).__name__}")
         expected = {str(i) for i, block in enumerate(self.blocks) if block.keeps_state}
+        if self.config.context_frames:
+            expected.add(INPUTS)
         if set(state) != expected:
             raise ValueError(f"state: expected one state for each block that mixes across frames "
-                             f"{sorted(expected, key=int)}, got {sorted(state)}")
+                             f"{sorted(expected, key=_state_order)}, got {sorted(state, key=_state_order)}")
 
     # -------------------------------------------------------------- forward
     def positions(self, grid_h: int, grid_w: int, frames: int, frame_offset: int, device, dtype) -> torch.Tensor:
@@ -240,13 +303,28 @@ class VideoDiT(nn.Module):
         """Training times for clips ``x: (B, F, ...)``: ``(B,)`` or ``(B, F)`` per the config."""
         return (x.shape[0], x.shape[1]) if self.config.noise_levels == "frame" else (x.shape[0],)
 
-    def _embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, frame_offset: int):
-        """Tokens ``(B, G*T, D)`` and conditioning ``(B, D)`` or ``(B, F, D)`` of clips ``x``."""
+    def _with_context(self, x: torch.Tensor, before: torch.Tensor | None) -> torch.Tensor:
+        """``x: (B, F, C, H, W)`` with the inputs of the ``context_frames`` frames before each
+        frame stacked onto its channels, nearest first: ``(B, F, (1 + K) C, H, W)``.
+        ``before``: the inputs of up to K frames just before ``x`` (oldest first), else zeros."""
+        K = self.config.context_frames
+        B, F, C, H, W = x.shape
+        pad = K - (0 if before is None else before.shape[1])
+        parts = [x.new_zeros(B, pad, C, H, W)] if pad else []
+        full = torch.cat(parts + ([] if before is None else [before.to(x.dtype)]) + [x], dim=1)  # (B, K + F, ...)
+        return torch.stack([full[:, K - j:K - j + F] for j in range(K + 1)], dim=2).reshape(B, F, (K + 1) * C, H, W)
+
+    def _embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, frame_offset: int,
+               before: torch.Tensor | None = None):
+        """Tokens ``(B, G*T, D)`` and conditioning ``(B, D)`` or ``(B, F, D)`` of clips ``x``
+        (``before``: see :meth:`_with_context`)."""
         B, frames, C, H, W = x.shape
         p, tp = self.config.patch_size, self.config.temporal_patch
         G, gh, gw = frames // tp, H // p, W // p
         T = gh * gw
-        frames = x.reshape(B * G, tp * C, H, W)
+        if self.config.context_frames:
+            x = self._with_context(x, before)
+        frames = x.reshape(B * G, -1, H, W)
         tokens = self.patch_embed(frames).flatten(2).transpose(1, 2).reshape(B, G * T, -1)
         tokens = tokens + self.positions(gh, gw, G, frame_offset // tp, tokens.device, tokens.dtype)
         cond = self.time_embed(t)  # (B, D) or (B, F, D)
@@ -286,9 +364,13 @@ class VideoDiT(nn.Module):
         for g in range(x.shape[1] // tp):
             xg = x[:, g * tp:(g + 1) * tp]
             tg = t[:, g * tp:(g + 1) * tp] if t.dim() == 2 else t
-            tokens, cond, grid = self._embed(xg, tg, y, frame_offset + g * tp)
-            positions = self._positions(grid, tokens.shape[1], frame_offset + g * tp, tokens.device)
             new = {}
+            before = None
+            if self.config.context_frames:
+                before = state[INPUTS].frames
+                new[INPUTS] = state[INPUTS].push(xg, self.config.context_frames)
+            tokens, cond, grid = self._embed(xg, tg, y, frame_offset + g * tp, before)
+            positions = self._positions(grid, tokens.shape[1], frame_offset + g * tp, tokens.device)
             for i, block in enumerate(self.blocks):
                 tokens, block_state = block.step(tokens, cond, state[str(i)] if block.keeps_state else None, grid=grid,
                                                  **positions)
@@ -322,8 +404,11 @@ class VideoDiT(nn.Module):
         float64 keeps float64 sums for a float64 model (each mixer's default otherwise)."""
         if not self.can_stream():
             raise ValueError("state: a mixer of this model cannot stream (it has no init_state/step)")
-        return StateCache({str(i): block.init_state(batch_size, device=device, dtype=dtype)
-                           for i, block in enumerate(self.blocks) if block.keeps_state})
+        states = {str(i): block.init_state(batch_size, device=device, dtype=dtype)
+                  for i, block in enumerate(self.blocks) if block.keeps_state}
+        if self.config.context_frames:
+            states[INPUTS] = RecentFrames()
+        return StateCache(states)
 
     # -------------------------------------------------------------- utilities
     def num_tokens(self, frames: int | None = None) -> int:
