@@ -16,7 +16,9 @@ The loss is the flow-matching loss of that frame only, the same frames and noise
 A model that copies the digit from the frame before has ``own`` far below ``none`` at high t
 (at t = 1 the frame's own pixels are pure noise, so only the history can tell where and which
 shape); ``other`` above ``own`` says that it reads this clip's history, not only the class. The
-``gain`` columns are ``none / own`` and ``other / own``.
+``gain`` columns are ``none / own`` and ``other / own``. For scale, a model-free reference
+for t = 1: the last frame before, moved by the last whole-pixel motion of the ink (what
+copying alone gets); at t = 1 the loss is the error of the predicted clean frame.
 
 It costs forward passes only (a few seconds per checkpoint and level on one thread).
 """
@@ -47,6 +49,27 @@ def held_out(clips: int, frames: int, image_size: int):
     return x0, y, other
 
 
+def copy_reference(x0: torch.Tensor, context: int) -> float:
+    """A model-free reference for t = 1 (where the frame's own pixels are pure noise and the
+    velocity error is the error of the predicted clean frame): the last frame before, moved by
+    the whole-pixel motion of the ink centroid between the two frames before it (zeros enter
+    at the edges). What copying alone gets, bounces and rounding included."""
+    ink = (x0[:, :context, 0] + 1) / 2  # (B, K, H, W) in [0, 1]
+    H, W = ink.shape[-2:]
+    rows = torch.arange(H, dtype=ink.dtype)[:, None]
+    cols = torch.arange(W, dtype=ink.dtype)[None, :]
+    mass = ink.sum(dim=(-2, -1)).clamp_min(1e-6)
+    cr, cc = (ink * rows).sum(dim=(-2, -1)) / mass, (ink * cols).sum(dim=(-2, -1)) / mass
+    last = x0[:, context - 1]
+    pred = torch.full_like(last, -1.0)
+    for b in range(x0.shape[0]):
+        dr = int(round(float(cr[b, -1] - cr[b, -2]))) if context > 1 else 0
+        dc = int(round(float(cc[b, -1] - cc[b, -2]))) if context > 1 else 0
+        src = last[b, :, max(0, -dr):H - max(0, dr), max(0, -dc):W - max(0, dc)]
+        pred[b, :, max(0, dr):max(0, dr) + src.shape[-2], max(0, dc):max(0, dc) + src.shape[-1]] = src
+    return float(((pred - x0[:, context]) ** 2).mean())
+
+
 def frame_loss(model, x0, y, t_last: float, history: float, eps: torch.Tensor) -> float:
     """Flow-matching loss of the last frame of ``x0: (B, F, C, H, W)``, the earlier frames at
     noise level ``history``, the last at ``t_last``."""
@@ -65,8 +88,8 @@ def measure(path: str, context: int, clips: int, history: float | None, batch: i
     model.eval()
     cfg = model.config
     if history is None:
-        state = Path(path).parent / "train_config.json"
-        history = json.loads(state.read_text()).get("history_noise", 0.0) if state.is_file() else 0.0
+        found = [p / "train_config.json" for p in Path(path).parents[:2] if (p / "train_config.json").is_file()]
+        history = json.loads(found[0].read_text()).get("history_noise", 0.0) if found else 0.0
     x0, y, other = held_out(clips, context + 1, cfg.image_size)
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     swapped = torch.cat([x0[other, :context], x0[:, context:]], dim=1)
@@ -81,7 +104,8 @@ def measure(path: str, context: int, clips: int, history: float | None, batch: i
         row["gain_none"] = row["none"] / row["own"]
         row["gain_other"] = row["other"] / row["own"]
         rows[str(t_last)] = row
-    return {"checkpoint": path, "context_frames": context, "clips": clips, "history_noise": history, "levels": rows}
+    return {"checkpoint": path, "context_frames": context, "clips": clips, "history_noise": history,
+            "copy_reference_t1": copy_reference(x0, context), "levels": rows}
 
 
 def main(argv=None) -> None:
@@ -107,6 +131,8 @@ def main(argv=None) -> None:
         for t, row in r["levels"].items():
             print(f"{float(t):4.2f} {row['own']:8.4f} {row['other']:8.4f} {row['none']:8.4f} "
                   f"{row['gain_none']:9.2f} {row['gain_other']:10.2f}")
+        print(f"copy reference at t = 1 (the frame before moved by the last whole-pixel motion): "
+              f"{r['copy_reference_t1']:.4f}")
         sys.stdout.flush()
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=1) + "\n")

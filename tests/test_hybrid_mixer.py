@@ -406,3 +406,28 @@ def test_a_hybrid_stream_state_resets_like_a_fresh_one():
     _, state = model.step(x[:, :1], t[:, :1], y, model.init_state(2, dtype=torch.float64))
     with pytest.raises(ValueError, match="all its rows or none"):
         state["0"].reset_(torch.tensor([True, False]))  # a block's StateTuple: PoM could, the frame before cannot
+
+
+@pytest.mark.parametrize("mixer,window", [("attention", 0), ("attention", 2), ("pom + attention", 0)])
+def test_an_attention_stream_state_resets_like_a_fresh_one(mixer, window):
+    """KVCache.reset_ (full or rolling cache, alone or in a hybrid): a reset stream continues
+    exactly like a fresh one; forgetting some rows only is refused with a clear error."""
+    torch.manual_seed(0)
+    model = random_weights(VideoDiT(VideoDiTConfig(image_size=8, in_channels=1, patch_size=2, width=32, depth=2,
+                                                   heads=2, mlp_ratio=2.0, frames=4, mixer=mixer, noise_levels="frame",
+                                                   n_classes=10, attention_window=window)), torch.float64)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 4, 1, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.rand(2, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([3, 7])
+    fresh, _ = model.step(x[:, 3:], t[:, 3:], y, model.init_state(2, dtype=torch.float64))
+    _, state = model.step(x[:, :3], t[:, :3], y, model.init_state(2, dtype=torch.float64))
+    stale, _ = model.step(x[:, 3:], t[:, 3:], y, state)
+    assert (stale - fresh).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="all its rows or none"):
+        next(iter(state.states.values())).reset_(torch.tensor([True, False]))
+    assert torch.equal(model.step(x[:, 3:], t[:, 3:], y, state)[0], stale)  # the refused reset changed nothing
+    state.reset_()
+    assert state.nbytes() == sum(s.nbytes() for s in model.init_state(2, dtype=torch.float64).states.values())
+    again, _ = model.step(x[:, 3:], t[:, 3:], y, state)
+    assert (again - fresh).abs().max() == 0

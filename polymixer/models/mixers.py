@@ -190,7 +190,14 @@ class StateTuple:
         return self._map(lambda s: s.detach())
 
     def reset_(self, rows: torch.Tensor | None = None) -> "StateTuple":
-        """Forget what was seen, in place, in every member's state (all rows, or ``rows``)."""
+        """Forget what was seen, in place, in every member's state (all rows, or ``rows``).
+        Some rows only is refused before any member changes when a member forgets all its
+        rows or none (``resets_rows = False``: the frame before, a key-value cache)."""
+        if rows is not None and not bool(torch.as_tensor(rows).bool().all()):
+            for s in self.states:
+                if s is not None and not getattr(s, "resets_rows", True):
+                    raise ValueError(f"rows: a {type(s).__name__} state forgets all its rows or none; keep one "
+                                     f"state per group of rows that restart together")
         for s in self.states:
             if s is not None:
                 s.reset_() if rows is None else s.reset_(rows)
@@ -517,6 +524,7 @@ class PreviousFrame:
 
     keys: torch.Tensor | None = None
     values: torch.Tensor | None = None
+    resets_rows = False  # forgets all rows or none (see reset_)
 
     def _map(self, fn) -> "PreviousFrame":
         return self if self.keys is None else PreviousFrame(fn(self.keys), fn(self.values))

@@ -24,6 +24,7 @@ class KVCache:
     keys: torch.Tensor
     values: torch.Tensor
     block_lengths: tuple = ()  # tokens of each block held, oldest first (for a rolling window)
+    resets_rows = False  # forgets all rows or none (see reset_)
 
     @property
     def batch_size(self) -> int:
@@ -48,6 +49,16 @@ class KVCache:
 
     def nbytes(self) -> int:
         return 2 * self.keys.numel() * self.keys.element_size()
+
+    def reset_(self, rows: torch.Tensor | None = None) -> "KVCache":
+        """Forget every token, in place (an empty cache, as ``init_state`` makes): all rows
+        only, since the rows share one length (a stream whose rows restart at different
+        blocks keeps one cache per group of rows)."""
+        if rows is not None and not bool(torch.as_tensor(rows).bool().all()):
+            raise ValueError("rows: a KVCache forgets all its rows or none (they share one length); keep one "
+                             "cache per group of rows that restart together")
+        self.keys, self.values, self.block_lengths = self.keys[:, :, :0], self.values[:, :, :0], ()
+        return self
 
 
 class MultiHeadAttention(nn.Module):
