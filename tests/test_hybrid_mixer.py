@@ -431,3 +431,41 @@ def test_an_attention_stream_state_resets_like_a_fresh_one(mixer, window):
     assert state.nbytes() == sum(s.nbytes() for s in model.init_state(2, dtype=torch.float64).states.values())
     again, _ = model.step(x[:, 3:], t[:, 3:], y, state)
     assert (again - fresh).abs().max() == 0
+
+
+@pytest.mark.parametrize("mixer,kw", [("pom + spacetime-local", {}), ("pom + conv, frame-local pom", {}),
+                                      ("attention", {"attention_window": 2}), ("pom + attention", {}),
+                                      ("pom", {"context_frames": 2, "pom_frame_memory": "gated-decay"}),
+                                      ("pom", {"pom_frame_memory": "window:2"})])
+def test_a_stream_state_saves_and_loads_for_every_kind_of_state(mixer, kw):
+    """StateCache.state_dict -> torch.save/load -> from_state_dict(like=model.init_state(B)):
+    a stream continues from the loaded state exactly as from the original, for hybrid blocks,
+    rolling key-value caches, the frame before and a video model's last inputs."""
+    import io
+
+    from polymixer.nn.state import StateCache
+
+    torch.manual_seed(0)
+    model = random_weights(VideoDiT(VideoDiTConfig(image_size=8, in_channels=1, patch_size=2, width=32, depth=2,
+                                                   heads=2, mlp_ratio=2.0, frames=4, mixer=mixer, noise_levels="frame",
+                                                   n_classes=10, **kw)), torch.float64)
+    _randomise_previous_bias(model)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 5, 1, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.rand(2, 5, generator=g, dtype=torch.float64)
+    y = torch.tensor([3, 7])
+    _, state = model.step(x[:, :3], t[:, :3], y, model.init_state(2, dtype=torch.float64))
+    buf = io.BytesIO()
+    torch.save(state.state_dict(), buf)
+    buf.seek(0)
+    flat = torch.load(buf, weights_only=True)
+    loaded = StateCache.from_state_dict(flat, like=model.init_state(2, dtype=torch.float64))
+    assert loaded.nbytes() == state.nbytes()
+    expected, _ = model.step(x[:, 3:], t[:, 3:], y, state)
+    again, _ = model.step(x[:, 3:], t[:, 3:], y, loaded)
+    assert torch.equal(again, expected)
+    if mixer != "pom" or "context_frames" in kw:  # without like: a clear error, here or at the next step
+        with pytest.raises(ValueError, match="like=model.init_state|state: expected"):
+            model.step(x[:, 3:], t[:, 3:], y, StateCache.from_state_dict(flat))
+    with pytest.raises(ValueError, match="not in the given cache"):
+        StateCache.from_state_dict({**flat, "99.total": torch.zeros(1)}, like=model.init_state(2))

@@ -319,6 +319,12 @@ class NoState:
     def state_dict(self) -> dict:
         return {}
 
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "NoState":
+        if state:
+            raise ValueError(f"state: a NoState holds nothing, got {sorted(state)}")
+        return cls()
+
     def reset_(self, rows: torch.Tensor | None = None) -> "NoState":
         return self
 
@@ -540,6 +546,14 @@ class PreviousFrame:
 
     def state_dict(self) -> dict:
         return {} if self.keys is None else {"keys": self.keys, "values": self.values}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "PreviousFrame":
+        if not state:
+            return cls()
+        if set(state) != {"keys", "values"} or state["keys"].shape != state["values"].shape:
+            raise ValueError(f"state: expected keys and values of one shape, got {sorted(state)}")
+        return cls(state["keys"], state["values"])
 
     def reset_(self, rows: torch.Tensor | None = None) -> "PreviousFrame":
         """Forget the last frame, in place: all rows only (a stream whose rows restart at

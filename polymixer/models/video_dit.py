@@ -103,6 +103,12 @@ class RecentFrames:
     def state_dict(self) -> dict:
         return {} if self.frames is None else {"frames": self.frames}
 
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "RecentFrames":
+        if set(state) - {"frames"} or ("frames" in state and state["frames"].dim() != 5):
+            raise ValueError(f"state: expected frames (B, k, C, H, W), got {sorted(state)}")
+        return cls(state.get("frames"))
+
     def reset_(self, rows: torch.Tensor | None = None) -> "RecentFrames":
         """Forget the frames, in place: of every row, or of the rows where ``rows`` (a
         ``(B,)`` mask) is true (zeros, which is what a clip's first frame reads)."""

@@ -45,7 +45,20 @@ class KVCache:
         return KVCache(self.keys.detach(), self.values.detach(), self.block_lengths)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"keys": self.keys, "values": self.values}
+        out = {"keys": self.keys, "values": self.values}
+        if self.block_lengths:
+            out["block_lengths"] = torch.tensor(self.block_lengths, dtype=torch.int64)
+        return out
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "KVCache":
+        if not {"keys", "values"} <= set(state) <= {"keys", "values", "block_lengths"} \
+                or state["keys"].shape != state["values"].shape or state["keys"].dim() != 4:
+            raise ValueError(f"state: expected keys and values (B, heads, L, head_dim), got {sorted(state)}")
+        lengths = tuple(int(n) for n in state["block_lengths"].tolist()) if "block_lengths" in state else ()
+        if lengths and sum(lengths) != state["keys"].shape[2]:
+            raise ValueError(f"state: block_lengths {lengths} do not add up to the {state['keys'].shape[2]} tokens held")
+        return cls(state["keys"], state["values"], lengths)
 
     def nbytes(self) -> int:
         return 2 * self.keys.numel() * self.keys.element_size()

@@ -239,15 +239,53 @@ class StateCache:
         return out
 
     @classmethod
-    def from_state_dict(cls, flat: dict[str, torch.Tensor]) -> "StateCache":
-        """The cache of :meth:`state_dict` (states of :class:`MixerState`, or
-        :class:`FrameMemoryState` where the count is not one number per sequence)."""
+    def from_state_dict(cls, flat: dict[str, torch.Tensor], like: "StateCache | None" = None) -> "StateCache":
+        """The cache of :meth:`state_dict`.
+
+        ``like``: a cache of the same model (e.g. ``model.init_state(B)``) whose entries give
+        each state's kind; needed for anything but PoM's own states (a hybrid block's
+        members, attention's key-value cache, the frame before, a video model's last
+        inputs). Without it, every entry is read as a :class:`MixerState`, or a
+        :class:`FrameMemoryState` where the count is not one number per sequence."""
+        if like is not None:
+            if not isinstance(like, StateCache):
+                raise TypeError(f"like: expected a StateCache, got {type(like).__name__}")
+            extra = sorted(key for key in flat if not any(key.startswith(f"{name}.") for name in like))
+            if extra:
+                raise ValueError(f"state: entries {extra} are not in the given cache's {sorted(like)}")
+            return cls({name: _rebuild(template, _children(flat, name)) for name, template in like.items()})
         grouped: dict[str, dict[str, torch.Tensor]] = {}
         for key, value in flat.items():
             name, _, leaf = key.rpartition(".")
             grouped.setdefault(name, {})[leaf] = value
+        if any(set(d) - {"total", "count"} for d in grouped.values()):
+            raise ValueError("state: not only PoM states (total, count); pass like=model.init_state(batch_size), "
+                             "a cache of the same model, to rebuild the others")
         return cls({name: (FrameMemoryState if "count" in d and d["count"].dim() == 2 else MixerState
                            ).from_state_dict(d) for name, d in grouped.items()})
 
+    def items(self):
+        return self.states.items()
+
     def nbytes(self) -> int:
         return sum(s.nbytes() for s in self.states.values())
+
+
+def _children(flat: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """The entries of ``flat`` under ``name.``, with that prefix taken off."""
+    prefix = f"{name}."
+    return {key[len(prefix):]: value for key, value in flat.items() if key.startswith(prefix)}
+
+
+def _rebuild(template, flat: dict[str, torch.Tensor]):
+    """A state of ``template``'s kind from its :meth:`state_dict` ``flat``: composite states
+    (``members``: a hybrid block's, one per member, ``None`` for a member that keeps none)
+    rebuild each part; the others by their class's ``from_state_dict``."""
+    members = getattr(template, "states", None)
+    if isinstance(members, tuple):
+        return type(template)(tuple(None if m is None else _rebuild(m, _children(flat, str(i)))
+                                    for i, m in enumerate(members)))
+    rebuild = getattr(type(template), "from_state_dict", None)
+    if rebuild is None:
+        raise TypeError(f"state: a {type(template).__name__} cannot be rebuilt from a state dict")
+    return rebuild(flat)
