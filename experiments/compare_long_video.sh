@@ -30,6 +30,8 @@
 #                   at the same places (--context-frames 2, the inputs stacked onto the channels):
 #                   a digit that only moves can be copied by a local operation (constant state:
 #                   two frames' inputs)
+#   pom_gated_context_clean   the same trained with the clean frames (at the history noise) as the
+#                   stacked frames before (--clean-context), what frame-by-frame sampling shows
 # then `polymixer eval` of each EMA model on clips of EVAL_FRAMES frames (default 64), generated frame by
 # frame (--mode sequential for every rival: attention with the full cache too, whose default is joint) (per-frame Fréchet distance and accuracy with the real clips' floor, identity, motion,
 # clip Fréchet distance by 8-frame window).
@@ -65,6 +67,7 @@ declare -A options=(
   [pom_gated_local]="--mixer 'frame-local pom, pom' --pom-rotary 3 --pom-frame-memory gated-decay"
   [pom_gated_spacetime]="--mixer 'pom + spacetime-local' --pom-rotary 3 --pom-frame-memory gated-decay"
   [pom_gated_context]="--mixer pom --pom-rotary 3 --pom-frame-memory gated-decay --context-frames 2"
+  [pom_gated_context_clean]="--mixer pom --pom-rotary 3 --pom-frame-memory gated-decay --context-frames 2 --clean-context"
 )
 read -r -a names <<< "${NAMES:-pom_mean pom_decay pom_gated pom_window attention_roll attention}"
 for name in "${names[@]}"; do

@@ -61,6 +61,9 @@ _TRAIN_HELP: dict[str, tuple[str, tuple | None]] = {
                    "(default: always frames)", None),
     "history_noise": ("per-frame-noise video models: a random prefix of each training clip is noised to at most "
                       "this level, as sample-video --history-noise reads finished frames (0 = off)", None),
+    "clean_context": ("video models with --context-frames: the stacked frames before are the clean frames "
+                      "(noised to at most --history-noise), what frame-by-frame sampling shows, instead of the "
+                      "noisy inputs (a switch; also takes true|false)", None),
     "skip_bad_files": ("skip unreadable files of a folder instead of stopping (a switch; also takes true|false)",
                        None),
     "vae": ("a local diffusers AutoencoderKL folder: train on its latents (images)", None),

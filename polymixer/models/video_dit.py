@@ -309,19 +309,23 @@ class VideoDiT(nn.Module):
         """Training times for clips ``x: (B, F, ...)``: ``(B,)`` or ``(B, F)`` per the config."""
         return (x.shape[0], x.shape[1]) if self.config.noise_levels == "frame" else (x.shape[0],)
 
-    def _with_context(self, x: torch.Tensor, before: torch.Tensor | None) -> torch.Tensor:
+    def _with_context(self, x: torch.Tensor, before: torch.Tensor | None,
+                      context: torch.Tensor | None = None) -> torch.Tensor:
         """``x: (B, F, C, H, W)`` with the inputs of the ``context_frames`` frames before each
         frame stacked onto its channels, nearest first: ``(B, F, (1 + K) C, H, W)``.
-        ``before``: the inputs of up to K frames just before ``x`` (oldest first), else zeros."""
+        ``before``: the inputs of up to K frames just before ``x`` (oldest first), else zeros;
+        ``context``: what the frames of ``x`` show as frames before (default ``x``)."""
         K = self.config.context_frames
         B, F, C, H, W = x.shape
         pad = K - (0 if before is None else before.shape[1])
         parts = [x.new_zeros(B, pad, C, H, W)] if pad else []
-        full = torch.cat(parts + ([] if before is None else [before.to(x.dtype)]) + [x], dim=1)  # (B, K + F, ...)
-        return torch.stack([full[:, K - j:K - j + F] for j in range(K + 1)], dim=2).reshape(B, F, (K + 1) * C, H, W)
+        seen = x if context is None else context.to(x.dtype)
+        full = torch.cat(parts + ([] if before is None else [before.to(x.dtype)]) + [seen], dim=1)  # (B, K + F, ...)
+        stacked = [x] + [full[:, K - j:K - j + F] for j in range(1, K + 1)]
+        return torch.stack(stacked, dim=2).reshape(B, F, (K + 1) * C, H, W)
 
     def _embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, frame_offset: int,
-               before: torch.Tensor | None = None):
+               before: torch.Tensor | None = None, context: torch.Tensor | None = None):
         """Tokens ``(B, G*T, D)`` and conditioning ``(B, D)`` or ``(B, F, D)`` of clips ``x``
         (``before``: see :meth:`_with_context`)."""
         B, frames, C, H, W = x.shape
@@ -329,7 +333,7 @@ class VideoDiT(nn.Module):
         G, gh, gw = frames // tp, H // p, W // p
         T = gh * gw
         if self.config.context_frames:
-            x = self._with_context(x, before)
+            x = self._with_context(x, before, context)
         frames = x.reshape(B * G, -1, H, W)
         tokens = self.patch_embed(frames).flatten(2).transpose(1, 2).reshape(B, G * T, -1)
         tokens = tokens + self.positions(gh, gw, G, frame_offset // tp, tokens.device, tokens.dtype)
@@ -345,12 +349,24 @@ class VideoDiT(nn.Module):
         out = out.view(B, frames // tp, H // p, W // p, tp, C, p, p).permute(0, 1, 4, 5, 2, 6, 3, 7)
         return out.reshape(B, frames, C, H, W)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, frame_offset: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, frame_offset: int = 0,
+                context: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the velocity (or noise) of clips ``x: (B, F, C, H, W)``, every frame at
-        once, block-causal over frames; see the class docstring."""
+        once, block-causal over frames; see the class docstring.
+
+        ``context`` (``context_frames > 0`` only): the frames ``(B, F, C, H, W)`` whose inputs
+        the stacked channels of the frames after them show, instead of ``x`` itself: training
+        with the clean frames there (``TrainConfig.clean_context``) shows every frame what
+        frame-by-frame sampling shows it, the finished frames before it."""
         if not compiling():
             t = self._check_inputs(x, t, y)
-        tokens, cond, grid = self._embed(x, t, y, frame_offset)
+            if context is not None and (not self.config.context_frames or not isinstance(context, torch.Tensor)
+                                        or context.shape != x.shape):
+                raise ValueError(f"context: expected frames shaped like x {tuple(x.shape)} for a model with "
+                                 f"context_frames > 0, got "
+                                 f"{tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__}"
+                                 f" (context_frames={self.config.context_frames})")
+        tokens, cond, grid = self._embed(x, t, y, frame_offset, context=context)
         tokens = run_blocks(self.blocks, tokens, cond, self.gradient_checkpointing, block_size=grid[0] * grid[1],
                             grid=grid, **self._positions(grid, tokens.shape[1], frame_offset, tokens.device))
         return self._unembed(tokens, cond, x.shape)
