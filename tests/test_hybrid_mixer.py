@@ -25,10 +25,11 @@ def test_pattern_of_hybrids():
             parse_mixer_pattern(bad)
 
 
-def _video(mixer, noise_levels="clip"):
+def _video(mixer, noise_levels="clip", **kw):
     torch.manual_seed(0)
     model = VideoDiT(VideoDiTConfig(image_size=8, in_channels=1, patch_size=2, width=32, depth=2, heads=2,
-                                    mlp_ratio=2.0, frames=4, mixer=mixer, noise_levels=noise_levels, n_classes=10))
+                                    mlp_ratio=2.0, frames=4, mixer=mixer, noise_levels=noise_levels, n_classes=10,
+                                    **kw))
     return random_weights(model, torch.float64)
 
 
@@ -387,18 +388,26 @@ def test_spacetime_attention_beside_pom_streams_exactly_and_samples_sequentially
         assert (seq - joint_samples).abs().max() < 1e-10, sampler
 
 
+def _fresh_and_stale(model, frames: int, split: int):
+    """A clip of ``frames`` frames (float64, per-frame times) streamed after its first ``split``
+    frames: ``(x, t, y, fresh, state, stale)``, where ``fresh`` is the rest from an empty state,
+    ``state`` the state after the first frames and ``stale`` the rest read from it."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, frames, 1, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.rand(2, frames, generator=g, dtype=torch.float64)
+    y = torch.tensor([3, 7])
+    fresh, _ = model.step(x[:, split:], t[:, split:], y, model.init_state(2, dtype=torch.float64))
+    _, state = model.step(x[:, :split], t[:, :split], y, model.init_state(2, dtype=torch.float64))
+    stale, _ = model.step(x[:, split:], t[:, split:], y, state)
+    return x, t, y, fresh, state, stale
+
+
 def test_a_hybrid_stream_state_resets_like_a_fresh_one():
     """StateCache.reset_ reaches every member of a hybrid (PoM's sums, the frame before, the
     stateless conv): a reset stream continues exactly like one started afresh."""
     model = _video("pom + spacetime-local, pom + conv", "frame")
     _randomise_previous_bias(model)
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(2, 3, 1, 8, 8, generator=g, dtype=torch.float64)
-    t = torch.rand(2, 3, generator=g, dtype=torch.float64)
-    y = torch.tensor([3, 7])
-    fresh, _ = model.step(x[:, 1:], t[:, 1:], y, model.init_state(2, dtype=torch.float64))
-    _, state = model.step(x[:, :1], t[:, :1], y, model.init_state(2, dtype=torch.float64))
-    stale, _ = model.step(x[:, 1:], t[:, 1:], y, state)
+    x, t, y, fresh, state, stale = _fresh_and_stale(model, 3, 1)
     assert (stale - fresh).abs().max() > 1e-6  # the state did hold frame 0
     state.reset_()
     again, _ = model.step(x[:, 1:], t[:, 1:], y, state)
@@ -412,17 +421,8 @@ def test_a_hybrid_stream_state_resets_like_a_fresh_one():
 def test_an_attention_stream_state_resets_like_a_fresh_one(mixer, window):
     """KVCache.reset_ (full or rolling cache, alone or in a hybrid): a reset stream continues
     exactly like a fresh one; forgetting some rows only is refused with a clear error."""
-    torch.manual_seed(0)
-    model = random_weights(VideoDiT(VideoDiTConfig(image_size=8, in_channels=1, patch_size=2, width=32, depth=2,
-                                                   heads=2, mlp_ratio=2.0, frames=4, mixer=mixer, noise_levels="frame",
-                                                   n_classes=10, attention_window=window)), torch.float64)
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(2, 4, 1, 8, 8, generator=g, dtype=torch.float64)
-    t = torch.rand(2, 4, generator=g, dtype=torch.float64)
-    y = torch.tensor([3, 7])
-    fresh, _ = model.step(x[:, 3:], t[:, 3:], y, model.init_state(2, dtype=torch.float64))
-    _, state = model.step(x[:, :3], t[:, :3], y, model.init_state(2, dtype=torch.float64))
-    stale, _ = model.step(x[:, 3:], t[:, 3:], y, state)
+    model = _video(mixer, "frame", attention_window=window)
+    x, t, y, fresh, state, stale = _fresh_and_stale(model, 4, 3)
     assert (stale - fresh).abs().max() > 1e-6
     with pytest.raises(ValueError, match="all its rows or none"):
         next(iter(state.states.values())).reset_(torch.tensor([True, False]))
