@@ -42,7 +42,10 @@
 # evaluation's guidance scale; default: each model's own, 2; with CFG set the results are named
 # NAME_cfgG_seedS_evalF.json, a row of their own in the report).
 # Table and plot: python experiments/compare_long_video_report.py --runs RUNS --frames EVAL_FRAMES
-# Two runs at a time, one thread each (a 2-core machine).
+# Two runs at a time, one thread each (a 2-core machine); on a bigger machine PARALLEL runs at a
+# time. EXTRA_TRAIN: flags appended to every training command (later flags win, e.g.
+# "--batch-size 64 --device cuda"); TRAIN_WRAP: a command prefix for training (e.g.
+# "timeout -s TERM 300": SIGTERM stops after the step with a checkpoint); TRAIN_ONLY=1: no eval.
 set -euo pipefail
 seed=${1:-0}
 steps=${2:-1500}
@@ -54,6 +57,9 @@ frames=${FRAMES:-12}
 min_frames=${MIN_FRAMES:-4}
 init_root=${INIT_ROOT:-checkpoints/compare/frames}
 cfg=${CFG:+--cfg $CFG}
+parallel=${PARALLEL:-2}
+extra_train=${EXTRA_TRAIN:-}
+train_wrap=${TRAIN_WRAP:-}
 tag=${CFG:+_cfg$CFG}
 mkdir -p "$runs"
 declare -A options=(
@@ -77,12 +83,13 @@ train() {
   local name=$1 init
   case $name in pom*) init="$init_root/pom" ;; *) init="$init_root/attention" ;; esac
   eval "opts=(${options[$name]})"
-  polymixer train --data moving-digits --image-size 32 --frames "$frames" --min-frames "$min_frames" \
+  # shellcheck disable=SC2086
+  $train_wrap polymixer train --data moving-digits --image-size 32 --frames "$frames" --min-frames "$min_frames" \
     --noise-levels frame --history-noise 0.05 --frame-embedding none \
     --preset DiT-M/4 --depth 6 --mlp-conv 3 "${opts[@]}" --init-from "$init" \
     --batch-size 16 --lr 5e-4 --warmup-steps 100 --ema-decay 0.998 --steps "$steps" \
     --checkpoint-every 100 --sample-every 500 --sample-steps 20 --keep-last 2 --log-every 20 --progress false \
-    --num-threads 1 --seed "$seed" --out "$runs/${name}_seed${seed}" $resume \
+    --num-threads 1 --seed "$seed" --out "$runs/${name}_seed${seed}" $resume $extra_train \
     > "$runs/${name}_seed${seed}.log" 2>&1
 }
 evaluate() {
@@ -93,8 +100,8 @@ evaluate() {
 }
 running=0
 for name in "${names[@]}"; do
-  (train "$name" && evaluate "$name") &
+  if [ -n "${TRAIN_ONLY:-}" ]; then (train "$name") & else (train "$name" && evaluate "$name") & fi
   running=$((running + 1))
-  if [ "$running" = 2 ]; then wait -n; running=1; fi
+  if [ "$running" -ge "$parallel" ]; then wait -n || true; running=$((running - 1)); fi
 done
 wait
