@@ -32,6 +32,9 @@
 #                   two frames' inputs)
 #   pom_gated_context_clean   the same trained with the clean frames (at the history noise) as the
 #                   stacked frames before (--clean-context), what frame-by-frame sampling shows
+#   pom_gated_uniform, pom_gated_shift3   pom_gated trained on more high noise levels, where a
+#                   frame's shape is decided (uniform noise levels instead of logit-normal; or the
+#                   time shift 3, which the sampler's grid then also uses)
 # then `polymixer eval` of each EMA model on clips of EVAL_FRAMES frames (default 64), generated frame by
 # frame (--mode sequential for every rival: attention with the full cache too, whose default is joint) (per-frame Fréchet distance and accuracy with the real clips' floor, identity, motion,
 # clip Fréchet distance by 8-frame window).
@@ -74,6 +77,8 @@ declare -A options=(
   [pom_gated_spacetime]="--mixer 'pom + spacetime-local' --pom-rotary 3 --pom-frame-memory gated-decay"
   [pom_gated_context]="--mixer pom --pom-rotary 3 --pom-frame-memory gated-decay --context-frames 2"
   [pom_gated_context_clean]="--mixer pom --pom-rotary 3 --pom-frame-memory gated-decay --context-frames 2 --clean-context"
+  [pom_gated_uniform]="--mixer pom --pom-rotary 3 --pom-frame-memory gated-decay --time-sampling uniform"
+  [pom_gated_shift3]="--mixer pom --pom-rotary 3 --pom-frame-memory gated-decay --shift 3"
 )
 read -r -a names <<< "${NAMES:-pom_mean pom_decay pom_gated pom_window attention_roll attention}"
 for name in "${names[@]}"; do
