@@ -35,6 +35,10 @@
 #   pom_gated_uniform, pom_gated_shift3   pom_gated trained on more high noise levels, where a
 #                   frame's shape is decided (uniform noise levels instead of logit-normal; or the
 #                   time shift 3, which the sampler's grid then also uses)
+#   pom_gated_next  pom_gated trained only in the condition of frame-by-frame sampling: each clip
+#                   cut after the first noisy frame that follows its clean prefix, the loss on that
+#                   frame alone (--history-target next; fewer frames per step, so less compute at
+#                   the same steps)
 # then `polymixer eval` of each EMA model on clips of EVAL_FRAMES frames (default 64), generated frame by
 # frame (--mode sequential for every rival: attention with the full cache too, whose default is joint) (per-frame Fréchet distance and accuracy with the real clips' floor, identity, motion,
 # clip Fréchet distance by 8-frame window).
@@ -79,6 +83,7 @@ declare -A options=(
   [pom_gated_context_clean]="--mixer pom --pom-rotary 3 --pom-frame-memory gated-decay --context-frames 2 --clean-context"
   [pom_gated_uniform]="--mixer pom --pom-rotary 3 --pom-frame-memory gated-decay --time-sampling uniform"
   [pom_gated_shift3]="--mixer pom --pom-rotary 3 --pom-frame-memory gated-decay --shift 3"
+  [pom_gated_next]="--mixer pom --pom-rotary 3 --pom-frame-memory gated-decay --history-target next"
 )
 read -r -a names <<< "${NAMES:-pom_mean pom_decay pom_gated pom_window attention_roll attention}"
 for name in "${names[@]}"; do

@@ -61,6 +61,10 @@ _TRAIN_HELP: dict[str, tuple[str, tuple | None]] = {
                    "(default: always frames)", None),
     "history_noise": ("per-frame-noise video models: a random prefix of each training clip is noised to at most "
                       "this level, as sample-video --history-noise reads finished frames (0 = off)", None),
+    "history_target": ("per-frame-noise video models with --history-noise: which frames are trained. all: every frame "
+                       "of the clip (diffusion forcing; the frame right after the clean prefix is the only one in the "
+                       "condition of frame-by-frame sampling); next: the clip is cut after the first noisy frame and "
+                       "only that frame is trained, every example in the sampling condition", ("all", "next")),
     "clean_context": ("video models with --context-frames: the stacked frames before are the clean frames "
                       "(noised to at most --history-noise), what frame-by-frame sampling shows, instead of the "
                       "noisy inputs (a switch; also takes true|false)", None),

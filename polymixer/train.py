@@ -74,6 +74,10 @@ ModelOverrides = dataclasses.make_dataclass("ModelOverrides", _override_fields()
 MODEL_OVERRIDES = tuple(f.name for f in dataclasses.fields(ModelOverrides))
 
 
+#: ``TrainConfig.history_target``: which frames of a clip with a clean prefix are trained
+HISTORY_TARGETS = ("all", "next")
+
+
 @dataclass
 class TrainConfig(ModelOverrides):
     """Everything a training run needs; saved in every checkpoint.
@@ -116,6 +120,7 @@ class TrainConfig(ModelOverrides):
     min_frames: int | None = None
     clip_stride: int | None = None
     history_noise: float = 0.0
+    history_target: str = "all"
     clean_context: bool = False
     skip_bad_files: bool = False
     vae: str | None = None
@@ -202,6 +207,11 @@ class TrainConfig(ModelOverrides):
         if not (isinstance(self.history_noise, (int, float)) and not isinstance(self.history_noise, bool)
                 and 0 <= self.history_noise < 1):
             raise ValueError(f"history_noise: expected a noise level in [0, 1), got {self.history_noise!r}")
+        if self.history_target not in HISTORY_TARGETS:
+            raise ValueError(f"history_target: expected one of {HISTORY_TARGETS}, got {self.history_target!r}")
+        if self.history_target != "all" and not self.history_noise:
+            raise ValueError("history_target: 'next' trains the frame after a clean prefix; it needs "
+                             "history_noise > 0 (the prefix's noise level)")
         if not isinstance(self.clean_context, bool):
             raise ValueError(f"clean_context: expected true or false, got {self.clean_context!r}")
         if self.channels is not None and self.channels not in (1, 3):
@@ -719,8 +729,12 @@ def train_step(run: Run) -> tuple[float, float | None, float]:
             g = torch.Generator().manual_seed(config.seed * 1_000_003 + run.step + 1)
             prefix = int(torch.randint(x0.shape[1], (1,), generator=g))  # 0 .. F-1 frames
             t[:, :prefix] = torch.rand(t.shape[0], prefix, generator=g).to(device, t.dtype) * config.history_noise
+            frames = None
+            if config.history_target == "next":  # the sampling condition: clean frames, then the one to draw
+                x0, t, frames = x0[:, :prefix + 1], t[:, :prefix + 1], slice(prefix, prefix + 1)
+                extra = {k: v[:, :prefix + 1] for k, v in extra.items()}
             eps = torch.randn_like(x0)
-            loss = run.objective.loss_at(run.train_model, x0, y, t, eps, **extra)
+            loss = run.objective.loss_at(run.train_model, x0, y, t, eps, loss_frames=frames, **extra)
         else:
             loss = run.objective.loss(run.train_model, x0, y, time_shape=run.model.time_shape(x0), **extra)
     run.optimizer.zero_grad(set_to_none=True)

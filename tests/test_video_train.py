@@ -228,6 +228,49 @@ def test_history_noise_in_training_and_sampling(tmp_path):
         SamplingConfig(history_noise=1.0)
 
 
+def test_history_target_next_trains_the_frame_after_a_clean_prefix(tmp_path, monkeypatch):
+    """``history_target='next'``: each step's clip is cut after its first noisy frame, the
+    frames before it are at most at the history noise level, and the loss is that frame's
+    alone (equal to the model's squared error there, recomputed); resume stays exact."""
+    import torch.nn.functional as F
+
+    from polymixer.diffusion import objectives
+
+    seen = []
+    original = objectives.FlowMatching.loss_at
+
+    def spy(self, model, x0, y, t, eps, loss_frames=None, **context):
+        loss = original(self, model, x0, y, t, eps, loss_frames=loss_frames, **context)
+        with torch.no_grad():
+            tb = t[:, :, None, None, None]
+            pred = model(((1 - tb) * x0 + tb * eps), t, y, **context)
+            manual = F.mse_loss(pred[:, -1], (eps - x0)[:, -1])
+        seen.append((x0.shape[1], t.detach().clone(), loss_frames, loss.item(), manual.item()))
+        return loss
+
+    monkeypatch.setattr(objectives.FlowMatching, "loss_at", spy)
+    cfg = dict(noise_levels="frame", history_noise=0.05, history_target="next", frames=4, steps=6, checkpoint_every=3)
+    straight = train(video_config(tmp_path / "a", **cfg))
+    assert len(seen) == 6 and len({n for n, *_ in seen}) > 1  # clips of several lengths
+    for n, t, frames, loss, manual in seen:
+        assert frames == slice(n - 1, n)  # the last frame's loss alone
+        assert (t[:, :-1] <= 0.05).all()  # the frames before it: the clean prefix
+        assert abs(loss - manual) <= 1e-5 * max(1.0, manual)
+    assert any((t[:, -1] > 0.05).any() for _, t, *_ in seen)
+    monkeypatch.setattr(objectives.FlowMatching, "loss_at", original)
+    train(video_config(tmp_path / "b", **dict(cfg, steps=3)))
+    resumed = train(video_config(tmp_path / "b", **cfg), resume=True)
+    a, b = straight["model"].state_dict(), resumed["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="history_target"):
+        video_config(tmp_path / "c", noise_levels="frame", history_target="next")  # no history noise
+    with pytest.raises(ValueError, match="history_target"):
+        video_config(tmp_path / "c", noise_levels="frame", history_noise=0.05, history_target="last")
+    with pytest.raises(ValueError, match="loss_frames"):
+        objectives.FlowMatching().loss_at(lambda x, t, y: x, torch.zeros(2, 3), None, 0.5, torch.zeros(2, 3),
+                                          loss_frames=slice(0, 1))
+
+
 def test_demo_of_a_long_clip_model_writes_the_continuation(tmp_path, monkeypatch, capsys):
     """A model made for long clips (per-frame noise, no absolute frame index): the demo makes
     64 frames by default and continues real clips; given frames come first, unchanged."""

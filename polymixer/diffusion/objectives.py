@@ -102,10 +102,12 @@ class FlowMatching:
         return (1 - tb) * x0 + tb * eps
 
     def loss_at(self, model: Model, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor | float,
-                eps: torch.Tensor, **context) -> torch.Tensor:
+                eps: torch.Tensor, loss_frames: slice | None = None, **context) -> torch.Tensor:
         """The same loss at given noise levels ``t`` (a float, or a tensor of leading
         dimensions of ``x0``: ``(B,)`` or ``(B, F)``) and given noise ``eps`` (shaped like
-        ``x0``): deterministic, for held-out losses by noise level. No time shift is applied."""
+        ``x0``): deterministic, for held-out losses by noise level. No time shift is applied.
+        ``loss_frames``: clips ``(B, F, ...)``: the loss of these frames only (the model
+        still reads the whole clip)."""
         if eps.shape != x0.shape:
             raise ValueError(f"eps: expected the shape of x0 {tuple(x0.shape)}, got {tuple(eps.shape)}")
         if not isinstance(t, torch.Tensor):
@@ -114,7 +116,12 @@ class FlowMatching:
         tb = _expand_time(t, x0)
         x_t = (1 - tb) * x0 + tb * eps
         pred = model(x_t, t, y, **context)
-        return F.mse_loss(pred.float(), (eps - x0).float())
+        target = eps - x0
+        if loss_frames is not None:
+            if x0.dim() != 5:
+                raise ValueError(f"loss_frames: for clips (B, F, C, H, W), got x0 of shape {tuple(x0.shape)}")
+            pred, target = pred[:, loss_frames], target[:, loss_frames]
+        return F.mse_loss(pred.float(), target.float())
 
 
 @dataclass
