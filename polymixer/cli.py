@@ -65,6 +65,12 @@ _TRAIN_HELP: dict[str, tuple[str, tuple | None]] = {
                        "of the clip (diffusion forcing; the frame right after the clean prefix is the only one in the "
                        "condition of frame-by-frame sampling); next: the clip is cut after the first noisy frame and "
                        "only that frame is trained, every example in the sampling condition", ("all", "next")),
+    "history_rollout": ("per-frame-noise video models with --history-noise: train on the model's own frames. Each "
+                        "step, the clean prefix of every clip is remade by the model being trained, frame after "
+                        "frame as sampling makes a clip: each frame noised to a level drawn up to this one and "
+                        "brought back in --rollout-steps Euler steps (no gradient); the frames after the prefix "
+                        "are still the real ones and the only targets (0 = off)", None),
+    "rollout_steps": ("Euler steps per regenerated frame of --history-rollout", None),
     "clean_context": ("video models with --context-frames: the stacked frames before are the clean frames "
                       "(noised to at most --history-noise), what frame-by-frame sampling shows, instead of the "
                       "noisy inputs (a switch; also takes true|false)", None),

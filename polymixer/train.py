@@ -121,6 +121,8 @@ class TrainConfig(ModelOverrides):
     clip_stride: int | None = None
     history_noise: float = 0.0
     history_target: str = "all"
+    history_rollout: float = 0.0
+    rollout_steps: int = 2
     clean_context: bool = False
     skip_bad_files: bool = False
     vae: str | None = None
@@ -212,6 +214,15 @@ class TrainConfig(ModelOverrides):
         if self.history_target != "all" and not self.history_noise:
             raise ValueError("history_target: 'next' trains the frame after a clean prefix; it needs "
                              "history_noise > 0 (the prefix's noise level)")
+        if not (isinstance(self.history_rollout, (int, float)) and not isinstance(self.history_rollout, bool)
+                and 0 <= self.history_rollout <= 1):
+            raise ValueError(f"history_rollout: expected a noise level in [0, 1] (0 = off), got {self.history_rollout!r}")
+        self.history_rollout = float(self.history_rollout)
+        if self.history_rollout and not self.history_noise:
+            raise ValueError("history_rollout: the model regenerates the clean prefix of each clip; it needs "
+                             "history_noise > 0 (the prefix)")
+        if isinstance(self.rollout_steps, bool) or not isinstance(self.rollout_steps, int) or self.rollout_steps < 1:
+            raise ValueError(f"rollout_steps: expected a positive int, got {self.rollout_steps!r}")
         if not isinstance(self.clean_context, bool):
             raise ValueError(f"clean_context: expected true or false, got {self.clean_context!r}")
         if self.channels is not None and self.channels not in (1, 3):
@@ -645,6 +656,9 @@ def build(run: Run) -> None:
     if config.compile:
         run.train_model = torch.compile(run.train_model)
     run.objective = config.make_objective()
+    if config.history_rollout and not run.model.can_stream():
+        raise ValueError("history_rollout: the model regenerates each clip's prefix frame by frame, but a mixer of "
+                         "this model cannot stream (no init_state/step)")
 
 
 def restore(run: Run) -> None:
@@ -717,19 +731,23 @@ def train_step(run: Run) -> tuple[float, float | None, float]:
         y = y.drop(torch.rand(y.labels.shape, device=device) < config.label_dropout)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.bf16
                 else contextlib.nullcontext())
+    prefix, frames = None, None
+    if config.history_noise > 0:  # a clean prefix of 0 .. F-1 frames, read at a small noise level as sampling reads them
+        g = torch.Generator().manual_seed(config.seed * 1_000_003 + run.step + 1)
+        prefix = int(torch.randint(x0.shape[1], (1,), generator=g))
+        if config.history_rollout and prefix:  # the prefix as the model itself makes it, frame after frame
+            x0 = torch.cat([_rollout_prefix(run, x0[:, :prefix], y), x0[:, prefix:]], dim=1)
+            frames = slice(prefix, x0.shape[1])  # the regenerated frames are context, not targets
     extra = {}
     if config.clean_context:  # the stacked frames before: clean, at most at the history noise level
-        g = torch.Generator().manual_seed(config.seed * 1_000_003 + run.step + 3)
-        level = torch.rand(x0.shape[:2], generator=g).to(device, x0.dtype) * config.history_noise
-        noise = torch.randn(x0.shape, generator=g).to(device, x0.dtype)
+        gc = torch.Generator().manual_seed(config.seed * 1_000_003 + run.step + 3)
+        level = torch.rand(x0.shape[:2], generator=gc).to(device, x0.dtype) * config.history_noise
+        noise = torch.randn(x0.shape, generator=gc).to(device, x0.dtype)
         extra["context"] = run.objective.add_noise(x0, level, noise)
     with autocast:
-        if config.history_noise > 0:  # a prefix of earlier frames at a small noise level, as sampling reads them
+        if prefix is not None:
             t = run.objective.sample_time(run.model.time_shape(x0), device)
-            g = torch.Generator().manual_seed(config.seed * 1_000_003 + run.step + 1)
-            prefix = int(torch.randint(x0.shape[1], (1,), generator=g))  # 0 .. F-1 frames
             t[:, :prefix] = torch.rand(t.shape[0], prefix, generator=g).to(device, t.dtype) * config.history_noise
-            frames = None
             if config.history_target == "next":  # the sampling condition: clean frames, then the one to draw
                 x0, t, frames = x0[:, :prefix + 1], t[:, :prefix + 1], slice(prefix, prefix + 1)
                 extra = {k: v[:, :prefix + 1] for k, v in extra.items()}
@@ -748,6 +766,25 @@ def train_step(run: Run) -> tuple[float, float | None, float]:
     if not math.isfinite(value):
         raise FloatingPointError(f"loss is {value} at step {run.step}; lower --lr or check the data")
     return value, None if grad_norm is None else float(grad_norm), lr
+
+
+def _rollout_prefix(run: Run, prefix: torch.Tensor, y) -> torch.Tensor:
+    """``TrainConfig.history_rollout``: the clean prefix ``(B, K, C, H, W)`` of a step's
+    clips as the model being trained makes it (no gradient), frame after frame: each frame
+    noised to a level drawn uniformly in [0, history_rollout] and brought back by
+    ``rollout_steps`` Euler steps, reading the regenerated frames before it at the history
+    noise level (:func:`polymixer.video.regenerate_frames`), unclamped like the frames
+    sampling feeds. Its own draws: the same after a resume."""
+    from .video import regenerate_frames
+
+    config = run.config
+    g = torch.Generator().manual_seed(config.seed * 1_000_003 + run.step + 5)
+    B, K = prefix.shape[:2]
+    levels = torch.rand(B, K, generator=g).to(prefix.device, prefix.dtype) * config.history_rollout
+    noise = torch.randn(prefix.shape, generator=g).to(prefix.device, prefix.dtype)
+    history_eps = torch.randn(prefix.shape, generator=g).to(prefix.device, prefix.dtype)
+    return regenerate_frames(run.model, run.objective, prefix, y, levels, noise=noise,
+                             history_noise=config.history_noise, history_eps=history_eps, steps=config.rollout_steps)
 
 
 def _open_writer(run: Run):

@@ -32,7 +32,7 @@ from torch import nn
 from .diffusion import sample
 from .pipeline import SamplingConfig
 
-__all__ = ["MODES", "video_noise", "iter_video_frames", "sample_video", "check_video_model"]
+__all__ = ["MODES", "video_noise", "iter_video_frames", "sample_video", "check_video_model", "regenerate_frames"]
 
 MODES = ("sequential", "joint")
 
@@ -212,6 +212,53 @@ def iter_video_frames(
                 if cfg.noise_levels == "frame":
                     streamed.add_clean_frame(frame, cond, guided)
                 yield from frame.split(1, dim=1)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def regenerate_frames(model: nn.Module, objective, frames: torch.Tensor, cond, levels: torch.Tensor, *,
+                      noise: torch.Tensor, history_noise: float = 0.0, history_eps: torch.Tensor | None = None,
+                      steps: int = 2) -> torch.Tensor:
+    """The model's own version of the clean frames ``frames: (B, K, C, H, W)`` of a clip,
+    made frame after frame the way sequential sampling makes a clip (training on a model's
+    own rollouts, ``TrainConfig.history_rollout``).
+
+    Frame k is ``frames[:, k]`` noised to ``levels[:, k]`` (``levels: (B, K)`` in [0, 1],
+    with ``noise[:, k]``) and integrated back to 0 by ``steps`` Euler steps of the flow
+    model, reading the streaming states of the regenerated frames before it; each is fed
+    into the states after it is made, noised to ``history_noise`` with ``history_eps[:, k]``
+    (as :func:`iter_video_frames` feeds a finished frame). A level of 0 gives the frame back
+    unchanged. ``cond``: the conditioning object of the B clips. Equal to the same
+    integration written with the parallel call on the clip of the fed frames before (the
+    model is block-causal). Returns ``(B, K, C, H, W)`` in the dtype of ``frames``; the
+    model's training mode is restored."""
+    if frames.dim() != 5 or levels.shape != frames.shape[:2] or noise.shape != frames.shape:
+        raise ValueError(f"frames, levels, noise: expected (B, K, C, H, W), (B, K) and (B, K, C, H, W), got "
+                         f"{tuple(frames.shape)}, {tuple(levels.shape)} and {tuple(noise.shape)}")
+    if history_noise > 0 and (history_eps is None or history_eps.shape != frames.shape):
+        raise ValueError("history_eps: the noise of the fed frames, shaped like frames, is needed with history_noise > 0")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps: expected a positive int, got {steps!r}")
+    B, K = frames.shape[:2]
+    was_training = model.training
+    model.eval()
+    try:
+        dtype = torch.float64 if frames.dtype == torch.float64 else torch.float32
+        state = model.init_state(B, device=frames.device, dtype=dtype)
+        out = []
+        fed_level = torch.full((B, 1), float(history_noise), device=frames.device, dtype=frames.dtype)
+        for k in range(K):
+            level = levels[:, k].to(frames.dtype)
+            x = objective.add_noise(frames[:, k:k + 1], level, noise[:, k:k + 1])
+            for j in range(steps):
+                t0, t1 = level * (1 - j / steps), level * (1 - (j + 1) / steps)
+                v = model.step(x, t0[:, None], cond, state, frame_offset=k)[0]
+                x = x + (t1 - t0).view(B, 1, 1, 1, 1) * v
+            out.append(x)
+            fed = x if history_noise == 0 else objective.add_noise(x, fed_level[:, 0], history_eps[:, k:k + 1])
+            state = model.step(fed, fed_level, cond, state, frame_offset=k)[1]
+        return torch.cat(out, dim=1)
     finally:
         model.train(was_training)
 
