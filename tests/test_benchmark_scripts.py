@@ -107,3 +107,15 @@ def test_bench_video_pom_rivals_take_a_hybrid_mixer(tmp_path):
     with pytest.raises(SystemExit, match="whole pattern"):
         bench_video.main(["--frames", "3", "--pom-mixer", "pom + conv", "--frame-local-every", "2",
                           "--out", str(tmp_path / "bad")])
+
+
+def test_bench_history_step_times_every_variant_on_the_same_steps(tmp_path):
+    pytest.importorskip("mlxtend")
+    bench = load("bench_history_step")
+    out = tmp_path / "history"
+    bench.main(["--rounds", "1", "--steps", "1", "--batch", "2", "--out", str(out)])
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert set(saved["median"]) == {"all", "next", "next + rollout"}
+    assert all(len(v) == 1 and v[0] > 0 for v in saved["seconds_per_step"].values())
+    text = out.with_suffix(".md").read_text()
+    assert "| all |" in text and "| next + rollout |" in text and "1.00 |" in text
