@@ -29,7 +29,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .diffusion import sample
+from .diffusion import FlowMatching, sample
 from .pipeline import SamplingConfig
 
 __all__ = ["MODES", "video_noise", "iter_video_frames", "sample_video", "check_video_model", "regenerate_frames"]
@@ -240,6 +240,9 @@ def regenerate_frames(model: nn.Module, objective, frames: torch.Tensor, cond, l
         raise ValueError("history_eps: the noise of the fed frames, shaped like frames, is needed with history_noise > 0")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected a positive int, got {steps!r}")
+    if not isinstance(objective, FlowMatching):
+        raise TypeError(f"objective: the frames are integrated as a flow; expected FlowMatching, got "
+                        f"{type(objective).__name__}")
     B, K = frames.shape[:2]
     was_training = model.training
     model.eval()
@@ -256,8 +259,9 @@ def regenerate_frames(model: nn.Module, objective, frames: torch.Tensor, cond, l
                 v = model.step(x, t0[:, None], cond, state, frame_offset=k)[0]
                 x = x + (t1 - t0).view(B, 1, 1, 1, 1) * v
             out.append(x)
-            fed = x if history_noise == 0 else objective.add_noise(x, fed_level[:, 0], history_eps[:, k:k + 1])
-            state = model.step(fed, fed_level, cond, state, frame_offset=k)[1]
+            if k < K - 1:  # feed it to the frames after it
+                fed = x if history_noise == 0 else objective.add_noise(x, fed_level[:, 0], history_eps[:, k:k + 1])
+                state = model.step(fed, fed_level, cond, state, frame_offset=k)[1]
         return torch.cat(out, dim=1)
     finally:
         model.train(was_training)

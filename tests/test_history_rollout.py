@@ -83,6 +83,10 @@ def test_regeneration_errors():
         regenerate_frames(model, FlowMatching(), frames, cond, levels, noise=frames, history_noise=0.1)
     with pytest.raises(ValueError, match="steps"):
         regenerate_frames(model, FlowMatching(), frames, cond, levels, noise=frames, steps=0)
+    from polymixer.diffusion import DDPM
+
+    with pytest.raises(TypeError, match="FlowMatching"):
+        regenerate_frames(model, DDPM(), frames, cond, levels, noise=frames)
 
 
 def test_training_reads_the_regenerated_prefix_and_trains_the_real_frames_after_it(tmp_path, monkeypatch):
