@@ -98,6 +98,7 @@ train() {
   local name=$1 init
   case $name in pom*) init="$init_root/pom" ;; *) init="$init_root/attention" ;; esac
   eval "opts=(${options[$name]})"
+  [ -n "$resume" ] || : > "$runs/${name}_seed${seed}.log"  # a resume appends to the run's log
   # shellcheck disable=SC2086
   $train_wrap polymixer train --data moving-digits --image-size 32 --frames "$frames" --min-frames "$min_frames" \
     --noise-levels frame --history-noise 0.05 --frame-embedding none \
@@ -105,7 +106,7 @@ train() {
     --batch-size 16 --lr 5e-4 --warmup-steps 100 --ema-decay 0.998 --steps "$steps" \
     --checkpoint-every 100 --sample-every 500 --sample-steps 20 --keep-last 2 --log-every 20 --progress false \
     --num-threads 1 --seed "$seed" --out "$runs/${name}_seed${seed}" $resume $extra_train \
-    > "$runs/${name}_seed${seed}.log" 2>&1
+    >> "$runs/${name}_seed${seed}.log" 2>&1
 }
 evaluate() {
   local name=$1
