@@ -72,8 +72,7 @@ def main(argv=None) -> None:
                 times[name].append((time.process_time() - t0) / args.steps)
     medians = {name: statistics.median(v) for name, v in times.items()}
     base = medians["all"]
-    command = "python " + " ".join([sys.argv[0].split("/")[-2] + "/" + Path(sys.argv[0]).name
-                                    if "/" in sys.argv[0] else sys.argv[0]] + (argv or sys.argv[1:]))
+    command = " ".join(["python", "benchmarks/" + Path(sys.argv[0]).name] + (sys.argv[1:] if argv is None else argv))
     lines = ["# Training-step cost by what the step trains (long-video recipe, CPU)", "",
              f"- command: `{command}`",
              f"- date: {datetime.date.today().isoformat()}; machine: {machine()}",
