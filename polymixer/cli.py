@@ -266,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--frames", type=int, default=None, help="video models: frames per clip (default: training)")
     ev.add_argument("--image-size", type=int, default=None,
                     help="sample at another size (divisible by the patch size), e.g. 48 or 64 for a model trained at 32")
+    ev.add_argument("--history-noise", type=float, default=None,
+                    help="per-frame-noise video models: the level at which finished frames are read, as for "
+                         "sample-video (default: the model's own)")
     ev.add_argument("--batch-size", type=int, default=250, help="samples (clips) generated per batch (default 250)")
     ev.add_argument("--out", default="eval.json", help="JSON file of the results (default eval.json, here)")
     ev.add_argument("--save-samples", default=None,
@@ -649,10 +652,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(ckpt, num_samples=args.num_samples, seed=args.seed, steps=args.steps,
                                  cfg_scale=args.cfg, sampler=args.sampler, mode=args.mode, frames=args.frames,
                                  batch_size=args.batch_size, device=args.device, progress=True,
-                                 image_size=args.image_size, samples_out=args.save_samples)
+                                 image_size=args.image_size, samples_out=args.save_samples,
+                                 history_noise=args.history_noise)
     acc = result["conditional_accuracy"]
     print(f"{result['kind']} model {ckpt}: {result['num_samples']} samples, {result['steps']} steps, "
-          f"cfg {result['cfg_scale']}, seed {result['seed']} ({result['seconds']:.0f} s)")
+          f"cfg {result['cfg_scale']}, "
+          + (f"history noise {result['history_noise']:g}, " if result.get("history_noise") else "")
+          + f"seed {result['seed']} ({result['seconds']:.0f} s)")
     print(f"reference: {result['reference']}")
     if "per_frame" in result:
         per_frame = result["per_frame"]

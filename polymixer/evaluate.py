@@ -174,6 +174,7 @@ def evaluate_checkpoint(
     progress: bool = False,
     image_size: int | None = None,
     samples_out: str | Path | None = None,
+    history_noise: float | None = None,
 ) -> dict:
     """Sample ``checkpoint`` and measure the samples (see the module docstring).
 
@@ -195,6 +196,10 @@ def evaluate_checkpoint(
         samples_out: also write the samples to look at (an image path, e.g. ``samples.png``):
             the first 100 (one column per class: the classes come in turn), or for clips of
             several frames the first 10 clips, one row each (up to 32 frames).
+        history_noise: video models with one noise level per frame: the level at which the
+            finished frames are read (as ``sample-video --history-noise``; None: the model's
+            own, ``pipeline.json``'s). Its noise is seeded by ``seed + 1`` per clip, whatever
+            ``batch_size``.
     Returns: a JSON-ready dict: ``frechet_distance``, ``conditional_accuracy`` (None when the
     model's classes are not the ten digits), ``per_class_accuracy``, ``num_samples``, the
     settings, ``reference`` (what the real statistics are made of),
@@ -236,7 +241,15 @@ def evaluate_checkpoint(
     if model.kind == "image":
         if mode is not None or frames is not None:
             raise ValueError("mode/frames: only for video models; this is an image model")
+        if history_noise is not None:
+            raise ValueError("history_noise: only for video models; this is an image model")
     else:
+        if history_noise is not None:
+            if isinstance(history_noise, bool) or not isinstance(history_noise, (int, float)) \
+                    or not 0 <= history_noise < 1:
+                raise ValueError(f"history_noise: expected a noise level in [0, 1), got {history_noise!r}")
+            if history_noise > 0 and cfg.noise_levels != "frame":
+                raise ValueError("history_noise: only for models trained with one noise level per frame")
         n_frames = frames or cfg.frames
         model.check_frames(n_frames)
         mode = mode or model.default_sampling_mode()
@@ -317,17 +330,23 @@ def evaluate_checkpoint(
     else:
         from .video import sample_video, video_noise
 
-        noise = video_noise(num_samples, n_frames, (cfg.in_channels, size, size), seed)
+        frame_shape = (cfg.in_channels, size, size)
+        noise = video_noise(num_samples, n_frames, frame_shape, seed)
+        if history_noise is None:
+            history_noise = pipeline.history_noise if cfg.noise_levels == "frame" else 0.0
+        # the history noise of each clip as if all were made in one batch (not one draw per batch)
+        history_eps = video_noise(num_samples, n_frames, frame_shape, seed + 1) if history_noise > 0 else None
         clips = []
         for start in range(0, num_samples, batch_size):
             rows = slice(start, start + batch_size)
             clips.append(sample_video(model, pipeline, labels[rows], frames=n_frames, mode=mode, steps=steps,
-                                      frame_size=size,
-                                      cfg_scale=cfg_scale, sampler=sampler, noise=noise[rows], device=device,
-                                      progress=progress))
+                                      frame_size=size, cfg_scale=cfg_scale, sampler=sampler, noise=noise[rows],
+                                      history_noise=history_noise,
+                                      history_eps=None if history_eps is None else history_eps[rows],
+                                      device=device, progress=progress))
         videos = torch.cat(clips)
         sampling_seconds = time.time() - t_sampling
-        result["history_noise"] = pipeline.history_noise if cfg.noise_levels == "frame" else 0.0
+        result["history_noise"] = float(history_noise)
         if samples_out is not None:
             save_samples(videos, samples_out, (lo, hi))
         x01 = ((videos - lo) / (hi - lo) * 2 - 1).clamp(-1, 1)

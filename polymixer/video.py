@@ -66,9 +66,10 @@ class FrameStream:
     """
 
     def __init__(self, model: nn.Module, per_evaluation: bool, dtype: torch.dtype, history_noise: float = 0.0,
-                 objective=None, generator: torch.Generator | None = None):
+                 objective=None, generator: torch.Generator | None = None, history_eps: torch.Tensor | None = None):
         self.model, self.per_evaluation, self.dtype = model, per_evaluation, dtype
         self.history_noise, self.objective, self.generator = history_noise, objective, generator
+        self.history_eps = history_eps  # (B, F, C, H, W): the history noise of every frame, else drawn
         self.states: dict[tuple[int, int], object] = {}  # (batch size, evaluation) -> state
         self.clean: dict[int, object] = {}  # batch size -> state of the finished clean frames
         self.frame = 0
@@ -91,11 +92,16 @@ class FrameStream:
     def add_clean_frame(self, frame: torch.Tensor, cond, guided: bool) -> None:
         """Feed a finished clean frame ``(B, 1, C, H, W)`` at t = 0 (or noised to
         ``history_noise``) into the clean states of the conditional rows and, for guidance,
-        of the doubled rows (``cond`` then its null)."""
+        of the doubled rows (``cond`` then its null). The noise is ``history_eps`` at the
+        frames from :attr:`frame` on when given, else drawn from ``generator``."""
         B = frame.shape[0]
         level = 0.0
         if self.history_noise > 0:
-            eps = torch.randn(frame.shape, generator=self.generator).to(device=frame.device, dtype=frame.dtype)
+            if self.history_eps is not None:
+                eps = self.history_eps[:, self.frame:self.frame + frame.shape[1]]
+            else:
+                eps = torch.randn(frame.shape, generator=self.generator)
+            eps = eps.to(device=frame.device, dtype=frame.dtype)
             frame, level = self.objective.add_noise(frame, self.history_noise, eps), self.history_noise
         for batch in ([B, 2 * B] if guided else [B]):
             rows = frame if batch == B else torch.cat([frame, frame])
@@ -120,6 +126,7 @@ def iter_video_frames(
     given_frames: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     history_noise: float | None = None,
+    history_eps: torch.Tensor | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> Iterator[torch.Tensor]:
@@ -131,7 +138,10 @@ def iter_video_frames(
     give each clip the noise it gets when all ``N`` are made at once, whatever the batching.
     ``history_noise``: per-frame-noise models read each finished frame noised to this level
     (0 = clean; its noise drawn from ``seed + 1``); None (default): ``pipeline.history_noise``,
-    the level the model was trained with. ``cfg_scale``: the guidance scale (1 = off); None
+    the level the model was trained with. ``history_eps: (B, frames, C, H, W)`` replaces the
+    seeded draws of that noise, as ``noise`` does for the starting noise: with temporal
+    patch 1, rows of ``video_noise(N, frames, (C, H, W), seed + 1)`` give each of ``N`` clips
+    the history noise it gets when all are made at once with ``seed``. ``cfg_scale``: the guidance scale (1 = off); None
     (default): ``pipeline.guidance``.
     See the module docstring for the modes."""
     check_video_model(model)
@@ -173,9 +183,10 @@ def iter_video_frames(
     if history_noise > 0 and cfg.noise_levels != "frame":
         raise ValueError("history_noise: only for models trained with one noise level per frame "
                          "(noise_levels='frame')")
-    if noise is not None and tuple(noise.shape) != (B, frames, *shape):
-        raise ValueError(f"noise: expected ({B}, {frames}, {', '.join(map(str, shape))}) for {B} clips of "
-                         f"{frames} frames, got {tuple(noise.shape)}")
+    for name, given in (("noise", noise), ("history_eps", history_eps)):
+        if given is not None and tuple(given.shape) != (B, frames, *shape):
+            raise ValueError(f"{name}: expected ({B}, {frames}, {', '.join(map(str, shape))}) for {B} clips of "
+                             f"{frames} frames, got {tuple(given.shape)}")
     tp = cfg.temporal_patch
     dtype = next(model.parameters()).dtype
     cond = cond.to(device)
@@ -198,7 +209,7 @@ def iter_video_frames(
             streamed = FrameStream(model, per_evaluation=cfg.noise_levels == "clip",
                                    dtype=torch.float64 if dtype == torch.float64 else torch.float32,
                                    history_noise=float(history_noise), objective=objective,
-                                   generator=torch.Generator().manual_seed(seed + 1))
+                                   generator=torch.Generator().manual_seed(seed + 1), history_eps=history_eps)
             guided = cfg_scale != 1.0
             from tqdm.auto import tqdm
 

@@ -254,6 +254,45 @@ def test_eval_bad_input_is_one_line(tmp_path, monkeypatch, capsys, argv, message
     assert not (tmp_path / "eval.json").exists()
 
 
+def test_eval_history_noise_is_seeded_per_clip(tmp_path, monkeypatch):
+    """A per-frame-noise model reads its finished frames noised: that noise follows each clip, so
+    the batch size changes nothing; --history-noise overrides the model's own level."""
+    pytest.importorskip("mlxtend")
+    from polymixer.cli import main
+    from polymixer.evaluate import evaluate_checkpoint
+    from polymixer.models import VideoDiT, VideoDiTConfig
+    from polymixer.pipeline import SamplingConfig
+
+    torch.manual_seed(0)
+    model = VideoDiT(VideoDiTConfig(image_size=8, in_channels=1, patch_size=2, width=32, depth=2, heads=2,
+                                    mlp_ratio=2.0, frames=3, mixer="pom", n_classes=10, noise_levels="frame",
+                                    frame_embedding="none"))
+    with torch.no_grad():  # away from the adaLN-zero start, where frames hardly read each other
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape))
+    folder = model.save_pretrained(tmp_path / "video")
+    SamplingConfig(dataset="moving-digits", history_noise=0.2).save(folder)
+    monkeypatch.setattr("polymixer.evaluate.REFERENCE_FRAMES", 300)
+    kw = dict(num_samples=6, steps=1, frames=3)
+    one = evaluate_checkpoint(folder, batch_size=6, samples_out=tmp_path / "one.png", **kw)
+    two = evaluate_checkpoint(folder, batch_size=4, samples_out=tmp_path / "two.png", **kw)
+    assert one["history_noise"] == 0.2
+    assert two["per_frame"]["frechet_distance"] == pytest.approx(one["per_frame"]["frechet_distance"], rel=1e-5)
+    assert (tmp_path / "one.png").read_bytes() == (tmp_path / "two.png").read_bytes()
+    clean = evaluate_checkpoint(folder, batch_size=6, history_noise=0.0, **kw)
+    assert clean["history_noise"] == 0.0
+    assert clean["per_frame"]["frechet_distance"][0] == pytest.approx(one["per_frame"]["frechet_distance"][0])
+    assert clean["per_frame"]["frechet_distance"][1:] != pytest.approx(one["per_frame"]["frechet_distance"][1:])
+    with pytest.raises(ValueError, match="history_noise: expected a noise level"):
+        evaluate_checkpoint(folder, history_noise=1.0, **kw)
+    with pytest.raises(ValueError, match="history_noise: only for video models"):
+        evaluate_checkpoint("demo", num_samples=2, steps=1, history_noise=0.1)
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--checkpoint", str(folder), "--num-samples", "4", "--steps", "1", "--threads", "1",
+                 "--history-noise", "0.1", "--out", "h.json"]) == 0
+    assert json.loads((tmp_path / "h.json").read_text())["history_noise"] == 0.1
+
+
 def test_eval_video_model_per_frame(tmp_path, monkeypatch):
     pytest.importorskip("mlxtend")
     from polymixer.evaluate import evaluate_checkpoint, summary_lines

@@ -228,6 +228,34 @@ def test_history_noise_in_training_and_sampling(tmp_path):
         SamplingConfig(history_noise=1.0)
 
 
+def test_history_noise_draws_follow_the_clip_not_the_batch(tmp_path):
+    """``history_eps``: rows of ``video_noise(N, F, shape, seed + 1)`` give each clip the history
+    noise it gets when all N clips are made at once with ``seed`` (the evaluation batches its
+    clips this way); a batch of other clips' draws, as the evaluation made before, gives other frames."""
+    from polymixer.pipeline import SamplingConfig
+    from polymixer.video import sample_video, video_noise
+
+    result = train(video_config(tmp_path / "h", noise_levels="frame", history_noise=0.1, steps=2, checkpoint_every=2))
+    model = result["model"]
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # away from the adaLN-zero start, where frames hardly read each other
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    size = model.config.image_size
+    pipeline, labels, F, shape = SamplingConfig(history_noise=0.1), torch.tensor([1, 2, 0, 3, 1]), 4, (1, size, size)
+    kw = dict(frames=F, steps=2, cfg_scale=2.0)
+    whole = sample_video(model, pipeline, labels, seed=7, **kw)
+    noise, eps = video_noise(5, F, shape, 7), video_noise(5, F, shape, 8)
+    parts = [sample_video(model, pipeline, labels[r], noise=noise[r], history_eps=eps[r], **kw)
+             for r in (slice(0, 2), slice(2, 5))]
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=1e-6)
+    # without history_eps a batch draws its own history noise: the second batch's clips change
+    drawn = sample_video(model, pipeline, labels[2:], noise=noise[2:], **kw)
+    assert torch.equal(drawn[:, 0], whole[2:, 0]) and (drawn[:, 1:] - whole[2:, 1:]).abs().max() > 1e-4
+    with pytest.raises(ValueError, match=rf"history_eps: expected \(2, 4, 1, {size}, {size}\)"):
+        sample_video(model, pipeline, labels[:2], history_eps=eps[:2, :3], **kw)
+
+
 def test_history_target_next_trains_the_frame_after_a_clean_prefix(tmp_path, monkeypatch):
     """``history_target='next'``: each step's clip is cut after its first noisy frame, the
     frames before it are at most at the history noise level, and the loss is that frame's
