@@ -13,10 +13,10 @@
 # evaluated on 128-frame clips (benchmarks/results/eval_video_demo.md).
 #   bash experiments/train_video_demo.sh            # RUNS=runs/compare_long_video by default
 #   RESUME=1 bash experiments/train_video_demo.sh   # after an interruption
-# The bundled folder is its EMA model in float16 (5.0 MB), sampling with guidance 3 by default
-# (the best scale of the sweep in benchmarks/results/guidance_long_video_cpu.md):
+# The bundled folder is its EMA model in float16 (5.0 MB), sampling with guidance 2.5 by default
+# (benchmarks/results/sampling_next_cpu.md: at 3 its strokes thicken frame after frame):
 #   polymixer export --checkpoint runs/compare_long_video/pom_gated_next_seed0/ema_model \
-#     --out polymixer/bundled/video_demo --dtype float16 --guidance 3
+#     --out polymixer/bundled/video_demo --dtype float16 --guidance 2.5
 # Former demos: the pom_gated run at 1,500 steps (2026-12-03, experiments/train_video_demo.sh at
 # commit 24c2865) and plain PoM with one noise level per clip on 8-frame clips (at commit d8427eb).
 set -euo pipefail
