@@ -461,6 +461,8 @@ def _cmd_sample_video(args: argparse.Namespace) -> int:
         args.mode = model.default_sampling_mode()
     if not _made_for_long_clips(cfg, args.mode):
         _warn_past_training_length(frames, cfg.frames)
+    if args.history_noise is not None and args.mode == "joint":
+        raise ValueError("--history-noise: joint sampling reads no finished frames; it is for --mode sequential")
     if args.mode == "sequential" and not model.can_stream():
         raise ValueError("--mode: a mixer of this model cannot stream, so it cannot generate frame by frame "
                          "(use --mode joint)")

@@ -256,6 +256,8 @@ def evaluate_checkpoint(
         if mode == "sequential" and not model.can_stream():
             raise ValueError("mode: a mixer of this model cannot stream, so it cannot generate frame by frame "
                              "(use joint)")
+        if history_noise is not None and mode == "joint":
+            raise ValueError("history_noise: joint sampling reads no finished frames; it is for mode='sequential'")
     classifier = load_digit_classifier()
     digits = cfg.n_classes == classifier.config.n_classes
     labels = torch.arange(num_samples) % cfg.n_classes

@@ -285,6 +285,8 @@ def test_eval_history_noise_is_seeded_per_clip(tmp_path, monkeypatch):
     assert clean["per_frame"]["frechet_distance"][1:] != pytest.approx(one["per_frame"]["frechet_distance"][1:])
     with pytest.raises(ValueError, match="history_noise: expected a noise level"):
         evaluate_checkpoint(folder, history_noise=1.0, **kw)
+    with pytest.raises(ValueError, match="history_noise: joint sampling reads no finished frames"):
+        evaluate_checkpoint(folder, history_noise=0.1, mode="joint", **kw)
     with pytest.raises(ValueError, match="history_noise: only for video models"):
         evaluate_checkpoint("demo", num_samples=2, steps=1, history_noise=0.1)
     monkeypatch.chdir(tmp_path)

@@ -214,6 +214,10 @@ def test_history_noise_in_training_and_sampling(tmp_path):
     assert (noisy[:, 1:] - clean[:, 1:]).abs().max() > 1e-6  # later frames read a noised history
     assert cli_main(["sample-video", "--checkpoint", str(tmp_path / "h" / "ema_model"), "--frames", "3", "--steps", "1",
                      "--history-noise", "0.05", "--threads", "1", "--out", str(tmp_path / "h.npy")]) == 0
+    assert cli_main(["sample-video", "--checkpoint", str(tmp_path / "h" / "ema_model"), "--frames", "3", "--steps", "1",
+                     "--history-noise", "0.05", "--mode", "joint", "--threads", "1",
+                     "--out", str(tmp_path / "j.npy")]) == 2  # joint sampling reads no finished frames
+    assert not (tmp_path / "j.npy").exists()
     with pytest.raises(ValueError, match="history_noise"):
         train(video_config(tmp_path / "c", history_noise=0.1))  # a per-clip model
     with pytest.raises(ValueError, match="history_noise"):
