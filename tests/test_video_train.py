@@ -195,16 +195,23 @@ def test_bad_min_frames(tmp_path, bad, match):
         train(video_config(tmp_path / "x", **bad))
 
 
+def _history_noise_model(out, steps: int):
+    """A per-frame-noise model trained ``steps`` steps with history noise 0.1, its weights then
+    moved away from the adaLN-zero start, where frames hardly read each other."""
+    model = train(video_config(out, noise_levels="frame", history_noise=0.1, steps=steps,
+                               checkpoint_every=steps))["model"]
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
 def test_history_noise_in_training_and_sampling(tmp_path):
     from polymixer.pipeline import SamplingConfig
     from polymixer.video import sample_video
 
-    result = train(video_config(tmp_path / "h", noise_levels="frame", history_noise=0.1, steps=3, checkpoint_every=3))
-    model = result["model"]
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # away from the adaLN-zero start, where frames hardly read each other
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    model = _history_noise_model(tmp_path / "h", steps=3)
     kw = dict(frames=3, steps=2, cfg_scale=2.0, seed=0)
     clean = sample_video(model, SamplingConfig(), torch.tensor([1, 2]), **kw)
     noisy = sample_video(model, SamplingConfig(), torch.tensor([1, 2]), history_noise=0.1, **kw)
@@ -239,12 +246,7 @@ def test_history_noise_draws_follow_the_clip_not_the_batch(tmp_path):
     from polymixer.pipeline import SamplingConfig
     from polymixer.video import sample_video, video_noise
 
-    result = train(video_config(tmp_path / "h", noise_levels="frame", history_noise=0.1, steps=2, checkpoint_every=2))
-    model = result["model"]
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # away from the adaLN-zero start, where frames hardly read each other
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    model = _history_noise_model(tmp_path / "h", steps=2)
     size = model.config.image_size
     pipeline, labels, F, shape = SamplingConfig(history_noise=0.1), torch.tensor([1, 2, 0, 3, 1]), 4, (1, size, size)
     kw = dict(frames=F, steps=2, cfg_scale=2.0)
