@@ -43,6 +43,8 @@
 #                   model remakes the prefix frame after frame from the real frames noised up to 0.5
 #                   (2 Euler steps each, no gradient; --history-rollout 0.5), so it learns to continue
 #                   its own slightly wrong frames with the real next frame (against drift)
+#   attention_roll_next   attention_roll trained like pom_gated_next (--history-target next): the
+#                   rolling-cache rival given the same training recipe
 # then `polymixer eval` of each EMA model on clips of EVAL_FRAMES frames (default 64), generated frame by
 # frame (--mode sequential for every rival: attention with the full cache too, whose default is joint) (per-frame Fréchet distance and accuracy with the real clips' floor, identity, motion,
 # clip Fréchet distance by 8-frame window).
@@ -89,6 +91,7 @@ declare -A options=(
   [pom_gated_shift3]="--mixer pom --pom-rotary 3 --pom-frame-memory gated-decay --shift 3"
   [pom_gated_next]="--mixer pom --pom-rotary 3 --pom-frame-memory gated-decay --history-target next"
   [pom_gated_next_rollout]="--mixer pom --pom-rotary 3 --pom-frame-memory gated-decay --history-target next --history-rollout 0.5"
+  [attention_roll_next]="--mixer attention --attention-window 4 --history-target next"
 )
 read -r -a names <<< "${NAMES:-pom_mean pom_decay pom_gated pom_window attention_roll attention}"
 for name in "${names[@]}"; do
