@@ -1,7 +1,7 @@
 """Table and plot of experiments/compare_long_video.sh: long clips generated frame by frame, by frame position.
 
     python experiments/compare_long_video_report.py [--runs runs/compare_long_video] [--frames 64]
-        [--out benchmarks/results/compare_long_video_cpu]
+        [--out benchmarks/results/compare_long_video_cpu] [--label NAME=TEXT ...]
 
 For every RUNS/NAME_seedS_evalF.json (`polymixer eval --frames F` of a video model) it writes,
 per model:
@@ -109,8 +109,9 @@ def report(models: dict[str, list[dict]], frames: int, command: str) -> list[str
         "",
         f"- table: `{command}`, {datetime.date.today().isoformat()}",
         f"- evaluation: `polymixer eval --frames {frames}` of each EMA model ({first['num_samples']} clips, "
-        f"{first['steps']} {first['sampler']} steps, {guidance}, seed {first['seed']}); real = as many "
+        f"{first['steps']} {first['sampler']} steps, {guidance}, sampling seed {first['seed']}); real = as many "
         "real clips scored the same way, frame position by position (the floor)",
+        "- training seeds: " + "; ".join(f"{name} {', '.join(str(r['_seed']) for r in runs)}" for name, runs in models.items()),
         "- Fréchet distance on the bundled digit classifier's features of each frame against 5,000 real frames; "
         "accuracy = frames classified as the clip's digit",
         "",
@@ -157,7 +158,7 @@ def report(models: dict[str, list[dict]], frames: int, command: str) -> list[str
     return lines
 
 
-def plot(models: dict[str, list[dict]], path: Path) -> None:
+def plot(models: dict[str, list[dict]], path: Path, labels: dict[str, str] | None = None) -> None:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -174,7 +175,7 @@ def plot(models: dict[str, list[dict]], path: Path) -> None:
             if results[0]["per_frame"][key] is None:
                 continue
             ys = [mean(r["per_frame"][key][i] for r in results) for i in range(n)]
-            ax.plot(xs, ys, label=name, linewidth=1.4)
+            ax.plot(xs, ys, label=(labels or {}).get(name, name), linewidth=1.4)
         if not real_drawn:
             for ax, key in zip(axes, ("frechet_distance", "conditional_accuracy")):
                 ax.plot(xs, results[0]["per_frame_real"][key], "k--", linewidth=1, label="real clips")
@@ -196,10 +197,21 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", type=Path, nargs="+", default=[Path("runs/compare_long_video")])
     parser.add_argument("--frames", type=int, default=64, help="the evaluations' clip length (their file names)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/compare_long_video_cpu"))
+    parser.add_argument("--label", action="append", default=[], metavar="NAME=TEXT",
+                        help="the plot legend's words for a model (default: its run name); repeatable")
     args = parser.parse_args(argv)
+    labels = {}
+    for item in args.label:
+        name, sep, text = item.partition("=")
+        if not sep or not name or not text:
+            parser.error(f"--label: expected NAME=TEXT, got {item!r}")
+        labels[name] = text
     models = load_runs(args.runs, args.frames)
     if not models:
         raise SystemExit(f"no *_seed*_eval{args.frames}.json in {' '.join(map(str, args.runs))}")
+    unknown = sorted(set(labels) - set(models))
+    if unknown:
+        parser.error(f"--label: no evaluation of {', '.join(unknown)} (models: {', '.join(models)})")
     command = shlex.join(["python", "experiments/compare_long_video_report.py", *(sys.argv[1:] if argv is None else argv)])
     lines = report(models, args.frames, command)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -207,7 +219,7 @@ def main(argv=None) -> None:
     args.out.with_suffix(".json").write_text(json.dumps(
         {name: [{"seed": r["_seed"], **checks(r), "per_frame": r["per_frame"], "per_frame_real": r["per_frame_real"]}
                 for r in results] for name, results in models.items()}, indent=1) + "\n")
-    plot(models, args.out.with_suffix(".png"))
+    plot(models, args.out.with_suffix(".png"), labels)
     print("\n".join(lines))
 
 

@@ -61,3 +61,24 @@ def test_a_guidance_sweep_names_each_models_scale(tmp_path):
     report.main(["--runs", str(tmp_path), "--frames", "8", "--out", str(tmp_path / "out")])
     text = (tmp_path / "out.md").read_text()
     assert "cfg 2 for pom_gated_cfg2, 3 for pom_gated_cfg3" in text
+
+
+def test_training_seeds_and_legend_words(tmp_path, monkeypatch):
+    report = load()
+    n = 8
+    for seed in (0, 2):
+        (tmp_path / f"pom_gated_next_seed{seed}_eval8.json").write_text(json.dumps(fake_eval([10.0] * n, [0.9] * n, [0.9] * n)))
+    drawn = {}
+    monkeypatch.setattr(report, "plot", lambda models, path, labels=None: drawn.update(labels or {}))
+    report.main(["--runs", str(tmp_path), "--frames", "8", "--out", str(tmp_path / "out"),
+                 "--label", "pom_gated_next=PoM, next frame only"])
+    text = (tmp_path / "out.md").read_text()
+    assert "sampling seed 0" in text and "- training seeds: pom_gated_next 0, 2" in text
+    assert drawn == {"pom_gated_next": "PoM, next frame only"}
+    for bad in ("pom_gated_next", "attention=plain attention"):
+        try:
+            report.main(["--runs", str(tmp_path), "--frames", "8", "--out", str(tmp_path / "out"), "--label", bad])
+        except SystemExit as error:
+            assert error.code == 2
+        else:
+            raise AssertionError(f"--label {bad!r} was accepted")
