@@ -228,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-frame-noise models: the model reads each finished frame noised to this level "
                         "(0 = clean; default: the level it was trained with, 0 for models saved before that was "
                         "recorded; e.g. 0.05 against drift on long clips)")
+    v.add_argument("--history-guidance", type=float, default=None,
+                   help="per-frame-noise models, sequential: guidance by the finished frames, as --cfg is by the "
+                        "label: each frame is also drawn as if it were the first, and the two are extrapolated by "
+                        "this weight (> 1 keeps closer to the frames before; twice the network calls; default 1 = off)")
     v.add_argument("--steps", type=int, default=30, help="sampling steps per frame (default 30)")
     v.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = off; default: the model's own, "
                    "its pipeline.json 'guidance', 2 unless set)")
@@ -269,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--history-noise", type=float, default=None,
                     help="per-frame-noise video models: the level at which finished frames are read, as for "
                          "sample-video (default: the model's own)")
+    ev.add_argument("--history-guidance", type=float, default=None,
+                    help="per-frame-noise video models, sequential: guidance by the finished frames, as for "
+                         "sample-video (default 1 = off)")
     ev.add_argument("--batch-size", type=int, default=250, help="samples (clips) generated per batch (default 250)")
     ev.add_argument("--out", default="eval.json", help="JSON file of the results (default eval.json, here)")
     ev.add_argument("--save-samples", default=None,
@@ -461,8 +468,9 @@ def _cmd_sample_video(args: argparse.Namespace) -> int:
         args.mode = model.default_sampling_mode()
     if not _made_for_long_clips(cfg, args.mode):
         _warn_past_training_length(frames, cfg.frames)
-    if args.history_noise is not None and args.mode == "joint":
-        raise ValueError("--history-noise: joint sampling reads no finished frames; it is for --mode sequential")
+    for flag, value in (("--history-noise", args.history_noise), ("--history-guidance", args.history_guidance)):
+        if value is not None and args.mode == "joint":
+            raise ValueError(f"{flag}: joint sampling reads no finished frames; it is for --mode sequential")
     if args.mode == "sequential" and not model.can_stream():
         raise ValueError("--mode: a mixer of this model cannot stream, so it cannot generate frame by frame "
                          "(use --mode joint)")
@@ -490,7 +498,8 @@ def _cmd_sample_video(args: argparse.Namespace) -> int:
     t0 = time.time()
     clips = sample_video(model, pipeline, torch.tensor(classes), frames=frames, mode=args.mode, steps=args.steps,
                          cfg_scale=args.cfg, sampler=args.sampler, seed=args.seed, given_frames=context,
-                         history_noise=args.history_noise, device=args.device, progress=True)
+                         history_noise=args.history_noise, history_guidance=args.history_guidance,
+                         device=args.device, progress=True)
     out = save_clip(clips, args.out, fps=args.fps or pipeline.frames_per_second, data_range=pipeline.data_range)
     print(f"generated {len(classes)} clips of {frames} frames ({args.mode}, {args.steps} steps, cfg {args.cfg}; "
           f"classes {[names[c] for c in classes]}) in {time.time() - t0:.1f} s")
@@ -655,11 +664,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                  cfg_scale=args.cfg, sampler=args.sampler, mode=args.mode, frames=args.frames,
                                  batch_size=args.batch_size, device=args.device, progress=True,
                                  image_size=args.image_size, samples_out=args.save_samples,
-                                 history_noise=args.history_noise)
+                                 history_noise=args.history_noise, history_guidance=args.history_guidance)
     acc = result["conditional_accuracy"]
     print(f"{result['kind']} model {ckpt}: {result['num_samples']} samples, {result['steps']} steps, "
           f"cfg {result['cfg_scale']}, "
           + (f"history noise {result['history_noise']:g}, " if result.get("history_noise") else "")
+          + (f"history guidance {result['history_guidance']:g}, " if result.get("history_guidance", 1.0) != 1.0 else "")
           + f"seed {result['seed']} ({result['seconds']:.0f} s)")
     print(f"reference: {result['reference']}")
     if "per_frame" in result:

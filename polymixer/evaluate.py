@@ -175,6 +175,7 @@ def evaluate_checkpoint(
     image_size: int | None = None,
     samples_out: str | Path | None = None,
     history_noise: float | None = None,
+    history_guidance: float | None = None,
 ) -> dict:
     """Sample ``checkpoint`` and measure the samples (see the module docstring).
 
@@ -200,6 +201,8 @@ def evaluate_checkpoint(
             finished frames are read (as ``sample-video --history-noise``; None: the model's
             own, ``pipeline.json``'s). Its noise is seeded by ``seed + 1`` per clip, whatever
             ``batch_size``.
+        history_guidance: video models with one noise level per frame, sequential mode: guidance
+            by the finished frames (as ``sample-video --history-guidance``; None: off).
     Returns: a JSON-ready dict: ``frechet_distance``, ``conditional_accuracy`` (None when the
     model's classes are not the ten digits), ``per_class_accuracy``, ``num_samples``, the
     settings, ``reference`` (what the real statistics are made of),
@@ -243,6 +246,8 @@ def evaluate_checkpoint(
             raise ValueError("mode/frames: only for video models; this is an image model")
         if history_noise is not None:
             raise ValueError("history_noise: only for video models; this is an image model")
+        if history_guidance is not None:
+            raise ValueError("history_guidance: only for video models; this is an image model")
     else:
         if history_noise is not None:
             if isinstance(history_noise, bool) or not isinstance(history_noise, (int, float)) \
@@ -258,6 +263,9 @@ def evaluate_checkpoint(
                              "(use joint)")
         if history_noise is not None and mode == "joint":
             raise ValueError("history_noise: joint sampling reads no finished frames; it is for mode='sequential'")
+        from .video import check_history_guidance
+
+        history_guidance = check_history_guidance(history_guidance, cfg, mode)
     classifier = load_digit_classifier()
     digits = cfg.n_classes == classifier.config.n_classes
     labels = torch.arange(num_samples) % cfg.n_classes
@@ -345,10 +353,12 @@ def evaluate_checkpoint(
                                       frame_size=size, cfg_scale=cfg_scale, sampler=sampler, noise=noise[rows],
                                       history_noise=history_noise,
                                       history_eps=None if history_eps is None else history_eps[rows],
+                                      history_guidance=history_guidance,
                                       device=device, progress=progress))
         videos = torch.cat(clips)
         sampling_seconds = time.time() - t_sampling
         result["history_noise"] = float(history_noise)
+        result["history_guidance"] = history_guidance
         if samples_out is not None:
             save_samples(videos, samples_out, (lo, hi))
         x01 = ((videos - lo) / (hi - lo) * 2 - 1).clamp(-1, 1)

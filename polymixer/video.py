@@ -16,7 +16,9 @@ same video (docs/design.md, section 4):
   the new frame reads one state per block, fed afterwards from the finished clean frame
   at t = 0 (or, with ``history_noise`` τ > 0, noised to the level τ, as in training against
   drift: the model then never relies on its own frames being exact); ``given_frames``
-  (clean frames of a clip to continue) are fed the same way first.
+  (clean frames of a clip to continue) are fed the same way first. ``history_guidance`` w
+  guides each frame by the finished frames: ``v_alone + w (v - v_alone)``, v_alone the frame
+  drawn as the first of a clip (after classifier-free guidance's rows, both guided).
 
 :func:`iter_video_frames` yields the finished frames one by one, so a caller that
 streams them out (to a file, to a screen) keeps only the states in memory.
@@ -24,6 +26,7 @@ streams them out (to a file, to a screen) keeps only the states in memory.
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import torch
@@ -32,7 +35,8 @@ from torch import nn
 from .diffusion import FlowMatching, sample
 from .pipeline import SamplingConfig
 
-__all__ = ["MODES", "video_noise", "iter_video_frames", "sample_video", "check_video_model", "regenerate_frames"]
+__all__ = ["MODES", "video_noise", "iter_video_frames", "sample_video", "check_video_model", "regenerate_frames",
+           "check_history_guidance"]
 
 MODES = ("sequential", "joint")
 
@@ -54,6 +58,23 @@ def video_noise(batch: int, frames: int, frame_shape: tuple[int, ...], seed: int
     return torch.cat([_frame_noise(g, batch, frame_shape) for _ in range(frames)], dim=1)
 
 
+def check_history_guidance(weight, cfg, mode: str) -> float:
+    """The history guidance weight for a video model of config ``cfg`` sampled in ``mode``
+    (None: 1, off); ValueError unless it is a finite number >= 0 and, when not 1, the model
+    has one noise level per frame and the mode is sequential."""
+    if weight is None:
+        return 1.0
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"history_guidance: expected a finite weight >= 0 (1 = off), got {weight!r}")
+    if weight != 1.0:
+        if cfg.noise_levels != "frame":
+            raise ValueError("history_guidance: only for models trained with one noise level per frame "
+                             "(noise_levels='frame'), which learn to draw a frame with no finished frames before it")
+        if mode != "sequential":
+            raise ValueError("history_guidance: joint sampling reads no finished frames; it is for mode='sequential'")
+    return float(weight)
+
+
 class FrameStream:
     """The network on one frame at a time, reading the states of the finished frames.
 
@@ -66,12 +87,16 @@ class FrameStream:
     """
 
     def __init__(self, model: nn.Module, per_evaluation: bool, dtype: torch.dtype, history_noise: float = 0.0,
-                 objective=None, generator: torch.Generator | None = None, history_eps: torch.Tensor | None = None):
+                 objective=None, generator: torch.Generator | None = None, history_eps: torch.Tensor | None = None,
+                 history_guidance: float = 1.0):
         self.model, self.per_evaluation, self.dtype = model, per_evaluation, dtype
         self.history_noise, self.objective, self.generator = history_noise, objective, generator
         self.history_eps = history_eps  # (B, F, C, H, W): the history noise of every frame, else drawn
+        self.history_guidance = history_guidance  # per-frame noise: w of v_alone + w (v - v_alone); 1 = off
         self.states: dict[tuple[int, int], object] = {}  # (batch size, evaluation) -> state
         self.clean: dict[int, object] = {}  # batch size -> state of the finished clean frames
+        self.empty: dict[int, object] = {}  # batch size -> a state of no frames (history guidance)
+        self.fed = 0  # frames fed into the clean states
         self.frame = 0
 
     def _state(self, table: dict, key, batch: int, device):
@@ -86,7 +111,15 @@ class FrameStream:
                                                     frame_offset=self.frame)
             return out
         state = self._state(self.clean, x.shape[0], x.shape[0], x.device)
-        return self.model.step(x, t, y, state, frame_offset=self.frame)[0]
+        out = self.model.step(x, t, y, state, frame_offset=self.frame)[0]
+        if self.history_guidance != 1.0 and self.fed:
+            # the same frame as the first of a clip (no finished frames: the prefix of 0 frames that
+            # training draws), then away from it by the guidance weight, as classifier-free guidance
+            # moves away from the null label
+            empty = self._state(self.empty, x.shape[0], x.shape[0], x.device)
+            alone = self.model.step(x, t, y, empty, frame_offset=0)[0]
+            out = alone + self.history_guidance * (out - alone)
+        return out
 
     @torch.no_grad()
     def add_clean_frame(self, frame: torch.Tensor, cond, guided: bool) -> None:
@@ -109,6 +142,7 @@ class FrameStream:
             t = torch.full((batch, 1), level, device=frame.device, dtype=frame.dtype)
             state = self._state(self.clean, batch, batch, frame.device)
             self.clean[batch] = self.model.step(rows, t, labels, state, frame_offset=self.frame)[1]
+        self.fed += frame.shape[1]
 
 
 def iter_video_frames(
@@ -127,6 +161,7 @@ def iter_video_frames(
     noise: torch.Tensor | None = None,
     history_noise: float | None = None,
     history_eps: torch.Tensor | None = None,
+    history_guidance: float | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> Iterator[torch.Tensor]:
@@ -142,7 +177,13 @@ def iter_video_frames(
     seeded draws of that noise, as ``noise`` does for the starting noise: with temporal
     patch 1, rows of ``video_noise(N, frames, (C, H, W), seed + 1)`` give each of ``N`` clips
     the history noise it gets when all are made at once with ``seed``. ``cfg_scale``: the guidance scale (1 = off); None
-    (default): ``pipeline.guidance``.
+    (default): ``pipeline.guidance``. ``history_guidance``: per-frame-noise models, sequential
+    mode: guidance by the finished frames, as classifier-free guidance is by the label. Each
+    network call on a frame after the first is made twice, reading the finished frames (v) and
+    reading none, the frame as the first of a clip (v_alone, what training's empty prefixes
+    teach), and the sampler gets ``v_alone + w (v - v_alone)`` (on both rows of
+    classifier-free guidance): w > 1 leans on the finished frames more, 0 ignores them; twice
+    the network calls. None or 1 (default): off.
     See the module docstring for the modes."""
     check_video_model(model)
     cfg = model.config
@@ -183,6 +224,7 @@ def iter_video_frames(
     if history_noise > 0 and cfg.noise_levels != "frame":
         raise ValueError("history_noise: only for models trained with one noise level per frame "
                          "(noise_levels='frame')")
+    history_guidance = check_history_guidance(history_guidance, cfg, mode)
     for name, given in (("noise", noise), ("history_eps", history_eps)):
         if given is not None and tuple(given.shape) != (B, frames, *shape):
             raise ValueError(f"{name}: expected ({B}, {frames}, {', '.join(map(str, shape))}) for {B} clips of "
@@ -209,7 +251,8 @@ def iter_video_frames(
             streamed = FrameStream(model, per_evaluation=cfg.noise_levels == "clip",
                                    dtype=torch.float64 if dtype == torch.float64 else torch.float32,
                                    history_noise=float(history_noise), objective=objective,
-                                   generator=torch.Generator().manual_seed(seed + 1), history_eps=history_eps)
+                                   generator=torch.Generator().manual_seed(seed + 1), history_eps=history_eps,
+                                   history_guidance=float(history_guidance))
             guided = cfg_scale != 1.0
             from tqdm.auto import tqdm
 

@@ -256,7 +256,8 @@ def test_eval_bad_input_is_one_line(tmp_path, monkeypatch, capsys, argv, message
 
 def test_eval_history_noise_is_seeded_per_clip(tmp_path, monkeypatch):
     """A per-frame-noise model reads its finished frames noised: that noise follows each clip, so
-    the batch size changes nothing; --history-noise overrides the model's own level."""
+    the batch size changes nothing; --history-noise overrides the model's own level. History
+    guidance leaves the first frame and changes the later ones."""
     pytest.importorskip("mlxtend")
     from polymixer.cli import main
     from polymixer.evaluate import evaluate_checkpoint
@@ -283,6 +284,18 @@ def test_eval_history_noise_is_seeded_per_clip(tmp_path, monkeypatch):
     assert clean["history_noise"] == 0.0
     assert clean["per_frame"]["frechet_distance"][0] == pytest.approx(one["per_frame"]["frechet_distance"][0])
     assert clean["per_frame"]["frechet_distance"][1:] != pytest.approx(one["per_frame"]["frechet_distance"][1:])
+    # history guidance: the first frame has no finished frames to lean on; the later ones change
+    guided = evaluate_checkpoint(folder, batch_size=4, history_guidance=2.0, **kw)
+    assert one["history_guidance"] == 1.0 and guided["history_guidance"] == 2.0
+    assert guided["per_frame"]["frechet_distance"][0] == pytest.approx(one["per_frame"]["frechet_distance"][0])
+    assert guided["per_frame"]["frechet_distance"][1:] != pytest.approx(one["per_frame"]["frechet_distance"][1:])
+    for bad, message in ((-1.0, "expected a finite weight"), (float("inf"), "expected a finite weight")):
+        with pytest.raises(ValueError, match=f"history_guidance: {message}"):
+            evaluate_checkpoint(folder, history_guidance=bad, **kw)
+    with pytest.raises(ValueError, match="history_guidance: joint sampling reads no finished frames"):
+        evaluate_checkpoint(folder, history_guidance=2.0, mode="joint", **kw)
+    with pytest.raises(ValueError, match="history_guidance: only for video models"):
+        evaluate_checkpoint("demo", num_samples=2, steps=1, history_guidance=2.0)
     with pytest.raises(ValueError, match="history_noise: expected a noise level"):
         evaluate_checkpoint(folder, history_noise=1.0, **kw)
     with pytest.raises(ValueError, match="history_noise: joint sampling reads no finished frames"):
@@ -291,8 +304,9 @@ def test_eval_history_noise_is_seeded_per_clip(tmp_path, monkeypatch):
         evaluate_checkpoint("demo", num_samples=2, steps=1, history_noise=0.1)
     monkeypatch.chdir(tmp_path)
     assert main(["eval", "--checkpoint", str(folder), "--num-samples", "4", "--steps", "1", "--threads", "1",
-                 "--history-noise", "0.1", "--out", "h.json"]) == 0
-    assert json.loads((tmp_path / "h.json").read_text())["history_noise"] == 0.1
+                 "--history-noise", "0.1", "--history-guidance", "1.5", "--out", "h.json"]) == 0
+    saved = json.loads((tmp_path / "h.json").read_text())
+    assert saved["history_noise"] == 0.1 and saved["history_guidance"] == 1.5
 
 
 def test_eval_video_model_per_frame(tmp_path, monkeypatch):

@@ -225,6 +225,59 @@ def test_per_frame_model_continues_a_clip(cfg):
     assert (ref.float() - out[:, 3:4]).abs().max() < 1e-6
 
 
+@pytest.mark.parametrize("cfg", [1.0, 2.0])
+@pytest.mark.parametrize("weight", [0.0, 2.5])
+def test_history_guidance_is_guidance_by_the_finished_frames(cfg, weight):
+    # frame 3 after 3 given frames, denoised by hand: v_alone + w (v - v_alone), v_alone the
+    # frame as a clip of its own (the first frame), v reading the given frames (parallel forward)
+    from polymixer.diffusion import classifier_free_guidance, euler
+    from polymixer.video import video_noise
+
+    model = tiny_video(noise_levels="frame", dtype=torch.float64)
+    y = torch.tensor([4, 6])
+    given = torch.rand(2, 3, 1, 8, 8, dtype=torch.float64) * 2 - 1
+    kw = dict(frames=5, steps=3, cfg_scale=cfg, seed=2, given_frames=given)
+    out = sample_video(model, SamplingConfig(), y, history_guidance=weight, **kw)
+    noise = video_noise(2, 5, (1, 8, 8), seed=2).double()[:, 3:4]
+
+    def frame3(x, t, labels):
+        ts = torch.cat([torch.zeros(x.shape[0], 3, dtype=t.dtype), t[:, None]], dim=1)
+        ctx = given if x.shape[0] == 2 else torch.cat([given, given])
+        v = model(torch.cat([ctx, x], dim=1), ts, labels)[:, 3:]
+        alone = model(x, t[:, None], labels)
+        return alone + weight * (v - alone)
+
+    ref = euler(classifier_free_guidance(frame3, cfg), noise, model.condition(y), steps=3).clamp(-1, 1)
+    assert (ref.float() - out[:, 3:4]).abs().max() < 1e-6
+    plain = sample_video(model, SamplingConfig(), y, **kw)
+    assert (plain[:, 3:] - out[:, 3:]).abs().max() > 1e-4  # it does change the frames
+    assert torch.equal(sample_video(model, SamplingConfig(), y, history_guidance=1.0, **kw), plain)
+
+
+def test_history_guidance_leaves_the_first_frame_and_checks_its_input():
+    model = tiny_video(noise_levels="frame", dtype=torch.float64)
+    y = torch.tensor([2, 5])
+    kw = dict(frames=3, steps=2, seed=1)
+    plain = sample_video(model, SamplingConfig(), y, **kw)
+    strong = sample_video(model, SamplingConfig(), y, history_guidance=3.0, **kw)
+    assert torch.equal(strong[:, 0], plain[:, 0])  # nothing finished before the first frame
+    # with w = 0 every frame is drawn as a clip of its own from its noise
+    alone = sample_video(model, SamplingConfig(), y, history_guidance=0.0, **kw)
+    from polymixer.video import video_noise
+
+    noise = video_noise(2, 3, (1, 8, 8), seed=1)
+    for f in range(3):
+        own = sample_video(model, SamplingConfig(), y, frames=1, steps=2, noise=noise[:, f:f + 1].double())
+        assert (own[:, 0] - alone[:, f]).abs().max() < 1e-6
+    for bad in (-0.5, float("nan"), True, "2"):
+        with pytest.raises(ValueError, match="history_guidance"):
+            sample_video(model, SamplingConfig(), y, history_guidance=bad, **kw)
+    with pytest.raises(ValueError, match="history_guidance.*sequential"):
+        sample_video(model, SamplingConfig(), y, history_guidance=2.0, mode="joint", **kw)
+    with pytest.raises(ValueError, match="history_guidance.*one noise level per frame"):
+        sample_video(tiny_video(dtype=torch.float64), SamplingConfig(), y, history_guidance=2.0, **kw)
+
+
 def test_video_bad_input():
     model = tiny_video()
     pipe = SamplingConfig()

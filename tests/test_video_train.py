@@ -107,7 +107,7 @@ def test_cli_continues_a_clip_with_a_per_frame_model(trained, tmp_path):
 
     save_clip(torch.from_numpy(given), tmp_path / "given.gif", scale=1)
     assert cli_main(["sample-video", "--checkpoint", ckpt, "--frames", "3", "--context", str(tmp_path / "given.gif"),
-                     "--steps", "2", "--classes", "3,5", "--out", str(tmp_path / "more2.npy")]) == 0
+                     "--steps", "2", "--classes", "3,5", "--history-guidance", "2", "--out", str(tmp_path / "more2.npy")]) == 0
     assert np.load(tmp_path / "more2.npy").shape == (2, 3, 1, 16, 16)
 
 
@@ -116,11 +116,15 @@ def test_cli_continues_a_clip_with_a_per_frame_model(trained, tmp_path):
     (["--context", "{tmp}/ctx.npy"], "one noise level per clip"),
     (["--out", "{tmp}/x.avi"], "suffix"),
     (["--checkpoint", "{image}"], "holds an image model, not a video model"),
+    (["--history-guidance", "2"], "history_guidance: only for models trained with one noise level per frame"),
+    (["--history-guidance", "2", "--mode", "joint"], "--history-guidance: joint sampling reads no finished frames"),
+    (["--history-guidance", "-1", "--checkpoint", "{frame}"], "history_guidance: expected a finite weight >= 0"),
 ])
 def test_cli_sample_video_bad_input(trained, tmp_path, capsys, args, message):
     np.save(tmp_path / "ctx.npy", np.zeros((2, 1, 16, 16), np.float32))
     argv = ["sample-video", "--checkpoint", str(trained / "clip" / "ema_model"), "--out", str(tmp_path / "o.gif")]
-    fill = {"tmp": str(tmp_path), "image": str(trained / "image" / "ema_model")}
+    fill = {"tmp": str(tmp_path), "image": str(trained / "image" / "ema_model"),
+            "frame": str(trained / "frame" / "ema_model")}
     argv += [a.format(**fill) for a in args]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err.strip()
