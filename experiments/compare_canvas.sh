@@ -14,7 +14,7 @@
 # then `polymixer eval` of each EMA model at 32, 48 and 64 (EVAL_SIZES), SAMPLES samples each.
 #   bash experiments/compare_canvas.sh [SEED] [STEPS]
 #   NAMES="pom_same pom_sizes" bash experiments/compare_canvas.sh 0 1000
-# RESUME=1 resumes; RUNS (default runs/compare_canvas); SIZES (the drawn sides, default 32,48);
+# RESUME=1 resumes (the training log is appended to); RUNS (default runs/compare_canvas); SIZES (the drawn sides, default 32,48);
 # SAMPLES (500); EVAL_SIZES ("32 48 64"). Two runs at a time, one thread each (a 2-core machine).
 # A 48x48 step costs about 2.3x a 32x32 one (144 tokens against 64): the arms have the same steps,
 # not the same compute; the log's s/step says how much more the sizes arm took.
@@ -42,12 +42,13 @@ done
 run() {
   local name=$1
   eval "opts=(${options[$name]})"
+  [ -n "$resume" ] || : > "$runs/${name}_seed${seed}.log"  # a resume appends to the run's log
   polymixer train --data moving-digits --frames 1 --image-size 32 --preset DiT-M/4 --depth 6 "${opts[@]}" \
     --init-from "$init_root/${name%%_*}" \
     --batch-size 64 --lr 5e-4 --warmup-steps 100 --ema-decay 0.999 --steps "$steps" \
     --checkpoint-every 100 --sample-every 500 --sample-steps 20 --keep-last 2 --log-every 50 --progress false \
     --num-threads 1 --seed "$seed" --out "$runs/${name}_seed${seed}" $resume \
-    > "$runs/${name}_seed${seed}.log" 2>&1
+    >> "$runs/${name}_seed${seed}.log" 2>&1
   for size in "${eval_sizes[@]}"; do
     polymixer eval --checkpoint "$runs/${name}_seed${seed}/ema_model" --image-size "$size" \
       --num-samples "$samples" --steps 20 --batch-size 50 --seed 0 --threads 1 \
