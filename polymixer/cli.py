@@ -501,7 +501,8 @@ def _cmd_sample_video(args: argparse.Namespace) -> int:
                          history_noise=args.history_noise, history_guidance=args.history_guidance,
                          device=args.device, progress=True)
     out = save_clip(clips, args.out, fps=args.fps or pipeline.frames_per_second, data_range=pipeline.data_range)
-    print(f"generated {len(classes)} clips of {frames} frames ({args.mode}, {args.steps} steps, cfg {args.cfg}; "
+    guided = f", history guidance {args.history_guidance:g}" if args.history_guidance not in (None, 1.0) else ""
+    print(f"generated {len(classes)} clips of {frames} frames ({args.mode}, {args.steps} steps, cfg {args.cfg}{guided}; "
           f"classes {[names[c] for c in classes]}) in {time.time() - t0:.1f} s")
     print(f"clips written to {Path(out).resolve()}")
     if args.filmstrip:
