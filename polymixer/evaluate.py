@@ -249,12 +249,10 @@ def evaluate_checkpoint(
         if history_guidance is not None:
             raise ValueError("history_guidance: only for video models; this is an image model")
     else:
+        from .video import check_history_guidance, check_history_noise
+
         if history_noise is not None:
-            if isinstance(history_noise, bool) or not isinstance(history_noise, (int, float)) \
-                    or not 0 <= history_noise < 1:
-                raise ValueError(f"history_noise: expected a noise level in [0, 1), got {history_noise!r}")
-            if history_noise > 0 and cfg.noise_levels != "frame":
-                raise ValueError("history_noise: only for models trained with one noise level per frame")
+            check_history_noise(history_noise, cfg)
         n_frames = frames or cfg.frames
         model.check_frames(n_frames)
         mode = mode or model.default_sampling_mode()
@@ -263,8 +261,6 @@ def evaluate_checkpoint(
                              "(use joint)")
         if history_noise is not None and mode == "joint":
             raise ValueError("history_noise: joint sampling reads no finished frames; it is for mode='sequential'")
-        from .video import check_history_guidance
-
         history_guidance = check_history_guidance(history_guidance, cfg, mode)
     classifier = load_digit_classifier()
     digits = cfg.n_classes == classifier.config.n_classes

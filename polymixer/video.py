@@ -36,7 +36,7 @@ from .diffusion import FlowMatching, sample
 from .pipeline import SamplingConfig
 
 __all__ = ["MODES", "video_noise", "iter_video_frames", "sample_video", "check_video_model", "regenerate_frames",
-           "check_history_guidance"]
+           "check_history_noise", "check_history_guidance"]
 
 MODES = ("sequential", "joint")
 
@@ -56,6 +56,17 @@ def video_noise(batch: int, frames: int, frame_shape: tuple[int, ...], seed: int
     one draw per frame, in frame order (what both sampling modes use)."""
     g = torch.Generator().manual_seed(seed)
     return torch.cat([_frame_noise(g, batch, frame_shape) for _ in range(frames)], dim=1)
+
+
+def check_history_noise(level, cfg) -> float:
+    """The level at which a video model of config ``cfg`` reads its finished frames; ValueError
+    unless it is a number in [0, 1), and 0 for a model with one noise level per clip."""
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 <= level < 1:
+        raise ValueError(f"history_noise: expected a noise level in [0, 1), got {level!r}")
+    if level > 0 and cfg.noise_levels != "frame":
+        raise ValueError("history_noise: only for models trained with one noise level per frame "
+                         "(noise_levels='frame')")
+    return float(level)
 
 
 def check_history_guidance(weight, cfg, mode: str) -> float:
@@ -218,12 +229,7 @@ def iter_video_frames(
             raise ValueError(f"frames: {frames} frames asked for, but given_frames already has {known}")
     if history_noise is None:
         history_noise = pipeline.history_noise if cfg.noise_levels == "frame" else 0.0
-    if not (isinstance(history_noise, (int, float)) and not isinstance(history_noise, bool)
-            and 0 <= history_noise < 1):
-        raise ValueError(f"history_noise: expected a noise level in [0, 1), got {history_noise!r}")
-    if history_noise > 0 and cfg.noise_levels != "frame":
-        raise ValueError("history_noise: only for models trained with one noise level per frame "
-                         "(noise_levels='frame')")
+    check_history_noise(history_noise, cfg)
     history_guidance = check_history_guidance(history_guidance, cfg, mode)
     for name, given in (("noise", noise), ("history_eps", history_eps)):
         if given is not None and tuple(given.shape) != (B, frames, *shape):
